@@ -1,0 +1,206 @@
+"""The resolved configuration of one experiment, validated before anything heavy runs.
+
+`Config` is what `main.py` builds from its absl flags and what a results folder stores as
+`config.json`; every check a flag needs lives in `Config.validate`, so a bad value fails at
+start with a message naming the flag, never deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import constants as C
+
+__all__ = ["Config", "ConfigError", "parse_int_list", "parse_float_list", "QUANTIZERS", "BLOCK_TYPES"]
+
+QUANTIZERS = ("softmax", "vq", "rvq", "gumbel", "pq")
+BLOCK_TYPES = ("gln", "bottleneck", "separable")
+CORPORA = ("auto", "demo", "timit", "vctk", "librispeech", "folder")
+DISTRIBUTE = ("none", "mirrored", "multiworker")
+
+
+class ConfigError(ValueError):
+    """A flag value the codec cannot honour; the message names the flag."""
+
+
+def _parse_list(text: Any, cast, name: str) -> list:
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [t for t in str(text).replace(" ", "").split(",") if t != ""]
+    try:
+        return [cast(t) for t in items]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--{name}: expected a comma-separated list of {cast.__name__}, got {text!r}") from exc
+
+
+def parse_int_list(text: Any, name: str = "value") -> list[int]:
+    """'2,2' -> [2, 2]; raises ConfigError naming the flag."""
+    return _parse_list(text, int, name)
+
+
+def parse_float_list(text: Any, name: str = "value") -> list[float]:
+    """'1e-4,2e-5' -> [1e-4, 2e-5]; raises ConfigError naming the flag."""
+    return _parse_list(text, float, name)
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything one experiment needs; field names follow the original flags where they exist."""
+
+    # Mode and bookkeeping.
+    training_mode: int = 4
+    name: str = "default"
+    results_dir: str = "results"
+    base_model_id: str = ""
+    suffix: str = ""
+    seed: int = 1234
+    # Data.
+    corpus: str = "demo"
+    data_dir: str = "data/demo"
+    cache_dir: str = "cache"
+    max_train_minutes: float = 0.0   # 0 = use everything
+    eval_clips: int = 8
+    # Architecture (one module; the cascade repeats it).
+    num_modules: int = 2
+    channels: int = 100
+    bottleneck: int = 20
+    num_resnets: int = 2
+    bottleneck_kernel_and_dilation: tuple = (9, 9, 1, 2)  # kernel, kernel, dilation, dilation
+    the_strides: tuple = (2,)
+    block_type: str = "gln"
+    is_cq: bool = True
+    res_scalar: float = 1.0
+    # Quantization.
+    quantizer: str = "softmax"
+    num_bins: int = 32
+    num_bins_for_follower: tuple = (32,)
+    codebook_size: int = 256
+    embedding_dim: int = 4
+    num_stages: int = 3
+    stage_dims: tuple = ()
+    codebook_sizes: tuple = ()
+    lsf_bins: int = 16
+    # Bitrate control.
+    target_entropy: tuple = (2.2,)       # bits/symbol per module (or kbps, see target_unit)
+    target_unit: str = "bits"            # "bits" (per symbol) or "kbps" (per module)
+    tau_init: float = 0.0
+    tau_step: float = 0.015
+    # Loss weights: time RMSE, mel, sparsity (the paper's 60, 10, 10).
+    coeff_term: tuple = (60.0, 10.0, 10.0)
+    # Schedule.
+    learning_rate_tanh: tuple = (1e-4,)           # first module
+    learning_rate_greedy_followers: tuple = (1e-4,)  # followers; the last entry is reused
+    learning_rate_finetune: float = 2e-5
+    epoch_tanh: int = 10
+    epoch_greedy_followers: tuple = (10,)
+    epoch_finetune: int = 5
+    pretrain_step: int = 2                  # quantization-free epochs at the start of each stage
+    batch_size: int = 32
+    steps_per_epoch: int = 0                # 0 = one pass over the training split
+    validation_steps: int = 20
+    distribute: str = "none"
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "Config":
+        """Raise ConfigError for the first value the codec cannot honour; returns self."""
+
+        def need(cond: bool, flag: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"--{flag}: {msg}")
+
+        need(self.training_mode in (0, 1, 2, 3, 4, 5), "training_mode",
+             f"must be one of 0 (evaluate), 1 (one module), 2 (followers on a base), 3 (greedy), "
+             f"4 (greedy + fine-tune), 5 (fine-tune only); got {self.training_mode}")
+        need(self.corpus in CORPORA, "corpus", f"must be one of {', '.join(CORPORA)}; got {self.corpus!r}")
+        need(self.quantizer in QUANTIZERS, "quantizer", f"must be one of {', '.join(QUANTIZERS)}; got {self.quantizer!r}")
+        need(self.block_type in BLOCK_TYPES, "block_type", f"must be one of {', '.join(BLOCK_TYPES)}; got {self.block_type!r}")
+        need(self.distribute in DISTRIBUTE, "distribute", f"must be one of {', '.join(DISTRIBUTE)}; got {self.distribute!r}")
+        need(self.target_unit in ("bits", "kbps"), "target_unit", f"must be 'bits' or 'kbps'; got {self.target_unit!r}")
+        need(1 <= self.num_modules <= 8, "num_modules", f"must be 1..8; got {self.num_modules}")
+        need(self.channels >= 2 and self.channels % 2 == 0, "channels", f"must be an even number >= 2; got {self.channels}")
+        need(1 <= self.bottleneck <= self.channels, "bottleneck", f"must be in 1..channels ({self.channels}); got {self.bottleneck}")
+        need(self.num_resnets >= 0, "num_resnets", f"must be >= 0; got {self.num_resnets}")
+        kd = list(self.bottleneck_kernel_and_dilation)
+        need(len(kd) == 4 and all(v >= 1 for v in kd), "bottleneck_kernel_and_dilation",
+             f"expected 4 positive integers 'kernel1,kernel2,dilation1,dilation2'; got {kd}")
+        strides = list(self.the_strides)
+        need(len(strides) >= 1, "the_strides", "needs at least one stride")
+        for s in strides:
+            need(s in (1, 2, 4), "the_strides",
+                 f"stride {s} is not supported: a {C.FRAME_SIZE}-sample frame is coded with stride 1, 2 or 4 "
+                 f"(the sub-pixel decoder must upsample by the same integer factor)")
+        need(self.num_bins >= 2, "num_bins", f"must be >= 2; got {self.num_bins}")
+        need(all(b >= 2 for b in self.num_bins_for_follower), "num_bins_for_follower", "every entry must be >= 2")
+        need(self.codebook_size >= 2, "codebook_size", f"must be >= 2; got {self.codebook_size}")
+        need(self.embedding_dim >= 1, "embedding_dim", f"must be >= 1; got {self.embedding_dim}")
+        need(self.num_stages >= 1, "num_stages", f"must be >= 1; got {self.num_stages}")
+        if self.codebook_sizes:
+            need(all(k >= 2 for k in self.codebook_sizes), "codebook_sizes", "every entry must be >= 2")
+        if self.stage_dims:
+            need(all(d >= 1 for d in self.stage_dims), "stage_dims", "every entry must be >= 1")
+            need(sum(self.stage_dims) == self.embedding_dim or self.quantizer != "pq", "stage_dims",
+                 f"for pq the sub-vector sizes must add up to --embedding_dim ({self.embedding_dim}); got {list(self.stage_dims)}")
+        need(self.lsf_bins >= 2, "lsf_bins", f"must be >= 2; got {self.lsf_bins}")
+        need(len(self.target_entropy) >= 1 and all(t > 0 for t in self.target_entropy), "target_entropy",
+             f"needs positive targets, one per module (the last is reused); got {list(self.target_entropy)}")
+        need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
+        need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
+             f"expected 3 non-negative weights 'time,mel,sparsity'; got {list(self.coeff_term)}")
+        for flag in ("learning_rate_tanh", "learning_rate_greedy_followers"):
+            lrs = list(getattr(self, flag))
+            need(len(lrs) >= 1 and all(0 < v < 1 for v in lrs), flag, f"learning rates must be in (0, 1); got {lrs}")
+        need(0 < self.learning_rate_finetune < 1, "learning_rate_finetune", "must be in (0, 1)")
+        need(self.epoch_tanh >= 1, "epoch_tanh", f"must be >= 1; got {self.epoch_tanh}")
+        need(all(e >= 1 for e in self.epoch_greedy_followers), "epoch_greedy_followers", "every entry must be >= 1")
+        need(self.epoch_finetune >= 0, "epoch_finetune", f"must be >= 0; got {self.epoch_finetune}")
+        need(0 <= self.pretrain_step, "pretrain_step", f"must be >= 0; got {self.pretrain_step}")
+        need(self.pretrain_step < self.epoch_tanh, "pretrain_step",
+             f"({self.pretrain_step}) must be smaller than --epoch_tanh ({self.epoch_tanh}), or the first module never trains quantized")
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1; got {self.batch_size}")
+        need(self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0; got {self.steps_per_epoch}")
+        need(self.validation_steps >= 1, "validation_steps", f"must be >= 1; got {self.validation_steps}")
+        need(self.res_scalar > 0, "res_scalar", f"must be > 0; got {self.res_scalar}")
+        need(self.name != "" and os.sep not in self.name, "name", f"must be a plain folder name; got {self.name!r}")
+        if self.training_mode in (2, 5):
+            need(self.base_model_id != "", "base_model_id",
+                 f"mode {self.training_mode} restores a trained model: name its results folder with --base_model_id")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def per_module(self, field: str, i: int):
+        """The i-th entry of a per-module list flag; the last entry is reused for later modules."""
+        values = list(getattr(self, field))
+        return values[min(i, len(values) - 1)]
+
+    def stride(self, i: int) -> int:
+        return int(self.per_module("the_strides", i))
+
+    @property
+    def experiment_dir(self) -> str:
+        return os.path.join(self.results_dir, self.name + self.suffix)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str) -> "Config":
+        with open(path, "r", encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json())

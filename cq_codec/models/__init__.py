@@ -1,0 +1,1 @@
+"""Models: one residual module, the CQ codec (LPC front end + cascade)."""

@@ -1,0 +1,207 @@
+"""The CQ codec: LPC front end with collaboratively quantized LSFs + a cascade of residual modules.
+
+Training works on single codec frames (docs/DESIGN.md "Training examples"): the LSFs of hops
+t-1, t, t+1 are quantized by a trainable per-LSF scalar codebook (Zhen et al., ICASSP 2020),
+turned into the per-sample A(z) through a differentiable LSF -> polynomial path (which the
+original could not do, so its LSF codebook learnt only from entropy terms), the residual is
+computed in the graph and coded by the cascade (CMRL, Zhen et al., Interspeech 2019), and the
+loss is taken in the signal domain: the residual error is passed through 1/A(z).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import constants as C
+import lpc
+from lpc import tf_ops
+from cq_codec import losses as L
+from cq_codec.models.residual_module import ResidualModule
+from cq_codec.quantizers.softmax import SoftmaxQuantizer, uniform_grids
+
+__all__ = ["CQCodec", "default_lsf_grid", "repair_lsf_tf"]
+
+# Typical LSF ranges (rad) of the first and last LSF (REFERENCE.md); the others are interpolated.
+_LSF_LOW = np.linspace(0.03, 2.55, C.LPC_ORDER)
+_LSF_HIGH = np.linspace(0.59, 3.10, C.LPC_ORDER)
+
+
+def default_lsf_grid(num_bins: int = 16, lsf_samples: np.ndarray | None = None) -> np.ndarray:
+    """[16, K] initial LSF codebook: uniform grids per LSF, over the 1st-99th percentile of
+    `lsf_samples [N, 16]` when given, else over the typical ranges."""
+    if lsf_samples is not None and len(lsf_samples) >= 16:
+        lo, hi = np.percentile(np.asarray(lsf_samples), [1, 99], axis=0)
+        hi = np.maximum(hi, lo + 1e-3)
+        return uniform_grids(lo, hi, num_bins)
+    return uniform_grids(_LSF_LOW, _LSF_HIGH, num_bins)
+
+
+def repair_lsf_tf(lsf, min_gap: float = C.LSF_MIN_GAP):
+    """Differentiable stability repair: sort, then keep `min_gap` between neighbours and from
+    0 and pi. [..., 16] -> [..., 16]."""
+    lsf = tf.sort(lsf, axis=-1)
+    cols = tf.unstack(lsf, axis=-1)
+    prev = tf.zeros_like(cols[0])
+    out = []
+    for c in cols:
+        prev = tf.maximum(c, prev + min_gap)
+        out.append(prev)
+    hi = np.pi - min_gap * np.arange(len(cols), 0, -1)
+    return tf.minimum(tf.stack(out, axis=-1), tf.constant(hi, lsf.dtype))
+
+
+@keras.saving.register_keras_serializable(package="cq_codec")
+class CQCodec(keras.Model):
+    """Inputs: dict `x [B, 16 + 512]`, `lsf [B, 3, 16]`; `call` returns the decoded frame [B, 512].
+
+    Args:
+      module_configs: one ResidualModule kwargs dict per cascade stage.
+      is_cq: train the LSF codebook jointly (collaborative quantization); else it stays fixed.
+      lsf_grid: [16, K] initial LSF codebook (see `default_lsf_grid`).
+      residual_scale: the residual is multiplied by this before the cascade (unit-ish variance).
+      signal_std: the corpus std after pre-emphasis, by which inputs are divided.
+      loss_weights: (time RMSE, multi-scale mel, sparsity) weights.
+      num_active: modules used (the trainer sets it per stage; inference may use any prefix).
+    """
+
+    def __init__(self, module_configs, is_cq=True, lsf_grid=None, residual_scale=1.0, signal_std=1.0,
+                 loss_weights=(60.0, 10.0, 10.0), num_active=None, **kwargs):
+        super().__init__(**kwargs)
+        if not module_configs:
+            raise ValueError("CQCodec needs at least one module config")
+        self.module_configs = [dict(c) for c in module_configs]
+        self.is_cq = bool(is_cq)
+        grid = np.asarray(lsf_grid if lsf_grid is not None else default_lsf_grid(), np.float32)
+        if grid.ndim != 2 or grid.shape[0] != C.LPC_ORDER:
+            raise ValueError(f"lsf_grid must be [{C.LPC_ORDER}, K]; got shape {grid.shape}")
+        self.lsf_grid = grid
+        self.residual_scale = float(residual_scale)
+        self.signal_std = float(signal_std)  # corpus std after pre-emphasis (input normalisation)
+        self.loss_weights = tuple(float(w) for w in loss_weights)
+        self.lsf_quantizer = SoftmaxQuantizer(initial_bins=grid, trainable_bins=self.is_cq, alpha=300.0,
+                                              name="lsf_quantizer")
+        self.codec_modules = [ResidualModule(**c, name=f"module_{i}") for i, c in enumerate(self.module_configs)]
+        n = len(self.codec_modules)
+        self.num_active = n if num_active is None else int(num_active)
+        if not 1 <= self.num_active <= n:
+            raise ValueError(f"num_active must be in 1..{n}; got {num_active}")
+        # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
+        self.tau = self.add_weight(shape=(n + 1,), initializer="zeros", trainable=False, name="tau")
+        self.window = tf.constant(lpc.frame_window(), tf.float32)
+        names = ["loss", "time", "mel", "kbps", "lsf_bits"] + [f"{k}_{i}" for i in range(1, n + 1)
+                                                             for k in ("H", "util", "ppl", "aux")]
+        self._trackers = {k: keras.metrics.Mean(name=k) for k in names}
+
+    # ------------------------------------------------------------------ forward
+    def build(self, input_shape=None):
+        b = None
+        self.lsf_quantizer.build((b, 3, C.LPC_ORDER))
+        for m in self.codec_modules:
+            m.build((b, C.FRAME_SIZE, 1))
+        self.built = True
+
+    def quantize_lsf(self, lsf, training=None):
+        """[B, T, 16] -> (repaired quantized LSFs [B, T, 16], QuantizerOutput)."""
+        out = self.lsf_quantizer(lsf, training=training)
+        return repair_lsf_tf(out.quantized), out
+
+    def forward(self, inputs, training=None, num_active=None):
+        """Everything the loss needs, as a dict of tensors and per-module QuantizerOutputs."""
+        x, lsf = inputs["x"], inputs["lsf"]
+        lsf_q, lsf_out = self.quantize_lsf(lsf, training=training)
+        a = tf_ops.per_sample_filters_tf(lsf_q)                      # [B, 512, 17]
+        e = tf_ops.residual_tf(x, a) * self.window                    # [B, 512]
+        r = e * self.residual_scale
+        total = tf.zeros_like(r)
+        outs = []
+        for m in self.codec_modules[: num_active or self.num_active]:
+            y, q = m(r[..., None], training=training)
+            y = y[..., 0]
+            total += y
+            r = r - y
+            outs.append(q)
+        err = e - total / self.residual_scale
+        a_centre = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1])
+        err_sig = tf_ops.synthesis_error_tf(err, a_centre)
+        x_w = x[:, C.LPC_ORDER:] * self.window
+        return {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs}
+
+    def call(self, inputs, training=None):
+        return self.forward(inputs, training=training)["x_hat"]
+
+    # ------------------------------------------------------------------ losses
+    def positions(self, i: int) -> int:
+        return self.codec_modules[i].num_positions
+
+    def compute_terms(self, fwd, training=False):
+        """Loss terms and metrics (scalars) from `forward`'s output."""
+        w_time, w_mel, w_sparse = self.loss_weights
+        b = tf.cast(tf.shape(fwd["x"])[0], tf.float32)
+        t = {"time": L.time_rmse(fwd["x"], fwd["x_hat"]), "mel": L.multiscale_mel_loss(fwd["x"], fwd["x_hat"])}
+        loss = w_time * t["time"] + w_mel * t["mel"]
+        lsf = fwd["lsf"]
+        lsf_bits = lsf.bits / (3.0 * b)                                # bits per frame (16 LSFs)
+        frame_bits = lsf_bits
+        if self.is_cq:
+            loss += self.tau[0] * lsf_bits / C.LPC_ORDER + w_sparse * lsf.metrics.get("sparsity", 0.0) + lsf.aux_loss
+        for i, q in enumerate(fwd["modules"]):
+            symbols = self.positions(i) * self.codec_modules[i].quantizer.num_streams
+            h = q.bits / (b * symbols)                                 # bits per code symbol
+            frame_bits += q.bits / b
+            aux = q.aux_loss + w_sparse * q.metrics.get("sparsity", 0.0)
+            loss += self.tau[i + 1] * h + aux
+            t[f"H_{i + 1}"] = h
+            t[f"util_{i + 1}"] = q.metrics["utilisation"]
+            t[f"ppl_{i + 1}"] = q.metrics["perplexity"]
+            t[f"aux_{i + 1}"] = aux
+        t["lsf_bits"] = lsf_bits
+        t["kbps"] = frame_bits * C.FRAMES_PER_SECOND / C.BITS_PER_KBIT
+        t["loss"] = loss
+        return t
+
+    def _report(self, terms):
+        for k, v in terms.items():
+            self._trackers[k].update_state(v)
+        return {k: self._trackers[k].result() for k in terms}
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(self.forward(data, training=True), training=True)
+        pairs = [(g, v) for g, v in zip(tape.gradient(terms["loss"], self.trainable_variables),
+                                        self.trainable_variables) if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        return self._report(terms)
+
+    def test_step(self, data):
+        return self._report(self.compute_terms(self.forward(data, training=False)))
+
+    # ------------------------------------------------------------------ inference on frames
+    def encode_frames(self, residual_frames, num_active=None):
+        """Windowed residual frames [N, 512] -> list of int32 codes [N, positions, S] per module."""
+        r = tf.convert_to_tensor(residual_frames, tf.float32) * self.residual_scale
+        codes = []
+        for m in self.codec_modules[: num_active or len(self.codec_modules)]:
+            y, q = m(r[..., None], training=False)
+            codes.append(q.codes)
+            r = r - y[..., 0]
+        return codes
+
+    def decode_frames(self, codes):
+        """List of per-module codes (any prefix of the cascade) -> residual frames [N, 512]."""
+        total = 0.0
+        for m, c in zip(self.codec_modules, codes):
+            total += m.decode_codes(c)[..., 0]
+        return total / self.residual_scale
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(module_configs=self.module_configs, is_cq=self.is_cq, lsf_grid=self.lsf_grid.tolist(),
+                   residual_scale=self.residual_scale, signal_std=self.signal_std, loss_weights=list(self.loss_weights),
+                   num_active=self.num_active)
+        return cfg

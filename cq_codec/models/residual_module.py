@@ -1,0 +1,122 @@
+"""One neural residual codec ("module") of the cascade: encoder -> quantizer -> decoder.
+
+The reference architecture (Zhen et al., CMRL Interspeech 2019 / CQ ICASSP 2020):
+encoder conv 1->C (k55); blocks; strided conv (k9); blocks; conv C->code_dim (k55) + tanh;
+decoder conv ->C (k9); blocks; sub-pixel upsampling (T/s, C) -> (T, C/2); blocks; conv C/2->1 (k55).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+import constants as C
+from cq_codec.nn.blocks import SubPixelUpsample1D, make_block
+from cq_codec.quantizers import get_quantizer
+
+__all__ = ["ResidualModule"]
+
+
+@keras.saving.register_keras_serializable(package="cq_codec")
+class ResidualModule(layers.Layer):
+    """Codes one 512-sample frame: `call(x [B, 512, 1]) -> (y [B, 512, 1], QuantizerOutput)`.
+
+    The encoder makes `frame_size / stride` positions of `code_dim` values; they are regrouped
+    into vectors of `vector_dim` values for the quantizer (1 for the scalar softmax quantizer),
+    i.e. the quantizer sees `[B, frame_size / stride * code_dim / vector_dim, vector_dim]`.
+    """
+
+    def __init__(self, channels: int = 100, bottleneck: int = 20, num_resnets: int = 2,
+                 kernel_and_dilation=(9, 9, 1, 2), stride: int = 2, block_type: str = "gln",
+                 code_dim: int = 1, vector_dim: int = 1, quantizer: dict | None = None,
+                 frame_size: int = C.FRAME_SIZE, **kwargs):
+        super().__init__(**kwargs)
+        if stride not in (1, 2, 4):
+            raise ValueError(f"ResidualModule: stride must be 1, 2 or 4; got {stride}")
+        if frame_size % stride:
+            raise ValueError(f"ResidualModule: frame_size {frame_size} is not divisible by stride {stride}")
+        if (frame_size // stride * code_dim) % vector_dim:
+            raise ValueError(f"ResidualModule: {frame_size // stride} positions x code_dim {code_dim} cannot be "
+                             f"grouped into vectors of {vector_dim}")
+        if channels % 2:
+            raise ValueError(f"ResidualModule: channels must be even (the decoder halves them); got {channels}")
+        self.channels = int(channels)
+        self.bottleneck = int(bottleneck)
+        self.num_resnets = int(num_resnets)
+        self.kernel_and_dilation = tuple(int(v) for v in kernel_and_dilation)
+        self.stride = int(stride)
+        self.block_type = block_type
+        self.code_dim = int(code_dim)
+        self.vector_dim = int(vector_dim)
+        self.frame_size = int(frame_size)
+        self.quantizer_config = dict(quantizer or {"name": "softmax"})
+        qcfg = dict(self.quantizer_config)
+        self.quantizer = get_quantizer(qcfg.pop("name"), **qcfg)
+
+        k, d = self.kernel_and_dilation[:2], self.kernel_and_dilation[2:]
+
+        def blocks(ch, bn, tag):
+            return [make_block(block_type, ch, bn, k[j % 2], d[j % 2], name=f"{tag}_{j}") for j in range(self.num_resnets)]
+
+        conv = lambda n, ks, s=1, act=None, name=None: layers.Conv1D(n, ks, strides=s, padding="same",
+                                                                      activation=act, name=name)
+        enc = [conv(self.channels, 55, name="enc_in")] + blocks(self.channels, self.bottleneck, "enc_a")
+        if self.stride > 1:
+            enc.append(conv(self.channels, 9, self.stride, name="enc_down"))
+        enc += blocks(self.channels, self.bottleneck, "enc_b") + [conv(self.code_dim, 55, act="tanh", name="enc_out")]
+        half = self.channels // 2
+        dec = [conv(self.channels, 9, name="dec_in")] + blocks(self.channels, self.bottleneck, "dec_a")
+        dec.append(SubPixelUpsample1D(self.stride, half, name="dec_up") if self.stride > 1 else conv(half, 9, name="dec_up"))
+        dec += blocks(half, max(1, self.bottleneck // 2), "dec_b") + [conv(1, 55, name="dec_out")]
+        self.encoder_layers = enc
+        self.decoder_layers = dec
+        # 1.0 during the quantization-free pretrain epochs: a variable, so no retracing.
+        self.bypass = self.add_weight(shape=(), initializer="zeros", trainable=False, name="bypass")
+
+    @property
+    def num_positions(self) -> int:
+        """Quantizer positions per frame."""
+        return self.frame_size // self.stride * self.code_dim // self.vector_dim
+
+    def build(self, input_shape):
+        shape = (input_shape[0], self.frame_size, 1)
+        for layer in self.encoder_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.quantizer.build((input_shape[0], self.num_positions, self.vector_dim))
+        shape = (input_shape[0], self.frame_size // self.stride, self.code_dim)
+        for layer in self.decoder_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def encode_latent(self, x):
+        """[B, 512, 1] -> latents [B, positions, vector_dim] (before quantization)."""
+        h = x
+        for layer in self.encoder_layers:
+            h = layer(h)
+        return ops.reshape(h, (-1, self.num_positions, self.vector_dim))
+
+    def decode_latent(self, q):
+        """Quantized latents [B, positions, vector_dim] -> frame [B, 512, 1]."""
+        h = ops.reshape(q, (-1, self.frame_size // self.stride, self.code_dim))
+        for layer in self.decoder_layers:
+            h = layer(h)
+        return h
+
+    def call(self, x, training=None):
+        z = self.encode_latent(x)
+        out = self.quantizer(z, training=training)
+        q = self.bypass * z + (1.0 - self.bypass) * out.quantized
+        return self.decode_latent(q), out
+
+    def decode_codes(self, codes):
+        """Integer codes [B, positions, S] -> frame [B, 512, 1] (the inference path)."""
+        return self.decode_latent(self.quantizer.decode(codes))
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(channels=self.channels, bottleneck=self.bottleneck, num_resnets=self.num_resnets,
+                   kernel_and_dilation=list(self.kernel_and_dilation), stride=self.stride,
+                   block_type=self.block_type, code_dim=self.code_dim, vector_dim=self.vector_dim,
+                   quantizer=self.quantizer_config, frame_size=self.frame_size)
+        return cfg
