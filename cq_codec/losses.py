@@ -25,7 +25,10 @@ def time_rmse(x, y):
 
 @functools.lru_cache(maxsize=None)
 def _mel_matrix(bands: int):
-    return tf.signal.linear_to_mel_weight_matrix(bands, _FFT // 2 + 1, C.SAMPLE_RATE, 0.0, C.SAMPLE_RATE / 2)
+    # Cached as numpy: a cached tensor would leak between tf.function graphs.
+    with tf.init_scope():
+        return tf.signal.linear_to_mel_weight_matrix(bands, _FFT // 2 + 1, C.SAMPLE_RATE, 0.0,
+                                                     C.SAMPLE_RATE / 2).numpy()
 
 
 def multiscale_mel_loss(x, y, frame_length: int = 256, frame_step: int = 128):

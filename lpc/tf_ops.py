@@ -42,7 +42,7 @@ def _sections_product(cos_w):
     """prod_i (1 - 2 cos(w_i) z^-1 + z^-2): cos_w [..., m] -> coefficients [..., 2 m + 1]."""
     m = cos_w.shape[-1]
     lead = tf.shape(cos_w)[:-1]
-    poly = tf.ones(tf.concat([lead, [1]], 0), tf.float32)
+    poly = tf.ones(tf.concat([lead, [1]], 0), cos_w.dtype)
     rank = cos_w.shape.rank
     for i in range(m):  # fixed LPC_ORDER / 2 sections, not a loop over data
         c = -2.0 * cos_w[..., i:i + 1]
@@ -54,19 +54,22 @@ def _sections_product(cos_w):
 def lsf_to_lpc_tf(lsf):
     """LSFs to LPC coefficients, differentiable (products of second-order sections).
 
+    The polynomial products run in float64 (the coefficients of a 16th-order A(z) lose ~1e-4 to
+    float32 cancellation otherwise); the result is cast to float32.
+
     Args:
       lsf: [..., LPC_ORDER] radians; lsf[..., 0::2] are roots of P, lsf[..., 1::2] of Q.
     Returns:
       a [..., LPC_ORDER + 1] float32 with a[..., 0] == 1.
     """
-    lsf = _as_tensor(lsf, "lsf", tail=(_P,))
+    lsf = tf.cast(_as_tensor(lsf, "lsf", tail=(_P,)), tf.float64)
     rank = lsf.shape.rank
     p_def = _sections_product(tf.cos(lsf[..., 0::2]))
     q_def = _sections_product(tf.cos(lsf[..., 1::2]))
     pad = lambda t, left, right: tf.pad(t, [[0, 0]] * (rank - 1) + [[left, right]])
     p_full = pad(p_def, 0, 1) + pad(p_def, 1, 0)  # P = P' (1 + z^-1)
     q_full = pad(q_def, 0, 1) - pad(q_def, 1, 0)  # Q = Q' (1 - z^-1)
-    return 0.5 * (p_full + q_full)[..., :_P + 1]
+    return tf.cast(0.5 * (p_full + q_full)[..., :_P + 1], tf.float32)
 
 
 def _subframe_weights():

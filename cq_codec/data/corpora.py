@@ -129,10 +129,23 @@ def _demo(root: str) -> list[Utterance]:
     return utts
 
 
+def _is_demo_manifest(path: str) -> bool:
+    """A manifest.json with a list of {'file', 'speaker', ...} entries (see demo.py)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            files = json.load(f).get("files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(files, list) and all(isinstance(e, dict) and "file" in e
+                                           and "speaker" in e for e in files)
+
+
 def detect_corpus(data_dir: str | os.PathLike) -> str:
     """The layout of `data_dir`: one of 'timit', 'vctk', 'librispeech', 'demo', 'folder'."""
     root = _check_dir(data_dir)
-    if os.path.isfile(os.path.join(root, MANIFEST_NAME)):
+    if _is_demo_manifest(os.path.join(root, MANIFEST_NAME)):
         return "demo"
     files = _audio_files(root)
     if not files:

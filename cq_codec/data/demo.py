@@ -183,6 +183,10 @@ def _summary(files: list[dict]) -> dict:
     return out
 
 
+def _minutes_text(manifest: dict) -> str:
+    return ", ".join(f"{k} {v['minutes']} min" for k, v in manifest["splits"].items())
+
+
 def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
                       say: Callable[[str], None] | None = None) -> dict:
     """Builds the demo corpus into `out_dir` (skipped if its manifest.json already exists).
@@ -199,7 +203,7 @@ def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
         say(f"demo corpus already present in {out_dir}: nothing to do "
-            f"({', '.join(f'{k} {v['minutes']} min' for k, v in manifest['splits'].items())})")
+            f"({_minutes_text(manifest)})")
         return manifest
     missing = [t for t in ("apt-get", "dpkg", "ffmpeg") if shutil.which(t) is None]
     if missing:
@@ -250,5 +254,5 @@ def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
         json.dump(manifest, f, indent=1)
     os.replace(tmp_path, manifest_path)
     say(f"demo corpus written to {out_dir}: "
-        f"{', '.join(f'{k} {v['minutes']} min' for k, v in manifest['splits'].items())}")
+        f"{_minutes_text(manifest)}")
     return manifest

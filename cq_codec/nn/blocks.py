@@ -24,6 +24,9 @@ class _BlockBase(layers.Layer):
         self.kernel_size = int(kernel_size)
         self.dilation = int(dilation)
 
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
     def get_config(self):
         cfg = super().get_config()
         cfg.update(channels=self.channels, bottleneck=self.bottleneck, kernel_size=self.kernel_size,

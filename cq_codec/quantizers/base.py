@@ -101,16 +101,22 @@ class Quantizer(keras.layers.Layer):
         return tf.cast(codes, tf.int32)
 
     @staticmethod
-    def _entropy_terms(probs, codes, num_symbols, training):
+    def _entropy_terms(probs, codes, num_symbols, training, stream_weights=None):
         """Returns (bits, metrics) from assignments `[B, T, S, K]` and codes `[B, T, S]`.
 
         Training: bits from the soft histogram (differentiable). Inference: bits from the
         one-hot histogram, i.e. the empirical entropy of the codes. Metrics always come from
-        the hard codes.
+        the hard codes. `stream_weights` `[S]` (0/1) drops streams from `bits` (RVQ dropout).
         """
         hard = tf.one_hot(codes, num_symbols, dtype=tf.float32)
         hard_hist = entropy.assignment_histogram(hard)
-        bits = entropy.total_bits(probs if training else hard)
+        source = probs if training else hard
+        if stream_weights is None:
+            bits = entropy.total_bits(source)
+        else:
+            per_stream = entropy.stream_entropy_bits(entropy.assignment_histogram(source))
+            positions = tf.cast(tf.size(codes) // codes.shape[-1], tf.float32)
+            bits = tf.reduce_sum(per_stream * stream_weights) * positions
         n = tf.cast(tf.size(codes) // max(codes.shape[-1], 1), tf.float32)
         metrics = {
             "perplexity": entropy.perplexity(hard_hist),

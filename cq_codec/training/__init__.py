@@ -1,0 +1,1 @@
+"""Training: the greedy schedule, callbacks, checkpoints and modes."""

@@ -1,0 +1,135 @@
+"""Keras callbacks of the greedy schedule: pretrain bypass, entropy (tau) control, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+
+__all__ = ["PretrainBypass", "TauController", "EpochCheckpoint", "save_optimizer", "load_optimizer"]
+
+
+class PretrainBypass(keras.callbacks.Callback):
+    """Quantization off for the first `pretrain_epochs` epochs of a stage (the original's
+    "pretrain" epochs), on afterwards. Toggles variables, so nothing is retraced."""
+
+    def __init__(self, modules, pretrain_epochs: int):
+        super().__init__()
+        self.modules = list(modules)
+        self.pretrain_epochs = int(pretrain_epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for m in self.modules:
+            m.bypass.assign(1.0 if epoch < self.pretrain_epochs else 0.0)
+
+
+class TauController(keras.callbacks.Callback):
+    """Adapts each trained stream's entropy weight tau toward its target.
+
+    The original moved tau by +-0.015 once per epoch, too slow for short CPU budgets; this is
+    an integral controller run every `every` training steps on the running mean of the batch
+    entropy: tau <- max(0, tau + step * (H - target) / target). `targets` maps a tau index
+    (0 = LSFs, i = module i) to (metric name, target bits/symbol).
+    """
+
+    def __init__(self, tau_var, targets: dict, step: float, every: int = 20, active_from_epoch: int = 0):
+        super().__init__()
+        self.tau = tau_var
+        self.targets = dict(targets)
+        self.step = float(step)
+        self.every = int(every)
+        self.active_from_epoch = int(active_from_epoch)
+        self._epoch = 0
+        self._sums = {k: 0.0 for k in self.targets}
+        self._count = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch < self.active_from_epoch or not logs:
+            return
+        for idx, (name, _) in self.targets.items():
+            self._sums[idx] += float(logs.get(name, 0.0))
+        self._count += 1
+        if self._count < self.every:
+            return
+        tau = self.tau.numpy()
+        for idx, (_, target) in self.targets.items():
+            h = self._sums[idx] / self._count
+            tau[idx] = max(0.0, tau[idx] + self.step * (h - target) / target)
+            self._sums[idx] = 0.0
+        self._count = 0
+        self.tau.assign(tau)
+
+
+def save_optimizer(optimizer, path: str) -> None:
+    np.savez(path, *[v.numpy() for v in optimizer.variables])
+
+
+def load_optimizer(optimizer, variables, path: str) -> bool:
+    """Restore optimizer slots saved by `save_optimizer`; False when they do not fit."""
+    if not os.path.exists(path):
+        return False
+    optimizer.build(variables)
+    data = np.load(path)
+    values = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if len(values) != len(optimizer.variables) or any(v.shape != tuple(o.shape) for v, o in zip(values, optimizer.variables)):
+        return False
+    for o, v in zip(optimizer.variables, values):
+        o.assign(v)
+    return True
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: weights, optimizer slots, the resume state, a metrics.csv row.
+
+    Files in `ckpt_dir`: `latest.weights.h5`, `latest.optimizer.npz`, `state.json`
+    ({"done": {stage: epochs finished}, "stage": current stage}). Written to temporary names and
+    renamed, so a run killed mid-write leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, ckpt_dir: str, stage: str, state: dict, csv_path: str):
+        super().__init__()
+        self.ckpt_dir = ckpt_dir
+        self.stage = stage
+        self.state = state
+        self.csv_path = csv_path
+
+    def on_epoch_end(self, epoch, logs=None):
+        d = self.ckpt_dir
+        os.makedirs(d, exist_ok=True)
+        self.model.save_weights(os.path.join(d, "tmp.weights.h5"))
+        os.replace(os.path.join(d, "tmp.weights.h5"), os.path.join(d, "latest.weights.h5"))
+        save_optimizer(self.model.optimizer, os.path.join(d, "tmp.optimizer.npz"))
+        os.replace(os.path.join(d, "tmp.optimizer.npz"), os.path.join(d, "latest.optimizer.npz"))
+        self.state["done"][self.stage] = epoch + 1
+        self.state["stage"] = self.stage
+        self.state["tau"] = [float(t) for t in self.model.tau.numpy()]
+        with open(os.path.join(d, "state.tmp"), "w", encoding="utf-8") as fh:
+            json.dump(self.state, fh, indent=1)
+        os.replace(os.path.join(d, "state.tmp"), os.path.join(d, "state.json"))
+        row = {"stage": self.stage, "epoch": epoch + 1}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        row.update({f"tau_{i}": t for i, t in enumerate(self.state["tau"])})
+        new = not os.path.exists(self.csv_path)
+        fields = list(row)
+        if not new:
+            with open(self.csv_path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+            fields = header + [k for k in row if k not in header]
+            if fields != header:  # a later stage adds columns: rewrite with the wider header
+                with open(self.csv_path, newline="", encoding="utf-8") as fh:
+                    rows = list(csv.DictReader(fh))
+                with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
+                    w = csv.DictWriter(fh, fields)
+                    w.writeheader()
+                    w.writerows(rows)
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fields)
+            if new:
+                w.writeheader()
+            w.writerow(row)

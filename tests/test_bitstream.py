@@ -1,0 +1,311 @@
+"""Property tests of cq_codec.bitstream: entropy coding (bit-exact, near-optimal) and `.nac`."""
+
+import contextlib
+import hashlib
+import io
+import signal
+import struct
+import zlib
+
+import constriction
+import numpy as np
+import pytest
+
+from cq_codec.bitstream import container as nac
+from cq_codec.bitstream import entropy as ent
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Fail (instead of hanging) if the block runs longer than `seconds`."""
+    def handler(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s: a hang?")
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def skewed_codes(rng, n, sizes):
+    """Codes [n, S] with a peaked (geometric-like) distribution per stream."""
+    cols = [np.minimum(rng.geometric(min(0.9, 4.0 / a), n) - 1, a - 1) for a in sizes]
+    return np.stack(cols, 1).astype(np.int32)
+
+
+def random_walk(rng, n, a, step=2):
+    """A clipped random walk over {0..a-1}: strongly correlated consecutive codes, [n]."""
+    return np.clip(np.cumsum(rng.integers(-step, step + 1, n)) + a // 2, 0, a - 1).astype(np.int32)
+
+
+MODELS = [ent.CategoricalModel, ent.ContextModel]
+
+
+# ---------------------------------------------------------------- entropy coding
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("sizes", [[2], [7, 256], [1024, 3, 1, 256], [1, 1]])
+def test_round_trip_bit_exact(cls, sizes):
+    rng = np.random.default_rng(len(sizes))
+    model = cls.fit(skewed_codes(rng, 3000, sizes), sizes)
+    codes = skewed_codes(rng, 500, sizes)
+    data = ent.encode(codes, model)
+    assert isinstance(data, bytes) and len(data) % 4 == 0
+    out = ent.decode(data, len(codes), model)
+    assert out.dtype == np.int32 and out.shape == codes.shape
+    np.testing.assert_array_equal(out, codes)
+    assert ent.encode(out, model) == data     # deterministic
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_empty_single_and_unseen_symbols(cls):
+    sizes = [16, 5]
+    train = np.zeros((100, 2), np.int32)       # only symbol 0 seen: the others have count 0
+    model = cls.fit(train, sizes)
+    empty = np.zeros((0, 2), np.int32)
+    np.testing.assert_array_equal(ent.decode(ent.encode(empty, model), 0, model), empty)
+    single = np.array([[15, 4]])
+    np.testing.assert_array_equal(ent.decode(ent.encode(single, model), 1, model), single)
+    unseen = np.stack([np.arange(16), np.arange(16) % 5], 1)
+    np.testing.assert_array_equal(ent.decode(ent.encode(unseen, model), 16, model), unseen)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_estimate_bits_matches_payload(cls):
+    rng = np.random.default_rng(1)
+    sizes = [256, 16]
+    model = cls.fit(skewed_codes(rng, 20000, sizes), sizes)
+    codes = skewed_codes(rng, 5000, sizes)     # 10k symbols
+    est = ent.estimate_bits(codes, model)
+    actual = 8 * len(ent.encode(codes, model))
+    assert est > 1000
+    assert est - 64 <= actual <= 1.01 * est + 96
+    assert np.isclose(est, model.symbol_bits(codes).sum())
+
+
+def test_fixed_point_tables_are_what_constriction_codes_with():
+    """Probe constriction's quantile function (ANS state low bits) at every cdf boundary."""
+    rng = np.random.default_rng(2)
+    model = ent.CategoricalModel.fit(skewed_codes(rng, 5000, [300]), [300])
+    freqs = model.tables[0].astype(np.int64)
+    cdf = np.concatenate([[0], np.cumsum(freqs)])
+    assert cdf[-1] == 2 ** ent.PRECISION and freqs.min() >= 1
+    ctx = ent.ContextModel.fit(np.stack([random_walk(rng, 2000, 9)], 1), [9])
+    probes = [(model._models[0], cdf)]
+    for row in (0, 3, 9):
+        probes.append((ctx._coder_models()[0][row],
+                       np.concatenate([[0], np.cumsum(ctx.tables[0][row].astype(np.int64))])))
+    for m, c in probes:
+        for s in range(len(c) - 1):
+            for q in (c[s], c[s + 1] - 1):
+                coder = constriction.stream.stack.AnsCoder(
+                    np.array([q | (1 << 24), 1], np.uint32), seal=False)
+                assert int(coder.decode(m)) == s, (s, q)
+
+
+def test_quantize_weights():
+    f = ent.quantize_weights([[0.0, 1.0, 3.0], [5, 5, 5]])
+    assert f.dtype == np.uint32 and np.all(f.sum(-1) == 2 ** 24) and f.min() >= 1
+    assert abs(f[0, 2] / f[0, 1] - 3.0) < 1e-5
+    assert ent.quantize_weights([1.0])[0] == 2 ** 24
+    for bad in ([-1.0, 2.0], [0.0, 0.0], [np.nan, 1.0], []):
+        with pytest.raises(ValueError):
+            ent.quantize_weights(bad)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_model_serialisation(cls):
+    rng = np.random.default_rng(3)
+    model = cls.fit(skewed_codes(rng, 1000, [32, 1, 8]), [32, 1, 8])
+    for again in (ent.model_from_bytes(model.to_bytes()), ent.model_from_dict(model.to_dict())):
+        assert type(again) is cls and again == model
+        assert again.to_bytes() == model.to_bytes() and again.sha256 == model.sha256
+    other = cls.fit(skewed_codes(rng, 1000, [32, 1, 8]), [32, 1, 8])
+    assert other.sha256 != model.sha256
+    d = model.to_dict()
+    with pytest.raises(ValueError, match="version"):
+        ent.model_from_dict({**d, "version": 99})
+    with pytest.raises(ValueError, match="kind"):
+        ent.model_from_dict({**d, "kind": "mystery"})
+    with pytest.raises(ValueError, match="sum to 2"):
+        ent.model_from_dict({**d, "tables": [ent._b64(np.ones(32 * (33 if cls is ent.ContextModel else 1)))]
+                             + d["tables"][1:]})
+
+
+def test_context_model_saves_bits_only_on_correlated_data():
+    rng = np.random.default_rng(4)
+    walk_train = np.stack([random_walk(rng, 20000, 64) for _ in range(2)], 1)
+    walk_test = np.stack([random_walk(rng, 5000, 64) for _ in range(2)], 1)
+    iid_train, iid_test = skewed_codes(rng, 20000, [64, 64]), skewed_codes(rng, 5000, [64, 64])
+    bits = {}
+    for name, train, test in (("walk", walk_train, walk_test), ("iid", iid_train, iid_test)):
+        for cls in MODELS:
+            bits[name, cls] = ent.estimate_bits(test, cls.fit(train, [64, 64]))
+    assert bits["walk", ent.ContextModel] < 0.6 * bits["walk", ent.CategoricalModel]
+    assert bits["iid", ent.ContextModel] < 1.05 * bits["iid", ent.CategoricalModel]
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_bad_input_errors(cls):
+    model = cls.fit(np.zeros((4, 2), np.int32), [4, 3])
+    with pytest.raises(ValueError, match=r"row 1, stream 1"):
+        ent.encode(np.array([[0, 0], [0, 3]]), model)
+    with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
+        ent.encode(np.zeros((3, 3), np.int32), model)
+    with pytest.raises(TypeError, match="integers"):
+        ent.encode(np.zeros((3, 2), np.float32), model)
+    data = ent.encode(np.array([[1, 2], [3, 0]] * 50), model)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ent.decode(data + b"\0", 100, model)
+    with pytest.raises(ValueError, match="left after decoding"):
+        ent.decode(data + data, 100, model)
+    with pytest.raises(ValueError, match="num_rows"):
+        ent.decode(data, -1, model)
+    with pytest.raises(TypeError, match="model"):
+        ent.encode(np.zeros((1, 2), np.int32), {"not": "a model"})
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_damaged_payload_gives_value_error_or_codes(cls):
+    """The payload has no checksum of its own (the container's CRC has); damage must still
+    give codes in range or a ValueError, never another exception or a hang."""
+    rng = np.random.default_rng(6)
+    model = cls.fit(skewed_codes(rng, 500, [50, 7, 1]), [50, 7, 1])
+    good = ent.encode(skewed_codes(rng, 40, [50, 7, 1]), model)
+    with time_limit(20):
+        for _ in range(300):
+            data = bytearray(good)
+            data[rng.integers(len(data))] ^= int(rng.integers(1, 256))
+            for case in (bytes(data), rng.bytes(4 * int(rng.integers(0, 12)))):
+                try:
+                    out = ent.decode(case, 40, model)
+                except ValueError:
+                    continue
+                assert out.shape == (40, 3) and out.min() >= 0
+                assert np.all(out < np.array([50, 7, 1]))
+
+
+# Golden: a change to the coder, the table arithmetic or the serialisation breaks these.
+GOLDEN_SIZES = [5, 3, 1, 16]
+GOLDEN_PAYLOAD_SHA256 = {
+    "categorical": "192ff1b5a26c3a14913d8c45ad989991a8dada1554ce19d57115885cfe123082",
+    "context": "f940a04945d341bd22ef59afa3ce3df1d6c17bf769e8c2f1e22bb0f0c40d4e4b",
+}
+GOLDEN_MODEL_SHA256 = {
+    "categorical": "fff45f9ccb3fea31e92fb06425faa1c94a05e6beccef454e03ebfbad39d8b514",
+    "context": "60b7511dd1f0a56139f3398305c548decc8214612a4c010992a927c2f11960b2",
+}
+GOLDEN_NAC_SHA256 = "2e71b883b78e497175860d030d0e7a9052955705e70e02eac7dca73afe93bd59"
+
+
+def golden_codes():
+    """40 rows of codes from a fixed LCG (independent of any library RNG), [40, 4]."""
+    x, rows = 12345, []
+    for _ in range(40):
+        row = []
+        for a in GOLDEN_SIZES:
+            x = (1103515245 * x + 12345) % 2 ** 31
+            row.append((x >> 16) % a if (x >> 8) % 3 else 0)
+        rows.append(row)
+    return np.array(rows, np.int32)
+
+
+def golden_model(kind):
+    weights = [[4, 2, 1, 1, 0], [1, 1, 6], [1], list(range(16))]
+    if kind == "categorical":
+        return ent.CategoricalModel([ent.quantize_weights(w) for w in weights])
+    return ent.ContextModel([ent.quantize_weights([[1.0 + w[i] + 3 * ((i + r) % len(w) == 0)
+                                                     for i in range(len(w))]
+                                                    for r in range(len(w) + 1)]) for w in weights])
+
+
+@pytest.mark.parametrize("kind", ["categorical", "context"])
+def test_golden_payload(kind):
+    model, codes = golden_model(kind), golden_codes()
+    data = ent.encode(codes, model)
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_PAYLOAD_SHA256[kind]
+    assert model.sha256 == GOLDEN_MODEL_SHA256[kind]
+    assert ent.model_from_bytes(model.to_bytes()) == model
+    np.testing.assert_array_equal(ent.decode(data, len(codes), model), codes)
+
+
+# ---------------------------------------------------------------- .nac container
+
+def small_nac():
+    meta = nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, sample_rate=16000,
+                              num_samples=4800, stages=["lsf", "res1"], alphabet_sizes=[5, 3],
+                              num_chunks=3, frames_per_chunk=4, num_frames=10, bitrate_kbps=6.1)
+    chunks = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
+    return nac.write_nac(meta, chunks, 6.1), meta, chunks
+
+
+def test_container_round_trip():
+    data, meta, chunks = small_nac()
+    assert data[:4] == b"NAC\x01" and data[8] == 24      # 6.1 kbps -> 24 quarter-kbps
+    header, meta2, chunks2 = nac.read_nac(data)
+    assert header.version == 1 and header.bitrate_kbps == 6.0 and meta2 == meta
+    assert chunks2 == chunks
+    reader = nac.NacReader(io.BytesIO(data))
+    assert reader.metadata == meta and list(reader) == chunks
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_NAC_SHA256
+
+
+def test_bitrate_byte():
+    assert [nac.bitrate_to_byte(k) for k in (0, 0.12, 0.13, 6, 63.75, 100)] == [0, 0, 1, 24, 255, 255]
+    with pytest.raises(ValueError):
+        nac.bitrate_to_byte(float("nan"))
+
+
+def test_every_byte_corruption_and_truncation_raises_nac_error():
+    data, _, _ = small_nac()
+    rng = np.random.default_rng(5)
+    cases = []
+    for i in range(len(data)):
+        for value in {data[i] ^ 0xFF, *rng.integers(0, 256, 3).tolist()} - {data[i]}:
+            cases.append(data[:i] + bytes([value]) + data[i + 1:])
+    cases += [data[:k] for k in range(len(data))] + [data + b"\0"]
+    with time_limit(20):
+        for case in cases:
+            with pytest.raises(nac.NacError):
+                nac.read_nac(case)
+
+
+def test_error_types_and_messages():
+    data, meta, _ = small_nac()
+    with pytest.raises(nac.NacVersionError, match="version 2.*supports version 1"):
+        nac.read_nac(data[:3] + b"\x02" + data[4:])
+    with pytest.raises(nac.NacFormatError, match="magic"):
+        nac.read_nac(b"RIFF" + data[4:])
+    damaged = bytearray(data)
+    damaged[len(data) - 1] ^= 1                        # last byte of chunk 2
+    with pytest.raises(nac.NacChecksumError, match="chunk 2 at offset") as info:
+        nac.read_nac(bytes(damaged))
+    assert info.value.chunk_index == 2
+    with pytest.raises(nac.NacFormatError, match="truncated.*offset"):
+        nac.read_nac(data[:-1])
+    huge = bytearray(nac.write_nac(meta, [b"x"] * 3, 1))
+    off = nac.HEADER_SIZE + struct.unpack(">I", huge[4:8])[0] + 4
+    huge[off:off + 4] = struct.pack(">I", 2 ** 31)     # a damaged length: no huge allocation
+    with pytest.raises(nac.NacFormatError, match="exceeds the limit"):
+        nac.read_nac(bytes(huge))
+    with pytest.raises(nac.NacFormatError, match="num_chunks"):
+        nac.write_nac({"num_chunks": 2}, [b"a"], 1)
+    with pytest.raises(TypeError):
+        nac.read_nac("not bytes")
+
+
+def test_streaming_reader_yields_chunks_lazily():
+    meta = {"model": "m"}
+    chunks = [bytes([i]) * 1000 for i in range(5)]
+    data = bytearray(nac.write_nac(meta, chunks, 12))
+    data[-10] ^= 0xFF                                  # damage the last chunk only
+    reader = nac.NacReader(io.BytesIO(bytes(data)))
+    assert reader.num_chunks == 5
+    it = iter(reader)
+    assert [next(it) for _ in range(4)] == chunks[:4]  # earlier chunks come out before the error
+    with pytest.raises(nac.NacChecksumError) as info:
+        next(it)
+    assert info.value.chunk_index == 4
+    assert zlib.crc32(chunks[4]) != zlib.crc32(bytes(data[-1000:]))
