@@ -140,10 +140,20 @@ class Config:
         need(self.num_stages >= 1, "num_stages", f"must be >= 1; got {self.num_stages}")
         if self.codebook_sizes:
             need(all(k >= 2 for k in self.codebook_sizes), "codebook_sizes", "every entry must be >= 2")
+            need(len(set(self.codebook_sizes)) == 1, "codebook_sizes",
+                 f"stages/groups share one codebook size in this version; got {list(self.codebook_sizes)}")
         if self.stage_dims:
             need(all(d >= 1 for d in self.stage_dims), "stage_dims", "every entry must be >= 1")
+            need(len(set(self.stage_dims)) == 1, "stage_dims",
+                 f"PQ sub-vectors must have equal sizes in this version; got {list(self.stage_dims)}")
             need(sum(self.stage_dims) == self.embedding_dim or self.quantizer != "pq", "stage_dims",
                  f"for pq the sub-vector sizes must add up to --embedding_dim ({self.embedding_dim}); got {list(self.stage_dims)}")
+        if self.quantizer == "pq" and not self.stage_dims:
+            need(self.embedding_dim % 2 == 0, "embedding_dim", f"pq splits it into 2 groups by default: must be even; got {self.embedding_dim}")
+        if self.quantizer != "softmax":
+            positions = C.FRAME_SIZE // max(self.the_strides)
+            need(positions % self.embedding_dim == 0, "embedding_dim",
+                 f"{positions} latent positions per frame cannot be grouped into vectors of {self.embedding_dim}")
         need(self.lsf_bins >= 2, "lsf_bins", f"must be >= 2; got {self.lsf_bins}")
         need(len(self.target_entropy) >= 1 and all(t > 0 for t in self.target_entropy), "target_entropy",
              f"needs positive targets, one per module (the last is reused); got {list(self.target_entropy)}")

@@ -1,14 +1,25 @@
-"""Whole-utterance encoding and decoding with a trained `CQCodec` (hard quantization).
+"""Encoding and decoding with a trained `CQCodec` (hard quantization), streaming with carried state.
 
 wav -> high-pass -> pre-emphasis -> / std -> LSFs per hop -> quantized LSF codes -> residual with
 the quantized, interpolated A(z) -> windowed 512-sample frames -> cascade codes; and back:
 codes -> frames -> overlap-add -> 1/A(z) -> de-emphasis -> * std. The encoder and the decoder
 rebuild A(z) from the same LSF codes with the same functions, so 1/A(z) inverts A(z) exactly.
+
+`StreamEncoder` / `StreamDecoder` work chunk by chunk (`frames_per_chunk` hops) and carry every
+piece of state between calls: the high-pass and pre-emphasis filter states, the LPC analysis
+look-ahead (hop t's window ends at sample t * 480 + 240 + 512), the residual / synthesis filter
+histories, the previous hop's quantized LSFs (sub-frame interpolation), the 32 residual samples a
+frame needs from the next hop, the decoder's 32-sample overlap-add tail and the de-emphasis
+state. The model always sees batches of exactly one chunk's frames, aligned to absolute frame
+indices, so the codes (and the decoded audio) do not depend on how the input was split into
+`push` calls: whole-utterance `encode` / `decode` are the same code run in one call. Memory is
+bounded by one chunk plus about two hops of look-ahead, whatever the input length.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -16,7 +27,11 @@ import tensorflow as tf
 import constants as C
 import lpc
 
-__all__ = ["Codes", "encode", "decode", "preprocess", "num_hops_for"]
+__all__ = ["Codes", "CodeChunk", "StreamEncoder", "StreamDecoder", "encode", "decode",
+           "preprocess", "num_hops_for", "DEFAULT_FRAMES_PER_CHUNK"]
+
+DEFAULT_FRAMES_PER_CHUNK = 250      # 7.5 s of audio per chunk
+_LEFT = C.LPC_WINDOW // 2 - C.HOP_SIZE // 2        # 272: LPC window start before its hop
 
 
 @dataclasses.dataclass
@@ -31,6 +46,19 @@ class Codes:
     modules: list
     num_samples: int
 
+    def chunks(self, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> list["CodeChunk"]:
+        """Split into consecutive `CodeChunk`s of `frames_per_chunk` hops (the last may be shorter)."""
+        n = self.lsf.shape[0]
+        return [CodeChunk(self.lsf[s:s + frames_per_chunk], [m[s:s + frames_per_chunk] for m in self.modules])
+                for s in range(0, n, frames_per_chunk)]
+
+
+class CodeChunk(NamedTuple):
+    """Codes of consecutive hops: lsf int32 [n, 16], modules list of int32 [n, positions, S]."""
+
+    lsf: np.ndarray
+    modules: list
+
 
 def num_hops_for(num_samples: int) -> int:
     return max(1, -(-int(num_samples) // C.HOP_SIZE))
@@ -43,47 +71,179 @@ def preprocess(wav: np.ndarray, signal_std: float) -> np.ndarray:
     return y / signal_std
 
 
-def _filters_from_lsf_codes(model, lsf_codes: np.ndarray) -> np.ndarray:
-    lsf_q = model.lsf_quantizer.decode(tf.constant(lsf_codes[None], tf.int32))
+def _quantized_lsf(model, lsf_codes: np.ndarray) -> np.ndarray:
+    """int32 LSF codes [T, 16] -> repaired quantized LSFs float64 [T, 16] (element-wise ops only,
+    so the result does not depend on T)."""
     from cq_codec.models.cq import repair_lsf_tf
-    lsf_q = repair_lsf_tf(lsf_q)[0].numpy().astype(np.float64)
-    return lpc.subframe_lpc(lsf_q)
+    lsf_q = model.lsf_quantizer.decode(tf.constant(lsf_codes[None], tf.int32))
+    return repair_lsf_tf(lsf_q)[0].numpy().astype(np.float64)
 
 
-def encode(model, wav: np.ndarray, num_active: int | None = None, batch_frames: int = 256) -> Codes:
+def _check_chunk_size(frames_per_chunk) -> int:
+    if isinstance(frames_per_chunk, bool) or int(frames_per_chunk) != frames_per_chunk or frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be a positive int, got {frames_per_chunk!r}")
+    return int(frames_per_chunk)
+
+
+class StreamEncoder:
+    """Streaming encoder: `push(wav)` 16 kHz float samples [n] any number of times, then `finish()`.
+
+    Both return the list of `CodeChunk`s completed so far (each `frames_per_chunk` hops, the last
+    one possibly shorter). Hop t's codes need the input up to sample t * 480 + 1232 (LPC window of
+    hop t + 1 reaches t * 480 + 480 + 752, the frame's last 32 samples are hop t + 1's residual).
+    """
+
+    def __init__(self, model, num_active: int | None = None,
+                 frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK):
+        n = model.num_active if num_active is None else int(num_active)
+        if not 1 <= n <= len(model.codec_modules):
+            raise ValueError(f"num_active must be in 1..{len(model.codec_modules)}; got {num_active}")
+        self.model, self.num_active = model, n
+        self.frames_per_chunk = _check_chunk_size(frames_per_chunk)
+        self.num_samples = 0            # input samples pushed so far
+        self._hp = self._pe = None      # high-pass, pre-emphasis states
+        self._xp = np.zeros(_LEFT)      # [272 zeros, x...] from LPC hop `_h_lsf`'s window start
+        self._h_lsf = 0                 # hops whose LSFs + residual are done
+        self._lsf_prev = None           # quantized LSFs of hop _h_lsf - 1
+        self._res_state = None          # residual filter history (last 16 input samples)
+        self._e = np.zeros(0)           # residual from sample _h_frame * 480 on
+        self._h_frame = 0               # frames cut so far
+        self._frames, self._lsf_codes = [], []   # pending (not yet coded) frames / LSF codes
+        self._finished = False
+
+    def push(self, wav) -> list[CodeChunk]:
+        if self._finished:
+            raise RuntimeError("StreamEncoder.push after finish()")
+        wav = np.asarray(wav, np.float64)
+        if wav.ndim != 1:
+            raise ValueError(f"push expects a 1-D 16 kHz signal; got shape {wav.shape}")
+        if not np.all(np.isfinite(wav)):
+            raise ValueError("encode: the signal contains NaN or infinite samples")
+        if wav.size == 0:
+            return []
+        y, self._hp = lpc.highpass(wav, self._hp)
+        y, self._pe = lpc.preemphasis(y, self._pe)
+        self._xp = np.concatenate([self._xp, y / self.model.signal_std])
+        self.num_samples += wav.size
+        return self._advance(final=False)
+
+    def finish(self) -> list[CodeChunk]:
+        """Flush: zero-pads the signal to whole hops and codes the rest."""
+        if self._finished:
+            raise RuntimeError("StreamEncoder.finish called twice")
+        if self.num_samples == 0:
+            raise ValueError("encode expects a non-empty signal; no samples were pushed")
+        self._finished = True
+        return self._advance(final=True)
+
+    # ------------------------------------------------------------------ internals
+    def _advance(self, final: bool) -> list[CodeChunk]:
+        total = num_hops_for(self.num_samples)
+        start = self._h_lsf * C.HOP_SIZE          # absolute xp index of self._xp[0]
+        if final:
+            ready = total
+            need = (total - 1) * C.HOP_SIZE + C.LPC_WINDOW - start
+            if len(self._xp) < need:
+                self._xp = np.concatenate([self._xp, np.zeros(need - len(self._xp))])
+        else:
+            have = start + len(self._xp)
+            ready = min(total, (have - C.LPC_WINDOW) // C.HOP_SIZE + 1) if have >= C.LPC_WINDOW else 0
+        if ready > self._h_lsf:
+            self._analyse(ready - self._h_lsf)
+        frames_ready = total if final else max(0, self._h_lsf - 1)
+        if frames_ready > self._h_frame:
+            self._cut_frames(frames_ready - self._h_frame, final)
+        return self._emit(final)
+
+    def _analyse(self, k: int) -> None:
+        """LSFs, their codes and the residual of the next k hops."""
+        windows = np.lib.stride_tricks.sliding_window_view(self._xp[: (k - 1) * C.HOP_SIZE + C.LPC_WINDOW],
+                                                           C.LPC_WINDOW)[:: C.HOP_SIZE]
+        lsf = lpc.lpc_to_lsf(lpc.lpc_from_frames(windows))
+        _, out = self.model.quantize_lsf(tf.constant(lsf[None], tf.float32), training=False)
+        codes = out.codes[0].numpy().astype(np.int32)
+        lsf_q = _quantized_lsf(self.model, codes)
+        a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
+        x = self._xp[_LEFT: _LEFT + k * C.HOP_SIZE]
+        e, self._res_state = lpc.residual(x, a_sub, self._res_state)
+        self._lsf_prev = lsf_q[-1]
+        self._lsf_codes.append(codes)
+        self._e = np.concatenate([self._e, e])
+        self._xp = self._xp[k * C.HOP_SIZE:]
+        self._h_lsf += k
+
+    def _cut_frames(self, k: int, final: bool) -> None:
+        frames = lpc.frame_signal(self._e, k) if final else lpc.frame_signal(self._e[: (k - 1) * C.HOP_SIZE + C.FRAME_SIZE], k)
+        self._frames.append(frames.astype(np.float32))
+        self._e = self._e[k * C.HOP_SIZE:]
+        self._h_frame += k
+
+    def _emit(self, final: bool) -> list[CodeChunk]:
+        frames = np.concatenate(self._frames) if self._frames else np.zeros((0, C.FRAME_SIZE), np.float32)
+        lsf = np.concatenate(self._lsf_codes) if self._lsf_codes else np.zeros((0, C.LPC_ORDER), np.int32)
+        out, f = [], self.frames_per_chunk
+        s = 0
+        while len(frames) - s >= f or (final and len(frames) > s):
+            batch = frames[s: s + f]
+            codes = self.model.encode_frames(batch, num_active=self.num_active)
+            out.append(CodeChunk(lsf[s: s + len(batch)], [c.numpy().astype(np.int32) for c in codes]))
+            s += len(batch)
+        self._frames = [frames[s:]] if s < len(frames) else []
+        self._lsf_codes = [lsf[s:]] if s < len(lsf) else []
+        return out
+
+
+class StreamDecoder:
+    """Streaming decoder: `push(chunk)` -> float32 16 kHz samples of the chunk's hops.
+
+    With `num_samples` given, the output stops there (the encoder's zero padding is dropped).
+    """
+
+    def __init__(self, model, num_samples: int | None = None):
+        self.model = model
+        self.num_samples = None if num_samples is None else int(num_samples)
+        self.emitted = 0
+        self._lsf_prev = None
+        self._tail = np.zeros(C.OVERLAP)
+        self._syn = self._de = None
+
+    def push(self, chunk: CodeChunk) -> np.ndarray:
+        lsf_codes = np.asarray(chunk.lsf, np.int32)
+        n = lsf_codes.shape[0]
+        if lsf_codes.ndim != 2 or n == 0 or any(np.shape(m)[0] != n for m in chunk.modules) or not chunk.modules:
+            raise ValueError(f"a chunk needs lsf codes [n >= 1, 16] and at least one module's codes [n, P, S]; "
+                             f"got lsf {lsf_codes.shape}, modules {[np.shape(m) for m in chunk.modules]}")
+        lsf_q = _quantized_lsf(self.model, lsf_codes)
+        a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
+        self._lsf_prev = lsf_q[-1]
+        frames = self.model.decode_frames([tf.constant(np.asarray(m, np.int32)) for m in chunk.modules])
+        frames = np.asarray(frames, np.float64)
+        e = frames[:, : C.HOP_SIZE].copy()
+        e[0, : C.OVERLAP] += self._tail
+        e[1:, : C.OVERLAP] += frames[:-1, C.HOP_SIZE:]
+        self._tail = frames[-1, C.HOP_SIZE:].copy()
+        y, self._syn = lpc.synthesis(e.reshape(-1), a_sub, self._syn)
+        y, self._de = lpc.deemphasis(y * self.model.signal_std, self._de)
+        if self.num_samples is not None:
+            y = y[: max(0, self.num_samples - self.emitted)]
+        self.emitted += len(y)
+        return y.astype(np.float32)
+
+
+def encode(model, wav: np.ndarray, num_active: int | None = None,
+           frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Codes:
     """Float wav [N] at 16 kHz -> Codes (hard codes of the first `num_active` modules)."""
     wav = np.asarray(wav, np.float64)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"encode expects a non-empty 1-D 16 kHz signal; got shape {wav.shape}")
-    if not np.all(np.isfinite(wav)):
-        raise ValueError("encode: the signal contains NaN or infinite samples")
-    n = model.num_active if num_active is None else int(num_active)
-    if not 1 <= n <= len(model.codec_modules):
-        raise ValueError(f"num_active must be in 1..{len(model.codec_modules)}; got {num_active}")
-    hops = num_hops_for(wav.size)
-    x = np.zeros(hops * C.HOP_SIZE)
-    x[: wav.size] = preprocess(wav, model.signal_std)
-    lsf = lpc.analyze(x, num_hops=hops)
-    _, lsf_out = model.quantize_lsf(tf.constant(lsf[None], tf.float32), training=False)
-    lsf_codes = lsf_out.codes[0].numpy().astype(np.int32)
-    e, _ = lpc.residual(x, _filters_from_lsf_codes(model, lsf_codes))
-    frames = lpc.frame_signal(e, hops).astype(np.float32)
-    per_module = [[] for _ in range(n)]
-    for s in range(0, hops, batch_frames):
-        for i, c in enumerate(model.encode_frames(frames[s: s + batch_frames], num_active=n)):
-            per_module[i].append(c.numpy().astype(np.int32))
-    return Codes(lsf=lsf_codes, modules=[np.concatenate(p) for p in per_module], num_samples=int(wav.size))
+    enc = StreamEncoder(model, num_active, frames_per_chunk)
+    chunks = enc.push(wav) + enc.finish()
+    return Codes(lsf=np.concatenate([c.lsf for c in chunks]),
+                 modules=[np.concatenate([c.modules[i] for c in chunks]) for i in range(enc.num_active)],
+                 num_samples=int(wav.size))
 
 
-def decode(model, codes: Codes, batch_frames: int = 256) -> np.ndarray:
+def decode(model, codes: Codes, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> np.ndarray:
     """Codes -> float32 wav [num_samples] at 16 kHz (any prefix of the modules)."""
-    hops = codes.lsf.shape[0]
-    a_sub = _filters_from_lsf_codes(model, codes.lsf)
-    frames = []
-    for s in range(0, hops, batch_frames):
-        chunk = [tf.constant(c[s: s + batch_frames]) for c in codes.modules]
-        frames.append(model.decode_frames(chunk).numpy())
-    e_hat = lpc.overlap_add(np.concatenate(frames).astype(np.float64))[: hops * C.HOP_SIZE]
-    y, _ = lpc.synthesis(e_hat, a_sub)
-    y, _ = lpc.deemphasis(y * model.signal_std)
-    return y[: codes.num_samples].astype(np.float32)
+    dec = StreamDecoder(model, codes.num_samples)
+    return np.concatenate([dec.push(c) for c in codes.chunks(frames_per_chunk)])

@@ -26,6 +26,8 @@ def _make(kind):
         return Q.SoftmaxQuantizer(initial_bins=bins), 4
     if kind == "vq":
         return Q.VectorQuantizer(codebook_size=16, seed=1), 4
+    if kind == "vq_grad":
+        return Q.VectorQuantizer(codebook_size=16, use_ema=False, seed=1), 4
     if kind == "rvq":
         return Q.ResidualVectorQuantizer(num_stages=3, codebook_size=8, seed=1), 4
     if kind == "gumbel":
@@ -35,7 +37,7 @@ def _make(kind):
     raise AssertionError(kind)
 
 
-KINDS = ["softmax", "softmax_st", "softmax_lsf", "vq", "rvq", "gumbel", "pq"]
+KINDS = ["softmax", "softmax_st", "softmax_lsf", "vq", "vq_grad", "rvq", "gumbel", "pq"]
 
 
 def _latents(dim, seed=0, shift=0.0):
@@ -168,6 +170,63 @@ def test_vq_dead_codes_are_revived():
     assert float(vq(tight()).metrics["utilisation"]) >= 0.5
 
 
+def test_vq_ema_step_moves_codes_to_cluster_means():
+    vq = Q.VectorQuantizer(codebook_size=8, decay=0.0, epsilon=1e-9, kmeans_iters=0,
+                           dead_code_threshold=0, seed=4)
+    z = _latents(3, seed=2)
+    vq(z, training=True)  # initialisation picks 8 latents, then one EMA step
+    before = vq.codebook.numpy()
+    out = vq(z, training=True)
+    codes = out.codes.numpy().reshape(-1)
+    flat = z.numpy().reshape(-1, 3)
+    np.testing.assert_array_equal(codes, ((flat[:, None] - before) ** 2).sum(-1).argmin(1))
+    after = vq.codebook.numpy()
+    for k in np.unique(codes):
+        np.testing.assert_allclose(after[k], flat[codes == k].mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_straight_through_forward_is_the_hard_value():
+    for kind in ("softmax_st", "vq", "gumbel"):
+        q, z = _ready(kind)
+        table = {"softmax_st": "bins", "vq": "codebook", "gumbel": "embedding"}[kind]
+        weights = getattr(q, table).numpy()
+        out = q(z, training=True)
+        codes = out.codes.numpy()
+        expected = weights[0][codes] if kind == "softmax_st" else weights[codes[..., 0]]
+        np.testing.assert_allclose(out.quantized.numpy(), expected, atol=1e-5)
+
+
+def test_graph_mode_training_and_switches_without_retracing():
+    vq = Q.VectorQuantizer(codebook_size=8, seed=5)
+    step = tf.function(lambda z: vq(z, training=True).metrics["utilisation"])
+    z = _latents(4, seed=6)
+    step(z)
+    assert float(vq.initialized.numpy()) == 1.0  # k-means ran inside the graph
+    np.testing.assert_array_equal(vq(z).codes.numpy(),
+                                  ((z.numpy()[..., None, :] - vq.codebook.numpy()) ** 2
+                                   ).sum(-1).argmin(-1)[..., None])
+    sq = Q.SoftmaxQuantizer(num_bins=4)
+    infer = tf.function(lambda z: sq(z, training=False).quantized)
+    z1 = _latents(1)
+    hard = infer(z1).numpy()
+    sq.set_bypass(True)
+    np.testing.assert_array_equal(infer(z1).numpy(), z1.numpy())
+    sq.set_bypass(False)
+    np.testing.assert_array_equal(infer(z1).numpy(), hard)
+    assert infer.experimental_get_tracing_count() == 1
+
+
+def test_soft_bits_approach_hard_bits_as_alpha_grows():
+    q = Q.SoftmaxQuantizer(num_bins=8)
+    z = _latents(1, seed=7)
+    hard = float(q(z).bits)
+    gaps = []
+    for alpha in (3.0, 30.0, 3000.0):
+        q.set_alpha(alpha)
+        gaps.append(abs(float(q(z, training=True).bits) - hard))
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.01 * hard
+
+
 def test_rvq_fewer_stages_have_higher_error():
     q, z = _ready("rvq")
     for _ in range(5):
@@ -248,6 +307,7 @@ def test_bits_per_second_and_factory():
     (lambda: Q.SoftmaxQuantizer().anneal(3), "alpha_mode='annealed'"),
     (lambda: Q.VectorQuantizer(codebook_size=0), "codebook_size"),
     (lambda: Q.VectorQuantizer(decay=1.5), "decay"),
+    (lambda: Q.VectorQuantizer(epsilon=0.0), "epsilon"),
     (lambda: Q.ResidualVectorQuantizer(num_stages=0), "num_stages"),
     (lambda: Q.ResidualVectorQuantizer(num_stages=2, num_active_stages=3), "num_active_stages"),
     (lambda: Q.ResidualVectorQuantizer(dropout_prob=2.0), "dropout_prob"),

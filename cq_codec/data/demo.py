@@ -29,7 +29,6 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
-import soundfile as sf
 
 import constants
 from cq_codec.data.audio import AudioError, load_audio, write_wav

@@ -64,10 +64,12 @@ class CQCodec(keras.Model):
       signal_std: the corpus std after pre-emphasis, by which inputs are divided.
       loss_weights: (time RMSE, multi-scale mel, sparsity) weights.
       num_active: modules used (the trainer sets it per stage; inference may use any prefix).
+      entropy_tables: JSON-friendly dict of the bitstream's probability tables (set by
+        `cq_codec.bitstream.codec_stream.fit_entropy_tables`), saved with the model; or None.
     """
 
     def __init__(self, module_configs, is_cq=True, lsf_grid=None, residual_scale=1.0, signal_std=1.0,
-                 loss_weights=(60.0, 10.0, 10.0), num_active=None, **kwargs):
+                 loss_weights=(60.0, 10.0, 10.0), num_active=None, entropy_tables=None, **kwargs):
         super().__init__(**kwargs)
         if not module_configs:
             raise ValueError("CQCodec needs at least one module config")
@@ -80,6 +82,7 @@ class CQCodec(keras.Model):
         self.residual_scale = float(residual_scale)
         self.signal_std = float(signal_std)  # corpus std after pre-emphasis (input normalisation)
         self.loss_weights = tuple(float(w) for w in loss_weights)
+        self.entropy_tables = entropy_tables
         self.lsf_quantizer = SoftmaxQuantizer(initial_bins=grid, trainable_bins=self.is_cq, alpha=300.0,
                                               name="lsf_quantizer")
         self.codec_modules = [ResidualModule(**c, name=f"module_{i}") for i, c in enumerate(self.module_configs)]
@@ -203,5 +206,5 @@ class CQCodec(keras.Model):
         cfg = super().get_config()
         cfg.update(module_configs=self.module_configs, is_cq=self.is_cq, lsf_grid=self.lsf_grid.tolist(),
                    residual_scale=self.residual_scale, signal_std=self.signal_std, loss_weights=list(self.loss_weights),
-                   num_active=self.num_active)
+                   num_active=self.num_active, entropy_tables=self.entropy_tables)
         return cfg

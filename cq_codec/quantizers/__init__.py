@@ -1,5 +1,6 @@
 """Pluggable quantizers with one interface (docs/DESIGN.md, "Quantizers")."""
 
+from cq_codec.quantizers import entropy
 from cq_codec.quantizers.base import Quantizer, QuantizerOutput
 from cq_codec.quantizers.factory import QUANTIZERS, get_quantizer
 from cq_codec.quantizers.gumbel import GumbelQuantizer
@@ -9,7 +10,7 @@ from cq_codec.quantizers.softmax import SoftmaxQuantizer, uniform_grids
 from cq_codec.quantizers.vq import VectorQuantizer
 
 __all__ = [
-    "Quantizer", "QuantizerOutput", "QUANTIZERS", "get_quantizer", "GumbelQuantizer",
+    "entropy", "Quantizer", "QuantizerOutput", "QUANTIZERS", "get_quantizer", "GumbelQuantizer",
     "ProductQuantizer", "ResidualVectorQuantizer", "SoftmaxQuantizer", "uniform_grids",
     "VectorQuantizer",
 ]

@@ -122,7 +122,8 @@ class SoftmaxQuantizer(Quantizer):
         self._input_dim = int(dim)
 
     def set_bypass(self, on):
-        """Bypass quantization (quantized = z) for the pretrain epochs; no retracing."""
+        """Bypass quantization (quantized = z, in training and inference alike) for the
+        pretrain epochs; codes, bits and metrics are still computed. No retracing."""
         self.bypass.assign(1.0 if on else 0.0)
 
     def set_alpha(self, value):

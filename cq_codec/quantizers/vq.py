@@ -29,7 +29,8 @@ class VectorQuantizer(Quantizer):
       commitment_weight: beta, weight of ||z - sg(q)||^2 in `aux_loss` (default 0.25).
       decay: EMA decay of cluster sizes and sums (default 0.99); `use_ema=False` trains the
         codebook by gradient instead (adds the codebook loss ||sg(z) - q||^2).
-      epsilon: Laplace smoothing of the cluster sizes.
+      epsilon: Laplace smoothing of the cluster sizes (> 0: an empty cluster never divides
+        by zero).
       kmeans_init: run `kmeans_iters` Lloyd iterations on the first training batch.
       dead_code_threshold: a code unused for this many training steps is re-seeded from a
         random latent of the batch (0 disables).
@@ -48,9 +49,10 @@ class VectorQuantizer(Quantizer):
         _positive_int("dead_code_threshold", dead_code_threshold, 0)
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
-        for name, value in (("commitment_weight", commitment_weight), ("epsilon", epsilon)):
-            if float(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if float(commitment_weight) < 0:
+            raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight!r}")
+        if not float(epsilon) > 0:
+            raise ValueError(f"epsilon must be > 0 (Laplace smoothing), got {epsilon!r}")
         if not float(entropy_temperature) > 0:
             raise ValueError(f"entropy_temperature must be > 0, got {entropy_temperature!r}")
         self.codebook_size = codebook_size
@@ -151,7 +153,7 @@ class VectorQuantizer(Quantizer):
         self.steps_unused.assign(unused)
         return replaced
 
-    def _replace_dead_by_gradient_path(self, flat, onehot, active):
+    def _replace_dead_codes_no_ema(self, flat, onehot, active):
         """Dead-code bookkeeping when the codebook is trained by gradient (no EMA)."""
         if self.dead_code_threshold == 0:
             return tf.constant(0.0)
@@ -197,7 +199,7 @@ class VectorQuantizer(Quantizer):
                 replaced = self._ema_update(tf.stop_gradient(flat), onehot, active)
             else:
                 aux += tf.reduce_mean(tf.square(tf.stop_gradient(z) - hard))
-                replaced = self._replace_dead_by_gradient_path(
+                replaced = self._replace_dead_codes_no_ema(
                     tf.stop_gradient(flat), onehot, active)
             metrics["replaced_codes"] = replaced
             quantized = z + tf.stop_gradient(hard - z)  # straight-through estimator

@@ -64,14 +64,14 @@ def quantizer_config(cfg: Config, i: int) -> dict:
     if name == "vq":
         return {"name": "vq", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i}
     if name == "rvq":
-        sizes = list(cfg.codebook_sizes) or [cfg.codebook_size] * cfg.num_stages
-        return {"name": "rvq", "codebook_sizes": sizes, "seed": cfg.seed + i}
+        size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
+        return {"name": "rvq", "num_stages": cfg.num_stages, "codebook_size": int(size), "seed": cfg.seed + i}
     if name == "gumbel":
         return {"name": "gumbel", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i}
     if name == "pq":
-        dims = list(cfg.stage_dims) or [cfg.embedding_dim // 2, cfg.embedding_dim - cfg.embedding_dim // 2]
-        sizes = list(cfg.codebook_sizes) or [cfg.codebook_size] * len(dims)
-        return {"name": "pq", "group_dims": dims, "codebook_sizes": sizes, "seed": cfg.seed + i}
+        size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
+        groups = len(cfg.stage_dims) if cfg.stage_dims else 2
+        return {"name": "pq", "num_groups": groups, "codebook_size": int(size), "seed": cfg.seed + i}
     raise ValueError(f"unknown quantizer {name!r}")
 
 

@@ -1,0 +1,128 @@
+"""cq-codec entry point: `python main.py --training_mode 4` trains the whole greedy schedule.
+
+Modes (the original's, made to chain): 0 evaluate (score the test split, write decoded wavs),
+1 train the first module, 2 train followers on a restored base (--base_model_id), 3 greedy
+without fine-tuning, 4 greedy with fine-tuning, 5 fine-tune only. Every run writes
+results/<name><suffix>/ with config.json, checkpoints/, metrics.csv, plots/, audio/ and
+eval.csv. Flags are validated before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from cq_codec.config import Config, ConfigError, parse_float_list, parse_int_list  # noqa: E402
+
+_HELP = {
+    "training_mode": "0 evaluate, 1 first module, 2 followers on --base_model_id, 3 greedy, 4 greedy + fine-tune, 5 fine-tune only",
+    "name": "experiment name: results go to <results_dir>/<name><suffix>",
+    "results_dir": "folder of experiment folders",
+    "base_model_id": "experiment folder name (under results_dir) whose checkpoint modes 2 and 5 restore",
+    "suffix": "appended to the experiment folder name",
+    "seed": "random seed (training is deterministic on CPU for a seed)",
+    "corpus": "auto|demo|timit|vctk|librispeech|folder",
+    "data_dir": "corpus root (the demo corpus is built there when --corpus demo and it is missing)",
+    "cache_dir": "on-disk frame cache",
+    "max_train_minutes": "cap on training audio in minutes (0 = all)",
+    "eval_clips": "test clips scored and written as audio after training and in mode 0",
+    "num_modules": "modules in the cascade",
+    "channels": "channels of each module",
+    "bottleneck": "bottleneck channels of each residual block",
+    "num_resnets": "residual blocks per encoder/decoder section",
+    "bottleneck_kernel_and_dilation": "kernel1,kernel2,dilation1,dilation2 of the residual blocks",
+    "the_strides": "downsampling stride per module (1, 2 or 4; the last is reused)",
+    "block_type": "gln (gated, the original), bottleneck or separable (depthwise-separable)",
+    "is_cq": "collaborative quantization: train the LSF codebook jointly",
+    "res_scalar": "extra factor on the residual fed to the cascade",
+    "quantizer": "softmax|vq|rvq|gumbel|pq",
+    "num_bins": "bins of the first module's softmax quantizer",
+    "num_bins_for_follower": "bins of the followers' softmax quantizers (per module, last reused)",
+    "codebook_size": "codebook size (vq, rvq, gumbel, pq)",
+    "embedding_dim": "code-vector dimension (vq, rvq, gumbel, pq)",
+    "num_stages": "RVQ stages",
+    "stage_dims": "PQ sub-vector sizes, e.g. 2,2",
+    "codebook_sizes": "per-stage (RVQ) or per-group (PQ) codebook sizes, e.g. 256,256,256",
+    "lsf_bins": "bins per LSF in the LSF codebook",
+    "target_entropy": "entropy target per module (last reused), in --target_unit",
+    "target_unit": "bits (per symbol) or kbps (per module)",
+    "tau_init": "initial entropy weight",
+    "tau_step": "entropy-weight controller gain",
+    "coeff_term": "loss weights time,mel,sparsity",
+    "learning_rate_tanh": "learning rate of the first module",
+    "learning_rate_greedy_followers": "learning rates of the followers (last reused)",
+    "learning_rate_finetune": "learning rate of joint fine-tuning",
+    "epoch_tanh": "epochs of the first module (pretrain epochs included)",
+    "epoch_greedy_followers": "epochs per follower (last reused)",
+    "epoch_finetune": "epochs of joint fine-tuning",
+    "pretrain_step": "quantization-free epochs at the start of each greedy stage",
+    "batch_size": "frames per batch",
+    "steps_per_epoch": "training steps per epoch (0 = one pass over the training split)",
+    "validation_steps": "validation batches per epoch",
+    "distribute": "none|mirrored (two logical CPU devices)|multiworker (TF_CONFIG)",
+}
+
+
+def _define_flags() -> None:
+    for f in dataclasses.fields(Config):
+        default = f.default
+        help_text = _HELP.get(f.name, f.name)
+        if isinstance(default, bool):
+            flags.DEFINE_bool(f.name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(f.name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(f.name, default, help_text)
+        elif isinstance(default, tuple):
+            flags.DEFINE_string(f.name, ",".join(str(v) for v in default), help_text + " (comma-separated)")
+        else:
+            flags.DEFINE_string(f.name, default, help_text)
+    flags.DEFINE_integer("epochs", None, "shorthand: sets epoch_tanh, epoch_greedy_followers and epoch_finetune")
+    flags.DEFINE_float("lr", None, "shorthand: sets every learning rate (fine-tune gets lr / 5)")
+
+
+_define_flags()
+FLAGS = flags.FLAGS
+
+_INT_LISTS = {"bottleneck_kernel_and_dilation", "the_strides", "num_bins_for_follower", "stage_dims",
+              "codebook_sizes", "epoch_greedy_followers"}
+
+
+def config_from_flags(values=None) -> Config:
+    """Builds and validates the Config from parsed flags (raises ConfigError naming the flag)."""
+    values = values or FLAGS
+    kwargs = {}
+    for f in dataclasses.fields(Config):
+        v = getattr(values, f.name)
+        if isinstance(f.default, tuple):
+            v = tuple(parse_int_list(v, f.name) if f.name in _INT_LISTS else parse_float_list(v, f.name))
+        kwargs[f.name] = v
+    if values.epochs is not None:
+        kwargs.update(epoch_tanh=values.epochs, epoch_greedy_followers=(values.epochs,), epoch_finetune=values.epochs)
+    if values.lr is not None:
+        kwargs.update(learning_rate_tanh=(values.lr,), learning_rate_greedy_followers=(values.lr,),
+                      learning_rate_finetune=values.lr / 5)
+    return Config(**kwargs).validate()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        cfg = config_from_flags()
+    except ConfigError as exc:
+        print(f"main.py: error: {exc}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.INFO)
+    from cq_codec.training.modes import run  # heavy imports only after the flags are valid
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

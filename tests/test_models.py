@@ -1,0 +1,165 @@
+"""Residual module, blocks and the CQ codec: shapes, strides, gradients, serialisation, inference."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.signal import lfilter
+
+import constants as C
+import lpc
+from cq_codec import inference
+from cq_codec.config import Config
+from cq_codec.models.cq import CQCodec, repair_lsf_tf
+from cq_codec.models.residual_module import ResidualModule
+from cq_codec.nn.blocks import SubPixelUpsample1D, make_block
+from cq_codec.training.trainer import build_model, module_configs
+
+
+def _speechlike(seconds=2.0, seed=0):
+    """AR(2)-coloured noise with a 120 Hz pulse train: formant-ish and voiced-ish."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * C.SAMPLE_RATE)
+    pulses = np.zeros(n)
+    pulses[:: C.SAMPLE_RATE // 120] = 3.0
+    return 0.1 * lfilter([1.0], [1.0, -1.3, 0.7], pulses + 0.3 * rng.standard_normal(n))
+
+
+def _examples(sig):
+    lsf = lpc.analyze(sig)
+    x, ls = [], []
+    for t in range(1, len(lsf) - 2):
+        s = t * C.HOP_SIZE
+        x.append(sig[s - 16: s + 512])
+        ls.append(lsf[t - 1: t + 2])
+    return {"x": np.asarray(x, np.float32), "lsf": np.asarray(ls, np.float32)}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(0)
+    sig = _speechlike()
+    sig = sig / sig.std()
+    cfg = Config(num_modules=2, channels=8, bottleneck=4, num_resnets=1).validate()
+    sample = _examples(sig)
+    return cfg, build_model(cfg, 1.0, sample), sample
+
+
+@pytest.mark.parametrize("block", ["gln", "bottleneck", "separable"])
+def test_blocks_keep_shape(block):
+    layer = make_block(block, 16, 4, 9, 2)
+    x = tf.random.normal([2, 64, 16])
+    assert layer(x).shape == (2, 64, 16)
+
+
+def test_unknown_block_is_refused():
+    with pytest.raises(ValueError, match="block_type"):
+        make_block("conv9000", 16, 4, 9, 1)
+
+
+def test_subpixel_interleaves_in_time():
+    up = SubPixelUpsample1D(2, 3, kernel_size=1)
+    y = up(tf.ones([1, 5, 4]))
+    assert y.shape == (1, 10, 3)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_module_strides_give_frame_back(stride):
+    m = ResidualModule(channels=8, bottleneck=4, num_resnets=1, stride=stride)
+    y, q = m(tf.random.normal([2, C.FRAME_SIZE, 1]), training=False)
+    assert y.shape == (2, C.FRAME_SIZE, 1)
+    assert q.codes.shape == (2, C.FRAME_SIZE // stride, 1)
+    assert m.num_positions == C.FRAME_SIZE // stride
+
+
+def test_module_vector_grouping_and_bad_stride():
+    m = ResidualModule(channels=8, bottleneck=4, num_resnets=1, stride=4, vector_dim=4,
+                       quantizer={"name": "vq", "codebook_size": 16})
+    y, q = m(tf.random.normal([2, C.FRAME_SIZE, 1]), training=False)
+    assert q.codes.shape == (2, 32, 1) and y.shape == (2, C.FRAME_SIZE, 1)
+    with pytest.raises(ValueError, match="stride"):
+        ResidualModule(stride=3)
+
+
+def test_reference_module_parameter_count():
+    """The reference gln module is ~0.35M parameters (REFERENCE.md)."""
+    m = ResidualModule()
+    m.build((None, C.FRAME_SIZE, 1))
+    assert 0.2e6 < m.count_params() < 0.5e6
+
+
+def test_repair_lsf_tf_orders_and_spaces():
+    lsf = tf.constant([[0.5, 0.2, 0.2001, 3.2] + list(np.linspace(0.6, 3.0, 12))], tf.float32)
+    out = repair_lsf_tf(lsf).numpy()[0]
+    assert np.all(np.diff(out) >= C.LSF_MIN_GAP - 1e-6)
+    assert out[0] > 0 and out[-1] < np.pi
+
+
+def test_forward_shapes_and_gradients_reach_everything(tiny):
+    _, model, sample = tiny
+    batch = {k: tf.constant(v[:4]) for k, v in sample.items()}
+    with tf.GradientTape() as tape:
+        terms = model.compute_terms(model.forward(batch, training=True), training=True)
+    grads = tape.gradient(terms["loss"], model.trainable_variables)
+    names = [v.path for v, g in zip(model.trainable_variables, grads) if g is None or not np.any(g.numpy())]
+    # Every trained weight gets a gradient, the LSF codebook included (collaborative quantization).
+    assert not [n for n in names if "alpha" not in n], names
+    assert any("lsf_quantizer" in v.path for v in model.trainable_variables)
+    assert terms["kbps"].shape == () and float(terms["kbps"]) > 0
+
+
+def test_training_reduces_loss(tiny):
+    cfg, _, sample = tiny
+    keras.utils.set_random_seed(1)
+    model = build_model(cfg, 1.0, sample)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    ds = tf.data.Dataset.from_tensor_slices(sample).repeat().batch(16)
+    hist = model.fit(ds, steps_per_epoch=15, epochs=3, verbose=0).history
+    assert hist["time"][-1] < hist["time"][0]
+
+
+def test_keras_file_roundtrip_is_bit_identical(tiny, tmp_path):
+    _, model, sample = tiny
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    batch = {k: tf.constant(v[:3]) for k, v in sample.items()}
+    np.testing.assert_array_equal(model(batch, training=False).numpy(), again(batch, training=False).numpy())
+
+
+def test_inference_decode_matches_frame_decoder_and_prefixes(tiny):
+    _, model, _ = tiny
+    wav = _speechlike(1.0, seed=3)
+    codes = inference.encode(model, wav)
+    assert codes.lsf.shape == (inference.num_hops_for(wav.size), C.LPC_ORDER)
+    assert len(codes.modules) == 2
+    full = inference.decode(model, codes)
+    one = inference.decode(model, inference.Codes(codes.lsf, codes.modules[:1], codes.num_samples))
+    assert full.shape == one.shape == wav.shape
+    assert np.all(np.isfinite(full)) and not np.allclose(full, one)
+    # Encoding the first module alone gives the same codes as the prefix of the full encode.
+    np.testing.assert_array_equal(inference.encode(model, wav, num_active=1).modules[0], codes.modules[0])
+
+
+def test_inference_rejects_bad_input(tiny):
+    _, model, _ = tiny
+    with pytest.raises(ValueError, match="non-empty"):
+        inference.encode(model, np.zeros(0))
+    with pytest.raises(ValueError, match="NaN"):
+        inference.encode(model, np.full(1000, np.nan))
+    with pytest.raises(ValueError, match="num_active"):
+        inference.encode(model, np.zeros(1000), num_active=5)
+
+
+def test_module_configs_follow_flags():
+    cfg = Config(num_modules=3, the_strides=(2, 4), quantizer="vq", embedding_dim=4).validate()
+    mc = module_configs(cfg)
+    assert [m["stride"] for m in mc] == [2, 4, 4]
+    assert all(m["vector_dim"] == 4 and m["quantizer"]["name"] == "vq" for m in mc)
+
+
+def test_cq_codec_rejects_bad_grid():
+    with pytest.raises(ValueError, match="lsf_grid"):
+        CQCodec(module_configs(Config(num_modules=1)), lsf_grid=np.zeros((3, 4)))
