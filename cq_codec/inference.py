@@ -217,7 +217,7 @@ class StreamDecoder:
         a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
         self._lsf_prev = lsf_q[-1]
         frames = self.model.decode_frames([tf.constant(np.asarray(m, np.int32)) for m in chunk.modules])
-        frames = np.asarray(frames, np.float64)
+        frames = frames.numpy().astype(np.float64)
         e = frames[:, : C.HOP_SIZE].copy()
         e[0, : C.OVERLAP] += self._tail
         e[1:, : C.OVERLAP] += frames[:-1, C.HOP_SIZE:]

@@ -58,6 +58,14 @@ def test_middle_rate_quality_and_delay_compensated(speech, name):
     assert result["stoi"] > 0.9
 
 
+@pytest.mark.parametrize("kbps,seconds", [(9.8, 1.0), (9.8, 2.0), (23.8, 1.0), (23.8, 2.0)])
+def test_speex_delay_removed_on_one_page_and_many(speech, kbps, seconds):
+    # speexdec trims the lookahead only when the audio spans several Ogg pages.
+    clip = speech[:int(seconds * SR)]
+    decoded, _ = baselines.get_baseline("speex", kbps).encode_decode(clip)
+    assert abs(score(clip, decoded)["delay_samples"]) <= 2
+
+
 def test_payload_counts_are_exact(speech):
     # AMR-WB 15.85 kbps: 317 bits -> 40 bytes + 1 header byte per 20 ms frame.
     amr = baselines.get_baseline("amrwb", 15.85)
@@ -79,6 +87,7 @@ def test_ogg_packets_parses_lacing():
     # One 300-byte packet (255 + 45) and a 7-byte one, then a 0-byte packet on a second page.
     data = page([255, 45, 7], bytes(307)) + page([0], b"")
     assert baselines.ogg_packets(data) == [300, 7, 0]
+    assert [p[2] for p in baselines.ogg_pages(data)] == [[255, 45, 7], [0]]
     with pytest.raises(ValueError, match="Ogg"):
         baselines.ogg_packets(b"RIFF" + bytes(40))
 

@@ -4,7 +4,6 @@ import math
 import os
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import pytest
@@ -103,7 +102,9 @@ def test_score_reports_all_metrics_and_delay(speech):
 
 
 def _same(a, b):
-    return all((np.isnan(a[k]) and np.isnan(b[k])) or a[k] == b[k] for k in a) and a.keys() == b.keys()
+    """Equal score dicts, NaN equal to NaN."""
+    return a.keys() == b.keys() and all(
+        (np.isnan(a[k]) and np.isnan(b[k])) or a[k] == b[k] for k in a)
 
 
 def test_score_many_parallel_equals_serial(speech):

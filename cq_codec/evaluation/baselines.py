@@ -2,19 +2,24 @@
 
 Every baseline takes a float32 16 kHz mono signal `[N]` and returns `(decoded [N] float32,
 num_bytes)`, where `num_bytes` is the real coded payload (what the codec itself emits, without
-file containers). The decoded signal is delay-compensated by the codec's known algorithmic delay
-and trimmed to N samples; `metrics.score` still estimates any residual delay. After each call,
-`last_stats` holds `payload_bytes` and `file_bytes` (what a file on disk would take).
+file containers). The input gets `delay_samples` zeros appended (and is zero padded to whole
+20 ms frames) so the codec's algorithmic delay is flushed; the decoded signal is shifted back by
+that delay and trimmed to N samples, so it lines up with the input (`metrics.score` still
+estimates any residual delay: measured within 1 sample). `num_bytes` includes the flush frames:
+what coding the whole clip really costs. After each call, `last_stats` holds `payload_bytes`
+and `file_bytes` (what a file on disk would take).
 
 - Opus (libopus through `opuslib`): VOIP application, 20 ms frames, bitrate set with the
-  encoder ctl (VBR, the libopus default). Packet bytes are counted exactly, with no container
-  (a real transport needs a few bytes of framing per packet on top).
+  encoder ctl (VBR, the libopus default; complexity 10). Packet bytes are counted exactly, with
+  no container (a real transport needs a few bytes of framing per packet on top).
 - AMR-WB (3GPP TS 26.190), encoded with libvo-amrwbenc through ctypes, decoded with ffmpeg.
   `num_bytes` counts the storage-format frames (1 header byte + the mode's bits padded to whole
   bytes, per 20 ms), without the 9-byte `#!AMR-WB\\n` file magic; so 8.85 kbps measures 9.6.
 - Speex wideband through the `speexenc` / `speexdec` command-line tools (Debian `speex`),
   constant bitrate by quality level. `num_bytes` is the Ogg file minus its container: the sum of
-  the audio packets, without the header packets and the Ogg page headers.
+  the audio packets, without the header packets and the Ogg page headers. speexdec removes the
+  codec lookahead only when the audio spans more than one Ogg page; we detect the one-page case
+  from the page flags and remove it ourselves.
 
 Each raises `BaselineUnavailableError` naming the Debian package when its library or binary is
 missing.
@@ -46,6 +51,7 @@ __all__ = [
     "available_baselines",
     "get_baseline",
     "ogg_packets",
+    "ogg_pages",
 ]
 
 FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
@@ -102,7 +108,7 @@ class Baseline(abc.ABC):
 
     name: str = ""
     bitrate_kbps: float = 0.0
-    delay_samples: int = 0  # algorithmic delay removed from the decoded output
+    delay_samples: int = 0  # algorithmic delay: zeros appended to flush it, then removed
 
     def __init__(self) -> None:
         self.last_stats: dict = {}
@@ -112,16 +118,19 @@ class Baseline(abc.ABC):
         wav = _check_wav(wav)
         padded = _pad_frames(wav, self.delay_samples)
         decoded, payload, file_bytes = self._run(padded)
-        if decoded.size < wav.size + self.delay_samples:
-            decoded = np.concatenate(
-                [decoded, np.zeros(wav.size + self.delay_samples - decoded.size, np.float32)])
-        decoded = decoded[self.delay_samples:self.delay_samples + wav.size]
+        if decoded.size < wav.size:
+            decoded = np.concatenate([decoded, np.zeros(wav.size - decoded.size, np.float32)])
         self.last_stats = {"payload_bytes": payload, "file_bytes": file_bytes}
-        return decoded.astype(np.float32), payload
+        return decoded[:wav.size].astype(np.float32), payload
 
     @abc.abstractmethod
     def _run(self, padded: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """Code whole frames `[k * 320]`; return (decoded, payload bytes, file bytes)."""
+        """Code whole frames `[k * 320]` (the input plus `delay_samples` zeros, rounded up).
+
+        Returns:
+            (decoded, delay removed so that decoded[n] matches padded[n]; payload bytes;
+            file bytes).
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.bitrate_kbps} kbps)"
@@ -163,7 +172,7 @@ class OpusBaseline(Baseline):
             payload += len(packet)
             pcm = decoder.decode_float(packet, FRAME_SAMPLES)
             out.append(np.frombuffer(pcm, dtype=np.float32))
-        return np.concatenate(out), payload, payload
+        return np.concatenate(out)[self.delay_samples:], payload, payload
 
 
 def _load_amrwb_encoder():
@@ -235,23 +244,33 @@ class AmrWbBaseline(Baseline):
 
     def _run(self, padded):
         frames = self.encode(padded)
-        return self.decode(frames), len(frames), len(frames) + len(AMRWB_MAGIC)
+        decoded = self.decode(frames)[self.delay_samples:]
+        return decoded, len(frames), len(frames) + len(AMRWB_MAGIC)
+
+
+def ogg_pages(data: bytes) -> list[tuple[int, int, list[int]]]:
+    """Pages of a single-stream Ogg file (RFC 3533): (header flags, granule, lacing values)."""
+    pages, pos = [], 0
+    while pos < len(data):
+        if data[pos:pos + 4] != b"OggS" or pos + 27 > len(data):
+            raise ValueError(f"not an Ogg page at byte {pos}")
+        flags, granule = data[pos + 5], struct.unpack_from("<q", data, pos + 6)[0]
+        nsegs = data[pos + 26]
+        lacing = list(data[pos + 27:pos + 27 + nsegs])
+        pages.append((flags, granule, lacing))
+        pos += 27 + nsegs + sum(lacing)
+    return pages
 
 
 def ogg_packets(data: bytes) -> list[int]:
-    """Sizes of the logical packets of a single-stream Ogg file (RFC 3533), in order."""
-    sizes, current, pos = [], 0, 0
-    while pos < len(data):
-        if data[pos:pos + 4] != b"OggS":
-            raise ValueError(f"not an Ogg page at byte {pos}")
-        nsegs = data[pos + 26]
-        lacing = data[pos + 27:pos + 27 + nsegs]
+    """Sizes of the logical packets of a single-stream Ogg file, in order."""
+    sizes, current = [], 0
+    for _, _, lacing in ogg_pages(data):
         for value in lacing:
             current += value
             if value < 255:
                 sizes.append(current)
                 current = 0
-        pos += 27 + nsegs + sum(lacing)
     return sizes
 
 
@@ -259,11 +278,13 @@ class SpeexBaseline(Baseline):
     """Speex wideband (CELP, constant bitrate) through speexenc / speexdec."""
 
     name = "speex"
-    delay_samples = 0  # speexdec already removes the codec's lookahead (measured: 0)
+    # libspeex wideband lookahead: encoder 143 + decoder 80 samples (SPEEX_GET_LOOKAHEAD).
+    delay_samples = 223
 
     def __init__(self, bitrate_kbps: float) -> None:
         super().__init__()
-        matches = [q for q, rate in SPEEX_WB_QUALITY_KBPS.items() if abs(rate - bitrate_kbps) < 1e-6]
+        matches = [q for q, rate in SPEEX_WB_QUALITY_KBPS.items()
+                   if abs(rate - bitrate_kbps) < 1e-6]
         if not matches:
             raise ValueError(f"Speex-WB has no {bitrate_kbps} kbps quality level; rates: "
                              f"{sorted(SPEEX_WB_QUALITY_KBPS.values())}")
@@ -286,6 +307,11 @@ class SpeexBaseline(Baseline):
             raise RuntimeError(f"speexdec wrote {decoded.shape} at {sr} Hz, expected mono 16 kHz")
         packets = ogg_packets(data)
         header_packets = 2 + struct.unpack_from("<i", data, data.index(b"Speex   ") + 68)[0]
+        # speexdec removes the lookahead only when the first audio page (granule > 0) is not
+        # also the last (EOS flag 4): short low-rate files fit on one page and come out late.
+        first_audio = next(p for p in ogg_pages(data) if p[1] > 0)
+        if first_audio[0] & 4:
+            decoded = decoded[self.delay_samples:]
         return decoded, sum(packets[header_packets:]), len(data)
 
 

@@ -1,0 +1,159 @@
+"""The cq-codec command line: a thin layer over `cq_codec.api` (argparse, for the subcommands).
+
+    python -m cq_codec encode IN.wav OUT.nac [--model PATH] [--bitrate KBPS]
+    python -m cq_codec decode IN.nac OUT.wav [--model PATH]
+    python -m cq_codec info FILE.nac
+
+`-` reads stdin / writes stdout. Outputs are written to a temporary file in the destination's
+directory and renamed into place only when complete, so a failure never leaves a half-written
+file. Errors print `cq-codec: error: ...` on stderr and exit with status 1 (2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+
+__all__ = ["main", "run", "build_parser"]
+
+_PROG = "cq-codec"
+
+
+def _note(msg: str) -> None:
+    print(f"{_PROG}: {msg}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=_PROG, description="CQ neural speech codec: .wav <-> .nac")
+    sub = p.add_subparsers(dest="command", required=True)
+    model_help = "trained .keras model (default: cq_codec/pretrained/default.keras)"
+    e = sub.add_parser("encode", help="audio file -> .nac")
+    e.add_argument("input", help="audio file (any rate / channel count libsndfile reads), or - for stdin")
+    e.add_argument("output", help=".nac file, or - for stdout")
+    e.add_argument("--model", default=None, help=model_help)
+    e.add_argument("--bitrate", type=float, default=None,
+                   help="target kbps: the operating point (number of modules) nearest to it is used")
+    e.add_argument("--frames-per-chunk", type=int, default=None, help="hops per .nac chunk (default 250)")
+    d = sub.add_parser("decode", help=".nac -> 16 kHz audio file (format from the extension, else WAV)")
+    d.add_argument("input", help=".nac file, or - for stdin")
+    d.add_argument("output", help="audio file, or - for stdout (WAV)")
+    d.add_argument("--model", default=None, help=model_help)
+    i = sub.add_parser("info", help="print a .nac file's header and metadata (no model needed)")
+    i.add_argument("input", help=".nac file, or - for stdin")
+    return p
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str):
+    """Yields a path to write; on success moves it to `path` (or copies it to stdout for `-`)."""
+    if path == "-":
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "out")
+            yield out
+            with open(out, "rb") as f:
+                while block := f.read(1 << 20):
+                    sys.stdout.buffer.write(block)
+            sys.stdout.buffer.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"output directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give the file the usual mode
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _open_input(path: str):
+    if path == "-":
+        return io.BytesIO(sys.stdin.buffer.read())
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path!r} not found")
+    return open(path, "rb")
+
+
+def _encode(args) -> None:
+    from cq_codec import api
+    from cq_codec.inference import DEFAULT_FRAMES_PER_CHUNK
+    codec = api.load(args.model, args.frames_per_chunk or DEFAULT_FRAMES_PER_CHUNK)
+    audio = api.read_audio_blocks(args.input)
+    if audio.converted:
+        _note(f"note: input is {audio.sample_rate} Hz, {audio.channels} channel(s); "
+              f"{'downmixed to mono and ' if audio.channels != 1 else ''}resampled to 16000 Hz"
+              if audio.sample_rate != 16000 else
+              f"note: input has {audio.channels} channels; downmixed to mono")
+    n = codec.modules_for_bitrate(args.bitrate)
+    points = dict(codec.operating_points)
+    if args.bitrate is not None:
+        _note(f"--bitrate {args.bitrate:g} kbps -> operating point {n} module(s), about {points[n]:.2f} kbps "
+              f"(available: {', '.join(f'{k}: {v:.2f}' for k, v in points.items())})")
+    data = codec.compress_blocks(audio.blocks, num_modules=n, input_sample_rate=audio.sample_rate,
+                                 input_channels=audio.channels)
+    with _atomic_output(args.output) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def _decode(args) -> None:
+    import numpy as np
+    import soundfile as sf
+    from cq_codec import api
+    codec = api.load(args.model)
+    with _open_input(args.input) as src:
+        _, blocks = codec.decompress_blocks(src)
+        ext = os.path.splitext(args.output)[1].lstrip(".").upper()
+        fmt = ext if args.output != "-" and ext in sf.available_formats() else "WAV"
+        with _atomic_output(args.output) as tmp:
+            with sf.SoundFile(tmp, "w", samplerate=16000, channels=1, format=fmt,
+                              subtype="PCM_16") as out:
+                for block in blocks:
+                    out.write(np.clip(block, -1.0, 1.0))
+
+
+def _info(args) -> None:
+    from cq_codec.bitstream.container import NacReader
+    with _open_input(args.input) as src:
+        reader = NacReader(src)
+        sizes = [len(c) for c in reader]         # checks every chunk's CRC and the file's end
+    meta = dict(reader.metadata)
+    seconds = meta.get("num_samples", 0) / max(1, meta.get("sample_rate", 16000))
+    lines = {"version": reader.header.version, "nominal_kbps (header)": reader.header.bitrate_kbps,
+             "duration_s": round(seconds, 3), "payload_bytes": sum(sizes)}
+    for k, v in lines.items():
+        print(f"{k}: {v}")
+    print(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def main(argv=None) -> int:
+    """Runs the CLI; returns the exit status (0 ok, 1 error). Usage errors exit with 2."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        {"encode": _encode, "decode": _decode, "info": _info}[args.command](args)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:
+        # ValueError covers NacError (damaged/truncated file, unknown version, model mismatch).
+        msg = str(e) if not isinstance(e, FileNotFoundError) or str(e) else f"file not found: {e.filename}"
+        _note(f"error: {msg}")
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (`cq-codec`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

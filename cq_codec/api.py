@@ -1,0 +1,252 @@
+"""The Python API: `codec = cq_codec.load(path)`, then encode/decode codes or compress/decompress bytes.
+
+    codec = cq_codec.load("model.keras")
+    codes = codec.encode(wav, sr)            # Codes (LSF and module codes, num_samples)
+    wav16 = codec.decode(codes)              # float32 [N] at 16 kHz
+    data = codec.compress(wav, sr, bitrate=6.0)   # .nac bytes at the operating point nearest 6 kbps
+    wav16, sr = codec.decompress(data)
+    codec.operating_points                  # [(num_modules, expected kbps), ...]
+
+Files go through `compress_file` / `decompress_file`, which stream in chunks (bounded memory).
+Any input rate / channel count is downmixed (channel mean) and resampled to 16 kHz with a
+streaming soxr resampler (the same code path for arrays and files, so both give the same bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+import constants as C
+from cq_codec import inference
+from cq_codec.bitstream import codec_stream as cs
+from cq_codec.bitstream.container import NacReader, write_nac
+
+__all__ = ["DEFAULT_MODEL_PATH", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
+
+DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default.keras")
+_BLOCK = 1 << 16         # input samples per read
+
+
+class AudioInput:
+    """What `read_audio_blocks` found: `sample_rate`, `channels` of the source; `blocks` yields
+    float64 16 kHz mono blocks."""
+
+    def __init__(self, sample_rate: int, channels: int, blocks: Iterator[np.ndarray]):
+        self.sample_rate, self.channels, self.blocks = int(sample_rate), int(channels), blocks
+
+    @property
+    def converted(self) -> bool:
+        return self.sample_rate != C.SAMPLE_RATE or self.channels != 1
+
+
+def _to_16k(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
+    """[n, channels] blocks at `rate` -> 16 kHz mono float64 blocks (channel mean, streaming soxr)."""
+    stream = None if rate == C.SAMPLE_RATE else soxr.ResampleStream(rate, C.SAMPLE_RATE, 1, dtype="float64",
+                                                                     quality="HQ")
+    for x in chunks:
+        mono = np.asarray(x, np.float64).mean(axis=1)
+        if not np.all(np.isfinite(mono)):
+            raise ValueError("the audio contains NaN or infinite samples")
+        y = mono if stream is None else stream.resample_chunk(mono, last=False)
+        if y.size:
+            yield y
+    if stream is not None:
+        y = stream.resample_chunk(np.zeros(0), last=True)
+        if y.size:
+            yield y
+
+
+def read_audio_blocks(source, block: int = _BLOCK) -> AudioInput:
+    """A path, file object or `-` (stdin) of any libsndfile format -> AudioInput (16 kHz mono blocks).
+
+    Raises FileNotFoundError for a missing path and ValueError naming the source for non-audio.
+    """
+    name = "stdin" if source == "-" else str(getattr(source, "name", source))
+    if source == "-":
+        import sys
+        source = io.BytesIO(sys.stdin.buffer.read())   # pipes are not seekable; libsndfile wants to seek
+    elif isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        raise FileNotFoundError(f"input audio {name!r}: no such file")
+    try:
+        f = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, OSError, EOFError) as e:
+        raise ValueError(f"input {name!r} is not a readable audio file ({e})") from e
+
+    def blocks():
+        with f:
+            yield from _to_16k(f.blocks(blocksize=block, dtype="float64", always_2d=True), f.samplerate)
+    return AudioInput(f.samplerate, f.channels, blocks())
+
+
+def _array_blocks(wav, sr: int, block: int = _BLOCK) -> Iterator[np.ndarray]:
+    x = np.asarray(wav)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"wav must be a numeric array [N] or [N, channels], got {x.dtype} {x.shape}")
+    if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
+        raise ValueError(f"sample rate must be a positive int, got {sr!r}")
+    return _to_16k((x[s:s + block] for s in range(0, len(x), block)), int(sr))
+
+
+def frame_functions(model, num_active: int | None = None):
+    """`tf.function`s of the frame-level codec with input signatures (tensorflow-compression style):
+    encode_frames(frames float32 [N, 512]) -> {"codes_i": int32 [N, P_i, S_i]} and
+    decode_frames(codes_0, ..., codes_{k-1}) -> {"frames": float32 [N, 512]}."""
+    import tensorflow as tf
+    n = num_active or len(model.codec_modules)
+    layout = cs.code_layout(model)["modules"][:n]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32, name="frames")])
+    def encode_frames(frames):
+        return {f"codes_{i}": c for i, c in enumerate(model.encode_frames(frames, num_active=n))}
+
+    specs = [tf.TensorSpec([None, m["positions"], len(m["alphabet_sizes"])], tf.int32, name=f"codes_{i}")
+             for i, m in enumerate(layout)]
+
+    @tf.function(input_signature=specs)
+    def decode_frames(*codes):
+        return {"frames": model.decode_frames(list(codes))}
+    return encode_frames, decode_frames
+
+
+class Codec:
+    """A loaded CQ codec with its entropy tables. `frames_per_chunk` hops per `.nac` chunk."""
+
+    def __init__(self, model, name: str = "cq_codec",
+                 frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK):
+        self.model, self.name = model, str(name)
+        self.frames_per_chunk = int(frames_per_chunk)
+        self.sha256 = cs.model_sha256(model)
+        self._fns = None
+
+    # ------------------------------------------------------------------ operating points
+    @property
+    def num_modules(self) -> int:
+        return len(self.model.codec_modules)
+
+    @property
+    def operating_points(self) -> list[tuple[int, float]]:
+        """[(num_modules, expected kbps)] from the entropy tables (bits per frame when fitted)."""
+        return cs.operating_points(self.model)
+
+    def modules_for_bitrate(self, bitrate_kbps: float | None) -> int:
+        """The operating point (number of modules) nearest `bitrate_kbps`; None: all modules."""
+        if bitrate_kbps is None:
+            return self.num_modules
+        kbps = float(bitrate_kbps)
+        if not kbps > 0:
+            raise ValueError(f"bitrate must be a positive number of kbps, got {bitrate_kbps!r}")
+        return min(self.operating_points, key=lambda p: (abs(p[1] - kbps), p[0]))[0]
+
+    # ------------------------------------------------------------------ codes
+    def encode(self, wav, sr: int, num_modules: int | None = None) -> inference.Codes:
+        """wav [N] or [N, channels] at `sr` -> Codes (16 kHz hops)."""
+        enc = inference.StreamEncoder(self.model, num_modules or self.num_modules, self.frames_per_chunk)
+        chunks = [c for b in _array_blocks(wav, sr) for c in enc.push(b)]
+        chunks += enc.finish()
+        return inference.Codes(np.concatenate([c.lsf for c in chunks]),
+                               [np.concatenate([c.modules[i] for c in chunks]) for i in range(enc.num_active)],
+                               enc.num_samples)
+
+    def decode(self, codes: inference.Codes) -> np.ndarray:
+        """Codes -> float32 wav [num_samples] at 16 kHz."""
+        return inference.decode(self.model, codes, self.frames_per_chunk)
+
+    # ------------------------------------------------------------------ bytes
+    def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
+                        num_modules: int | None = None, **extra) -> bytes:
+        """16 kHz mono blocks -> `.nac` bytes. Holds only the compressed chunks in memory."""
+        n = num_modules or self.modules_for_bitrate(bitrate)
+        models = cs.entropy_models(self.model)
+        enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk)
+        payloads, est = [], 0.0
+
+        def take(chunks):
+            nonlocal est
+            for c in chunks:
+                est += cs.chunk_bits(c, models)
+                payloads.append(cs.encode_chunk(c, models))
+        for b in blocks:
+            take(enc.push(b))
+        take(enc.finish())
+        seconds = enc.num_samples / C.SAMPLE_RATE
+        kbps = sum(len(p) for p in payloads) * 8 / seconds / C.BITS_PER_KBIT
+        meta = cs.stream_metadata(self.model, model_name=self.name, num_samples=enc.num_samples, num_active=n,
+                                  frames_per_chunk=self.frames_per_chunk, num_chunks=len(payloads),
+                                  bitrate_kbps=round(kbps, 4), estimated_bits=round(est, 2), **extra)
+        return write_nac(meta, payloads, kbps)
+
+    def compress(self, wav, sr: int, bitrate: float | None = None, num_modules: int | None = None) -> bytes:
+        """wav [N] or [N, channels] at `sr` -> `.nac` bytes (operating point nearest `bitrate` kbps)."""
+        x = np.asarray(wav)
+        return self.compress_blocks(_array_blocks(x, sr), bitrate, num_modules, input_sample_rate=int(sr),
+                                    input_channels=1 if x.ndim == 1 else int(x.shape[1]))
+
+    def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
+        """A `.nac` stream -> (metadata, generator of float32 16 kHz blocks, one per chunk).
+
+        The header, metadata and model identity are checked before this returns; a damaged chunk
+        raises `NacError` when the generator reaches it."""
+        reader = NacReader(fileobj)
+        info = cs.check_metadata(reader.metadata, self.model, self.sha256)
+        models = cs.entropy_models(self.model)
+
+        def blocks():
+            dec = inference.StreamDecoder(self.model, info["num_samples"])
+            for i, data in enumerate(reader):
+                n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
+                yield dec.push(cs.decode_chunk(data, n, info["num_active"], models, info["layout"]))
+        return reader.metadata, blocks()
+
+    def decompress(self, data: bytes) -> tuple[np.ndarray, int]:
+        """`.nac` bytes -> (float32 wav [N], 16000)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        _, blocks = self.decompress_blocks(io.BytesIO(bytes(data)))
+        return np.concatenate(list(blocks)), C.SAMPLE_RATE
+
+    # ------------------------------------------------------------------ graph functions
+    @property
+    def frame_functions(self):
+        """(encode_frames, decode_frames) `tf.function`s with input signatures:
+        frames float32 [N, 512] -> {"codes_i": int32 [N, P_i, S_i]}; codes_0.. -> frames [N, 512]."""
+        if self._fns is None:
+            self._fns = frame_functions(self.model)
+        return self._fns
+
+    def export_saved_model(self, directory: str) -> str:
+        """Writes a SavedModel whose signatures are the frame-level codec ("encode_frames",
+        "decode_frames"). Returns `directory`."""
+        import tensorflow as tf
+        enc, dec = self.frame_functions
+        module = tf.Module()
+        module.model = self.model
+        module.encode_frames, module.decode_frames = enc, dec
+        tf.saved_model.save(module, str(directory), signatures={
+            "encode_frames": enc.get_concrete_function(), "decode_frames": dec.get_concrete_function()})
+        return str(directory)
+
+
+def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK) -> Codec:
+    """Load a `.keras` CQ model (with entropy tables) as a `Codec`; None: the default model."""
+    import keras
+    import cq_codec.models.cq  # noqa: F401  (registers the serializable classes)
+    path = DEFAULT_MODEL_PATH if path is None else str(path)
+    if not os.path.isfile(path):
+        hint = (" (no pretrained model ships yet: pass a trained model with --model PATH / load(path))"
+                if os.path.abspath(path) == DEFAULT_MODEL_PATH else "")
+        raise FileNotFoundError(f"model file {path!r} not found{hint}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for a bad archive
+        raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
+    cs.entropy_models(model)     # fail now, with a clear message, if the tables are missing
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Codec(model, name=name, frames_per_chunk=frames_per_chunk)

@@ -1,0 +1,272 @@
+"""Glue between the codec's codes and the `.nac` bytes: entropy tables, chunks, metadata.
+
+- `fit_entropy_tables(model, wavs)`: after training, encode some utterances, fit per code group
+  (the 16 LSF streams; each module's S streams) a `CategoricalModel` and a `ContextModel`, keep
+  the one with fewer bits on held-out utterances, refit it on everything and store the tables
+  (with the expected bits per frame of each group) in `model.entropy_tables`, so they are saved
+  inside the `.keras` file.
+- `encode_chunk` / `decode_chunk`: one `CodeChunk` <-> one payload. All groups of a chunk go
+  through ONE range coder (LSF rows, then module 1's `[n * P, S]` rows, ...), so a chunk pays
+  the coder's flush once; each chunk starts afresh, so chunks decode independently.
+- `stream_metadata` / `check_metadata`: what a file says about its model and layout, and the
+  decoder's checks (model hash, layout, counts), failing with a `NacError` that says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import NamedTuple, Sequence
+
+import constriction
+import numpy as np
+
+import constants as C
+from cq_codec.bitstream import entropy
+from cq_codec.bitstream.container import NacError, NacFormatError, build_metadata
+
+__all__ = ["STREAM_FORMAT", "ModelMismatchError", "EntropyModels", "model_sha256", "code_layout",
+           "fit_entropy_tables", "entropy_models", "operating_points", "encode_chunk",
+           "decode_chunk", "chunk_bits", "stream_metadata", "check_metadata", "empirical_entropy_bits"]
+
+STREAM_FORMAT = 1            # layout of a chunk payload (metadata key "stream_format")
+_TABLES_FORMAT = "cq_codec.entropy_tables"
+
+
+class ModelMismatchError(NacError):
+    """The file was written with another model (or another code layout) than the one given."""
+
+
+class EntropyModels(NamedTuple):
+    """lsf: model of the 16 LSF streams; modules: one model per module (streams S);
+    bits_per_frame: expected bits per frame [lsf, module 1, ...] measured when fitting."""
+
+    lsf: entropy.EntropyModel
+    modules: list
+    bits_per_frame: list
+
+
+def _json_copy(obj):
+    """Plain JSON types (Keras wraps dict attributes in tracking containers)."""
+    return json.loads(json.dumps(obj))
+
+
+def model_sha256(model) -> str:
+    """Identity of a model: sha256 over its config (JSON, sorted keys, including the entropy
+    tables) and every weight's shape, dtype and bytes, in order (not the weights' paths: Keras
+    numbers auto-named layers per process, so a reloaded model's paths differ)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(_json_copy(model.get_config()), sort_keys=True, separators=(",", ":")).encode())
+    for w in model.weights:
+        v = np.ascontiguousarray(np.asarray(w.numpy()))
+        h.update(f"{v.shape}|{v.dtype}".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def code_layout(model) -> dict:
+    """{"lsf": [16 alphabet sizes], "modules": [{"positions": P, "alphabet_sizes": [S sizes]}]}."""
+    return {"lsf": [int(a) for a in model.lsf_quantizer.codebook_sizes],
+            "modules": [{"positions": int(m.num_positions), "alphabet_sizes": [int(a) for a in m.quantizer.codebook_sizes]}
+                        for m in model.codec_modules]}
+
+
+def _rows(module_codes: np.ndarray) -> np.ndarray:
+    """[n, P, S] -> [n * P, S] (positions in time order, the rows a ContextModel conditions on)."""
+    c = np.asarray(module_codes)
+    return c.reshape(-1, c.shape[-1])
+
+
+def empirical_entropy_bits(codes) -> float:
+    """Zeroth-order empirical entropy of codes [N, S] (each stream's own histogram), in bits."""
+    c = np.asarray(codes).reshape(len(codes), -1)
+    total = 0.0
+    for s in range(c.shape[1]):
+        counts = np.bincount(c[:, s]).astype(np.float64)
+        p = counts[counts > 0] / len(c)
+        total -= len(c) * float(np.sum(p * np.log2(p)))
+    return total
+
+
+def _fit_group(fit_rows: list, held_rows: list, all_rows: list, sizes: list, kinds: Sequence[str]) -> tuple:
+    """Best entropy model kind on held-out rows -> (model refit on all rows, report)."""
+    classes = {"categorical": entropy.CategoricalModel, "context": entropy.ContextModel}
+    fit, held = np.concatenate(fit_rows), (np.concatenate(held_rows) if held_rows else None)
+    report = {}
+    for kind in kinds:
+        if held is None:
+            report[kind] = None
+            continue
+        report[kind] = entropy.estimate_bits(held, classes[kind].fit(fit, sizes)) / max(len(held), 1)
+    scored = {k: v for k, v in report.items() if v is not None}
+    best = min(scored, key=scored.get) if scored else kinds[0]
+    return classes[best].fit(np.concatenate(all_rows), sizes), {"kind": best, "held_out_bits_per_row": report}
+
+
+def fit_entropy_tables(model, wavs: Sequence[np.ndarray], held_out_every: int = 5,
+                       kinds: Sequence[str] = ("categorical", "context")) -> dict:
+    """Fit the bitstream's probability tables from 16 kHz training utterances and store them.
+
+    Every `held_out_every`-th utterance (at least one when there are two or more) is held out to
+    choose, per group, between the kinds; the chosen kind is then refit on all utterances.
+    Returns the tables dict (also assigned to `model.entropy_tables`), whose "report" holds the
+    held-out bits per row of each kind.
+    """
+    from cq_codec import inference
+    wavs = [np.asarray(w) for w in wavs]
+    if not wavs or any(w.ndim != 1 or w.size == 0 for w in wavs):
+        raise ValueError("fit_entropy_tables needs a non-empty list of non-empty 1-D 16 kHz signals")
+    unknown = set(kinds) - {"categorical", "context"}
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a subset of ('categorical', 'context'), got {list(kinds)}")
+    layout = code_layout(model)
+    n_mod = len(model.codec_modules)
+    codes = [inference.encode(model, w, num_active=n_mod) for w in wavs]
+    held = {i for i in range(len(codes)) if len(codes) > 1 and i % held_out_every == held_out_every - 1}
+    held = held or ({len(codes) - 1} if len(codes) > 1 else set())
+    groups = [("lsf", [c.lsf for c in codes], layout["lsf"])]
+    groups += [(f"module_{i}", [_rows(c.modules[i]) for c in codes], layout["modules"][i]["alphabet_sizes"])
+               for i in range(n_mod)]
+    num_frames = sum(c.lsf.shape[0] for c in codes)
+    tables, report, bits = {}, {}, []
+    for name, rows, sizes in groups:
+        fit_rows = [r for i, r in enumerate(rows) if i not in held]
+        model_, report[name] = _fit_group(fit_rows, [rows[i] for i in held], rows, sizes, kinds)
+        tables[name] = model_.to_dict()
+        # Expected bits per frame: the refit model on all fitting utterances, chunk by chunk as coded.
+        bits.append(sum(entropy.estimate_bits(r, model_) for r in rows) / num_frames)
+    out = {"format": _TABLES_FORMAT, "version": 1, "layout": layout, "lsf": tables.pop("lsf"),
+           "modules": [tables[f"module_{i}"] for i in range(n_mod)], "bits_per_frame": bits,
+           "num_frames": num_frames, "report": report}
+    model.entropy_tables = out
+    return out
+
+
+def entropy_models(model) -> EntropyModels:
+    """The model's stored entropy models (raises ValueError when it has none or they don't fit)."""
+    tables = getattr(model, "entropy_tables", None)
+    if not tables:
+        raise ValueError("this model has no entropy tables: run "
+                         "cq_codec.bitstream.codec_stream.fit_entropy_tables(model, wavs) after training")
+    cached = getattr(model, "_cq_entropy_cache", None)
+    key = id(tables)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    t = _json_copy(tables)
+    if t.get("format") != _TABLES_FORMAT or t.get("version") != 1:
+        raise ValueError(f"unsupported entropy tables (format {t.get('format')!r}, version {t.get('version')!r})")
+    if t["layout"] != code_layout(model):
+        raise ValueError("the entropy tables were fitted for another code layout than this model's")
+    models = EntropyModels(entropy.model_from_dict(t["lsf"]), [entropy.model_from_dict(d) for d in t["modules"]],
+                           [float(b) for b in t["bits_per_frame"]])
+    model.__dict__["_cq_entropy_cache"] = (key, models)
+    return models
+
+
+def operating_points(model) -> list[tuple[int, float]]:
+    """[(num_modules, expected kbps)] for 1..num_modules, from the tables' bits per frame."""
+    bpf = entropy_models(model).bits_per_frame
+    return [(k, float(sum(bpf[: k + 1]) * C.FRAMES_PER_SECOND / C.BITS_PER_KBIT)) for k in range(1, len(bpf))]
+
+
+def _groups(chunk, models: EntropyModels):
+    yield chunk.lsf, models.lsf
+    for codes, m in zip(chunk.modules, models.modules):
+        yield _rows(codes), m
+
+
+def encode_chunk(chunk, models: EntropyModels) -> bytes:
+    """CodeChunk -> payload bytes (one range coder: LSF rows, then each module's rows)."""
+    if len(chunk.modules) > len(models.modules):
+        raise ValueError(f"chunk has {len(chunk.modules)} modules' codes, the tables {len(models.modules)}")
+    encoder = constriction.stream.queue.RangeEncoder()
+    for codes, m in _groups(chunk, models):
+        m._encode(encoder, entropy._as_codes(codes, m.alphabet_sizes))   # same package: shared coder
+    return encoder.get_compressed().astype(">u4").tobytes()
+
+
+def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyModels, layout: dict):
+    """Payload bytes -> CodeChunk with `num_frames` hops of the first `num_active` modules.
+
+    Raises NacFormatError when the payload does not decode to exactly that (damaged data)."""
+    from cq_codec.inference import CodeChunk
+    data = bytes(data)
+    if len(data) % 4:
+        raise NacFormatError(f"chunk payload length {len(data)} is not a multiple of 4 bytes")
+    try:
+        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, ">u4").astype(np.uint32))
+        lsf = models.lsf._decode(decoder, num_frames)
+        mods = []
+        for i in range(num_active):
+            p = layout["modules"][i]["positions"]
+            rows = models.modules[i]._decode(decoder, num_frames * p)
+            mods.append(rows.reshape(num_frames, p, -1))
+        exhausted = decoder.maybe_exhausted()
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise NacFormatError(f"corrupt chunk payload: {e}") from e
+    if not exhausted:
+        raise NacFormatError("chunk payload has data left after its codes (damaged or wrong model)")
+    return CodeChunk(lsf, mods)
+
+
+def chunk_bits(chunk, models: EntropyModels) -> float:
+    """Information content of a chunk under the tables (what `encode_chunk` costs, minus coder overhead)."""
+    return float(sum(entropy.estimate_bits(c, m) for c, m in _groups(chunk, models)))
+
+
+def stream_metadata(model, *, model_name: str, num_samples: int, num_active: int, frames_per_chunk: int,
+                    num_chunks: int, bitrate_kbps: float, **extra) -> dict:
+    """The metadata of a cq-codec `.nac` stream (see `container.build_metadata`)."""
+    layout = code_layout(model)
+    flat = layout["lsf"] + [a for m in layout["modules"][:num_active] for a in m["alphabet_sizes"]]
+    kinds = _json_copy(model.entropy_tables)
+    return build_metadata(model_name=model_name, model_sha256=model_sha256(model), sample_rate=C.SAMPLE_RATE,
+                          num_samples=num_samples, stages=list(range(1, num_active + 1)), alphabet_sizes=flat,
+                          num_chunks=num_chunks, frames_per_chunk=frames_per_chunk,
+                          num_frames=max(1, -(-int(num_samples) // C.HOP_SIZE)), bitrate_kbps=bitrate_kbps,
+                          stream_format=STREAM_FORMAT,
+                          layout={"lsf": layout["lsf"], "modules": layout["modules"][:num_active]},
+                          entropy_kinds=[kinds["lsf"]["kind"]] + [d["kind"] for d in kinds["modules"][:num_active]],
+                          **extra)
+
+
+def _int(meta: dict, key: str, low: int) -> int:
+    v = meta.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise NacFormatError(f"metadata {key!r} must be an int >= {low}, got {v!r}")
+    return v
+
+
+def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
+    """Check a file's metadata against `model`; returns {num_samples, num_frames, num_active,
+    frames_per_chunk, num_chunks, layout}. Raises ModelMismatchError / NacFormatError saying why."""
+    if meta.get("stream_format") != STREAM_FORMAT:
+        raise NacFormatError(f"unknown cq-codec stream format {meta.get('stream_format')!r} "
+                             f"(this decoder reads format {STREAM_FORMAT})")
+    info = meta.get("model")
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        raise NacFormatError("metadata lacks the model identity ('model': {name, sha256})")
+    ours = sha256 or model_sha256(model)
+    if info["sha256"] != ours:
+        raise ModelMismatchError(f"model mismatch: the file was written with model {info.get('name')!r} "
+                                 f"(sha256 {info['sha256'][:16]}...), this model's sha256 is {ours[:16]}...; "
+                                 "decode it with the model that encoded it (--model PATH)")
+    if meta.get("sample_rate") != C.SAMPLE_RATE:
+        raise NacFormatError(f"metadata sample_rate {meta.get('sample_rate')!r}, expected {C.SAMPLE_RATE}")
+    num_samples = _int(meta, "num_samples", 1)
+    num_frames = _int(meta, "num_frames", 1)
+    fpc = _int(meta, "frames_per_chunk", 1)
+    num_chunks = _int(meta, "num_chunks", 1)
+    stages = meta.get("stages")
+    n_mod = len(model.codec_modules)
+    if not isinstance(stages, list) or not 1 <= len(stages) <= n_mod or stages != list(range(1, len(stages) + 1)):
+        raise NacFormatError(f"metadata 'stages' must be [1..k] with k <= {n_mod}, got {stages!r}")
+    layout = code_layout(model)
+    want = {"lsf": layout["lsf"], "modules": layout["modules"][: len(stages)]}
+    if meta.get("layout") != want:
+        raise ModelMismatchError(f"model mismatch: the file's code layout {meta.get('layout')!r} differs from the model's {want!r}")
+    if num_frames != max(1, -(-num_samples // C.HOP_SIZE)) or num_chunks != -(-num_frames // fpc):
+        raise NacFormatError(f"inconsistent counts: {num_samples} samples, {num_frames} frames, "
+                             f"{fpc} frames per chunk, {num_chunks} chunks")
+    return {"num_samples": num_samples, "num_frames": num_frames, "num_active": len(stages),
+            "frames_per_chunk": fpc, "num_chunks": num_chunks, "layout": want}
