@@ -174,9 +174,12 @@ class CQCodec(keras.Model):
         return list(self._trackers.values())
 
     def train_step(self, data):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             terms = self.compute_terms(self.forward(data, training=True), training=True)
-        pairs = [(g, v) for g, v in zip(tape.gradient(terms["loss"], self.trainable_variables),
+            # Gradients are summed over replicas, so each replica contributes loss / replicas.
+            scaled = terms["loss"] / replicas
+        pairs = [(g, v) for g, v in zip(tape.gradient(scaled, self.trainable_variables),
                                         self.trainable_variables) if g is not None]
         self.optimizer.apply_gradients(pairs)
         return self._report(terms)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 
 import keras
 import numpy as np
@@ -133,8 +134,12 @@ def _tau_targets(cfg: Config, model: CQCodec, stage: Stage) -> dict:
     return targets
 
 
-def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, base_dir: str | None = None) -> dict:
-    """Runs the mode's stages, resuming from `<experiment>/checkpoints`. Returns the state dict."""
+def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, base_dir: str | None = None,
+          extra_callbacks=()) -> dict:
+    """Runs the mode's stages, resuming from `<experiment>/checkpoints`. Returns the state dict.
+
+    `extra_callbacks` run after the checkpoint of each epoch is written (tests use one to
+    interrupt a run)."""
     exp = cfg.experiment_dir
     ckpt_dir = os.path.join(exp, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -165,12 +170,13 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
             TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain),
             EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(exp, "metrics.csv")),
             keras.callbacks.TensorBoard(os.path.join(exp, "tensorboard", stage.name), write_graph=False),
+            *extra_callbacks,
         ]
         log.info("stage %s: %d active modules, training %s, %d epochs, lr %g", stage.name, stage.active,
                  [i + 1 for i in stage.train_modules], stage.epochs, stage.lr)
         model.fit(train_ds, epochs=stage.epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
                   validation_data=val_ds, validation_steps=cfg.validation_steps, callbacks=callbacks,
-                  verbose=2 if os.environ.get("CI") else 1)
+                  verbose=1 if sys.stdout.isatty() else 2)
         for m in model.codec_modules:
             m.bypass.assign(0.0)
     model.num_active = cfg.num_modules

@@ -1,0 +1,119 @@
+"""The greedy schedule end to end on a tiny generated corpus: results folder, chaining, resume."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from cq_codec.config import Config
+from cq_codec.training import modes, trainer
+from tests.conftest import write_librispeech
+
+
+def _cfg(tmp_path, corpus_root, **kw):
+    base = dict(name="tiny", results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"),
+                corpus="librispeech", data_dir=str(corpus_root), num_modules=2, channels=8, bottleneck=4,
+                num_resnets=1, epoch_tanh=2, epoch_greedy_followers=(1,), epoch_finetune=1, pretrain_step=1,
+                steps_per_epoch=3, validation_steps=1, batch_size=8, eval_clips=1)
+    base.update(kw)
+    return Config(**base).validate()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("libri")
+    write_librispeech(str(root), seconds=1.5)
+    return root
+
+
+def _stages(csv_path):
+    with open(csv_path, newline="") as fh:
+        return [(r["stage"], int(r["epoch"])) for r in csv.DictReader(fh)]
+
+
+def test_mode4_writes_the_whole_results_folder(tmp_path, corpus):
+    cfg = _cfg(tmp_path, corpus)
+    modes.run(cfg)
+    exp = cfg.experiment_dir
+    for rel in ("config.json", "model.keras", "metrics.csv", "eval.csv", "eval.md", "plots/training.png",
+                "checkpoints/latest.weights.h5", "checkpoints/state.json"):
+        assert os.path.exists(os.path.join(exp, rel)), rel
+    assert _stages(os.path.join(exp, "metrics.csv")) == [("m1", 1), ("m1", 2), ("m2", 1), ("finetune", 1)]
+    wavs = os.listdir(os.path.join(exp, "audio"))
+    assert any(w.endswith("_clean.wav") for w in wavs)
+    assert any(w.endswith("_decoded_2modules.wav") for w in wavs)
+    with open(os.path.join(exp, "eval.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["modules"] for r in rows} == {"1", "2"}
+    assert all(np.isfinite(float(r["snr"])) and float(r["entropy_kbps"]) > 0 for r in rows)
+    assert Config.load(os.path.join(exp, "config.json")) == cfg
+    # A second run of the same experiment finds every stage finished and trains nothing.
+    modes.run(cfg)
+    assert len(_stages(os.path.join(exp, "metrics.csv"))) == 4
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, stage_epochs):
+        super().__init__()
+        self.n = stage_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_modes_chain_and_a_killed_run_resumes(tmp_path, corpus):
+    # Mode 1 trains the first module only.
+    cfg1 = _cfg(tmp_path, corpus, training_mode=1)
+    modes.run(cfg1)
+    csv_path = os.path.join(cfg1.experiment_dir, "metrics.csv")
+    assert _stages(csv_path) == [("m1", 1), ("m1", 2)]
+    # Mode 4 of the same experiment continues with the follower; it is killed after 1 of 2 epochs.
+    cfg4 = _cfg(tmp_path, corpus, training_mode=4, epoch_greedy_followers=(2,))
+    parts, cache = modes.load_data(cfg4)
+    model = trainer.build_model(cfg4, cache.std, modes._first_batch(cache))
+    train_ds, val_ds, steps = modes._datasets(cfg4, cache)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(cfg4, model, train_ds, val_ds, steps, extra_callbacks=[_Interrupt(1)])
+    state = json.load(open(os.path.join(cfg4.experiment_dir, "checkpoints", "state.json")))
+    assert state["done"] == {"m1": 2, "m2": 1}
+    saved = trainer.build_model(cfg4, cache.std, modes._first_batch(cache))
+    saved.load_weights(trainer.latest_weights(cfg4.experiment_dir))
+    # Restarted: m1 is not repeated, m2 resumes at its second epoch, then fine-tuning.
+    modes.run(cfg4)
+    assert _stages(csv_path) == [("m1", 1), ("m1", 2), ("m2", 1), ("m2", 2), ("finetune", 1)]
+    # The resumed run started from the checkpoint (tau and weights restored from it).
+    assert np.allclose(saved.tau.numpy(), state["tau"])
+
+
+def test_same_seed_same_weights(tmp_path, corpus):
+    outs = []
+    for k in range(2):
+        cfg = _cfg(tmp_path / str(k), corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, eval_clips=0)
+        modes.run(cfg)
+        m = trainer.build_model(cfg)
+        m.load_weights(trainer.latest_weights(cfg.experiment_dir))
+        outs.append([w.numpy() for w in m.weights])
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus):
+    cfg = _cfg(tmp_path, corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, eval_clips=0)
+    args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in
+            [("training_mode", 1), ("name", "mirrored"), ("results_dir", cfg.results_dir), ("cache_dir", cfg.cache_dir),
+             ("corpus", cfg.corpus), ("data_dir", cfg.data_dir), ("num_modules", 1), ("channels", 8),
+             ("bottleneck", 4), ("num_resnets", 1), ("epoch_tanh", 1), ("pretrain_step", 0),
+             ("steps_per_epoch", 2), ("validation_steps", 1), ("batch_size", 8), ("eval_clips", 0),
+             ("distribute", "mirrored")]]
+    proc = subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MirroredStrategy" in proc.stderr or "mirrored" in proc.stderr.lower()
+    assert _stages(os.path.join(cfg.results_dir, "mirrored", "metrics.csv")) == [("m1", 1)]
