@@ -112,6 +112,7 @@ def main(_):
     from cq_codec.data.audio import load_audio
     wav = load_audio(FLAGS.wav)
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cq_bench_")
+    os.makedirs(workdir, exist_ok=True)
     model_path = FLAGS.model or tiny_model(wav, FLAGS.train_steps, os.path.join(workdir, "tiny.keras"))
     codec = api.load(model_path)
     print(f"model {model_path}; {len(wav) / C.SAMPLE_RATE:.2f} s of {FLAGS.wav}; "

@@ -1,0 +1,118 @@
+"""Training throughput and cost of module architectures: frames/s, FLOPs per frame, params.
+
+    python scripts/benchmark_training.py [--steps 30] [--batch_size 32] [--configs ref,sep64]
+
+For each configuration it times `train_step` of a one-module CQ codec on random frames (after
+a warm-up that absorbs tracing), counts the multiply-adds of every convolution analytically
+(FLOPs = 2 x MACs, forward pass; a training step costs about 3x that) and reports how close to
+the CPU's measured matmul peak the training runs. Speed is a measurement, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import constants as C  # noqa: E402
+from cq_codec.config import Config  # noqa: E402
+from cq_codec.training.trainer import build_model  # noqa: E402
+
+CONFIGS = {
+    "ref": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln"),
+    "ref_s4": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln", the_strides=(4,)),
+    "gln64": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln"),
+    "sep64": dict(channels=64, bottleneck=32, num_resnets=2, block_type="separable"),
+    "sep100": dict(channels=100, bottleneck=40, num_resnets=2, block_type="separable"),
+    "bottleneck": dict(channels=100, bottleneck=20, num_resnets=2, block_type="bottleneck"),
+}
+
+
+def count_flops(model) -> float:
+    """Analytic forward FLOPs per frame of the whole codec (convolutions only), via a tracing call
+    that records each Conv1D's output length."""
+    records = []
+    originals = {}
+    for cls in (keras.layers.Conv1D, keras.layers.DepthwiseConv1D):
+        originals[cls] = cls.call
+
+        def wrapped(self, inputs, _orig=originals[cls], _cls=cls):
+            out = _orig(self, inputs)
+            k = self.kernel_size[0]
+            cin = inputs.shape[-1]
+            if _cls is keras.layers.DepthwiseConv1D:
+                macs = out.shape[1] * k * cin
+            else:
+                macs = out.shape[1] * k * cin * self.filters
+            records.append(macs)
+            return out
+
+        cls.call = wrapped
+    try:
+        batch = {"x": tf.zeros([1, C.LPC_ORDER + C.FRAME_SIZE]), "lsf": tf.constant(
+            np.tile(np.linspace(0.2, 3.0, C.LPC_ORDER, dtype=np.float32), (1, 3, 1)))}
+        model(batch, training=False)
+    finally:
+        for cls, fn in originals.items():
+            cls.call = fn
+    return 2.0 * sum(records)
+
+
+def matmul_peak(seconds: float = 2.0) -> float:
+    """Measured float32 GEMM FLOP/s of this CPU through TensorFlow (the practical peak)."""
+    a = tf.random.normal([1024, 1024])
+    f = tf.function(lambda: tf.matmul(a, a))
+    f()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        f().numpy()
+        n += 1
+    return n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
+
+
+def bench(name: str, steps: int, batch_size: int) -> dict:
+    keras.utils.set_random_seed(0)
+    cfg = Config(num_modules=1, **CONFIGS[name]).validate()
+    model = build_model(cfg)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    rng = np.random.default_rng(0)
+    lsf = np.sort(rng.uniform(0.1, 3.0, (batch_size, 3, C.LPC_ORDER)), axis=-1).astype(np.float32)
+    data = {"x": rng.standard_normal((batch_size, C.LPC_ORDER + C.FRAME_SIZE)).astype(np.float32), "lsf": lsf}
+    ds = tf.data.Dataset.from_tensors(data).repeat()
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # tracing and warm-up
+    t0 = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    dt = time.perf_counter() - t0
+    flops = count_flops(model)
+    module_params = model.codec_modules[0].count_params()
+    return {"config": name, "params": module_params, "mflops_per_frame": flops / 1e6,
+            "train_frames_per_s": steps * batch_size / dt, "train_gflops_per_s": 3 * flops * steps * batch_size / dt / 1e9}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    args = p.parse_args()
+    peak = matmul_peak()
+    print(f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} cores")
+    print("| config | params | MFLOPs/frame (fwd) | train frames/s | x real time (33.3 frames/s) | train GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.configs.split(","):
+        r = bench(name, args.steps, args.batch_size)
+        print(f"| {name} | {r['params']:,} | {r['mflops_per_frame']:.1f} | {r['train_frames_per_s']:.0f} | "
+              f"{r['train_frames_per_s'] / C.FRAMES_PER_SECOND:.1f} | {r['train_gflops_per_s']:.1f} | "
+              f"{100 * r['train_gflops_per_s'] * 1e9 / peak:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
