@@ -3,7 +3,8 @@
 Each batch is a dict: ``x`` float32 [B, 528] (normalised, pre-emphasised signal: 16 samples of
 history, then the frame's 512 samples, unwindowed) and ``lsf`` float32 [B, 3, 16] (LSFs of hops
 t-1, t, t+1); with `noise_fn` also ``x_noisy`` [B, 528] (noisy input, ``x`` stays the clean
-target). Batches are gathered from the memory-mapped cache in numpy, so audio is decoded only
+target); with `noisy_examples` (e.g. `cq_codec.data.noise.FrameNoiser`) ``x_noisy`` [B, 528] and
+``lsf_noisy`` [B, 3, 16] (LSFs of the noisy signal). Batches are gathered from the memory-mapped cache in numpy, so audio is decoded only
 when the cache is built.
 """
 
@@ -20,12 +21,14 @@ from cq_codec.data.cache import FrameCache, build_cache, load_cache
 from cq_codec.data.corpora import Utterance
 from cq_codec.data.preprocess import EXAMPLE_SIZE
 
-__all__ = ["SILENCE_RMS", "NoiseFn", "select_frames", "iterate_batches", "make_dataset",
+__all__ = ["SILENCE_RMS", "NoiseFn", "NoisyExamplesFn", "select_frames", "iterate_batches", "make_dataset",
            "prepare_cache"]
 
 # A frame whose RMS is below this (in units of the corpus std, i.e. -60 dB) is "silence".
 SILENCE_RMS = 1e-3
 NoiseFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# (split arrays of FrameCache.arrays, frame indices [B], rng) -> {"x_noisy": [B, 528], "lsf_noisy": [B, 3, 16]}
+NoisyExamplesFn = Callable[[dict, np.ndarray, np.random.Generator], dict]
 
 
 def prepare_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str | os.PathLike,
@@ -47,13 +50,18 @@ def select_frames(rms: np.ndarray, keep_silence: float, seed: int) -> np.ndarray
 
 def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: bool = True,
                     seed: int = 0, repeat: bool = False, keep_silence: float = 0.1,
-                    noise_fn: NoiseFn | None = None, drop_remainder: bool = False):
+                    noise_fn: NoiseFn | None = None, drop_remainder: bool = False,
+                    noisy_examples: NoisyExamplesFn | None = None):
     """Generator of numpy batch dicts (see module docstring); epoch e shuffles with seed
     (seed, e), so the sequence depends only on `seed`."""
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if noise_fn is not None and not callable(noise_fn):
         raise TypeError(f"noise_fn must be callable, got {type(noise_fn).__name__}")
+    if noisy_examples is not None and not callable(noisy_examples):
+        raise TypeError(f"noisy_examples must be callable, got {type(noisy_examples).__name__}")
+    if noise_fn is not None and noisy_examples is not None:
+        raise ValueError("give noise_fn or noisy_examples, not both (both would set 'x_noisy')")
     arrays = cache.arrays(split)
     frames = select_frames(arrays["rms"], keep_silence, seed)
     if len(frames) == 0 or (drop_remainder and len(frames) < batch_size):
@@ -78,6 +86,14 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
                 if noisy.shape != x.shape:
                     raise ValueError(f"noise_fn returned shape {noisy.shape}, expected {x.shape}")
                 batch["x_noisy"] = noisy
+            if noisy_examples is not None:
+                extra = noisy_examples(arrays, sel, noise_rng)
+                for key, shape in (("x_noisy", x.shape), ("lsf_noisy", batch["lsf"].shape)):
+                    value = np.asarray(extra.get(key), dtype=np.float32) if key in extra else None
+                    if value is None or value.shape != shape:
+                        raise ValueError(f"noisy_examples must return {key!r} of shape {shape}, "
+                                         f"got {None if value is None else value.shape}")
+                    batch[key] = value
             yield batch
         epoch += 1
         if not repeat:
@@ -87,7 +103,8 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
 def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: int,
                  shuffle: bool = True, seed: int = 0, repeat: bool = False,
                  keep_silence: float = 0.1, noise_fn: NoiseFn | None = None,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+                 drop_remainder: bool = False,
+                 noisy_examples: NoisyExamplesFn | None = None) -> tf.data.Dataset:
     """Batched, shuffled, prefetched tf.data.Dataset of training examples from the cache.
 
     Args:
@@ -100,22 +117,27 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
       noise_fn: optional callable (x [B, 528] float32, rng) -> noisy x [B, 528]; adds
         'x_noisy' to each batch.
       drop_remainder: drop the last partial batch of each epoch (static batch dimension).
+      noisy_examples: optional callable (split arrays, frame indices [B], rng) ->
+        {'x_noisy': [B, 528], 'lsf_noisy': [B, 3, 16]} (see cq_codec.data.noise.FrameNoiser).
     Returns:
-      Dataset of {'x': [B, 528], 'lsf': [B, 3, 16]} (+ 'x_noisy' [B, 528]) float32.
+      Dataset of {'x': [B, 528], 'lsf': [B, 3, 16]} (+ 'x_noisy' [B, 528], + 'lsf_noisy'
+      [B, 3, 16]) float32.
     """
     if not isinstance(cache, FrameCache):
         cache = load_cache(os.fspath(cache))
     args = dict(cache=cache, split=split, batch_size=batch_size, shuffle=shuffle, seed=seed,
                 repeat=repeat, keep_silence=keep_silence, noise_fn=noise_fn,
-                drop_remainder=drop_remainder)
+                drop_remainder=drop_remainder, noisy_examples=noisy_examples)
     first = iterate_batches(**args)  # validates the arguments now, not at the first batch
     next(first)
     first.close()
     b = batch_size if drop_remainder else None
     signature = {"x": tf.TensorSpec([b, EXAMPLE_SIZE], tf.float32),
                  "lsf": tf.TensorSpec([b, 3, C.LPC_ORDER], tf.float32)}
-    if noise_fn is not None:
+    if noise_fn is not None or noisy_examples is not None:
         signature["x_noisy"] = tf.TensorSpec([b, EXAMPLE_SIZE], tf.float32)
+    if noisy_examples is not None:
+        signature["lsf_noisy"] = tf.TensorSpec([b, 3, C.LPC_ORDER], tf.float32)
     ds = tf.data.Dataset.from_generator(lambda: iterate_batches(**args),
                                         output_signature=signature)
     return ds.prefetch(tf.data.AUTOTUNE)

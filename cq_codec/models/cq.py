@@ -112,11 +112,15 @@ class CQCodec(keras.Model):
 
     def forward(self, inputs, training=None, num_active=None):
         """Everything the loss needs, as a dict of tensors and per-module QuantizerOutputs."""
-        x, lsf = inputs["x"], inputs["lsf"]
-        lsf_q, lsf_out = self.quantize_lsf(lsf, training=training)
+        # Denoising (speech enhancement): the encoder sees `x_noisy` and the LSFs of the noisy
+        # signal (`lsf_noisy`), the target is the clean `x` through the same A(z).
+        x = inputs["x"]
+        x_in = inputs.get("x_noisy", x)
+        lsf_q, lsf_out = self.quantize_lsf(inputs.get("lsf_noisy", inputs["lsf"]), training=training)
         a = tf_ops.per_sample_filters_tf(lsf_q)                      # [B, 512, 17]
-        e = tf_ops.residual_tf(x, a) * self.window                    # [B, 512]
-        r = e * self.residual_scale
+        e = tf_ops.residual_tf(x, a) * self.window                    # [B, 512] target residual
+        e_in = e if x_in is x else tf_ops.residual_tf(x_in, a) * self.window
+        r = e_in * self.residual_scale
         total = tf.zeros_like(r)
         outs = []
         for m in self.codec_modules[: num_active or self.num_active]:

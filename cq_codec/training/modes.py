@@ -28,10 +28,10 @@ def make_strategy(cfg: Config):
     multi-worker from TF_CONFIG."""
     if cfg.distribute == "mirrored":
         cpus = tf.config.list_physical_devices("CPU")
-        if len(tf.config.list_logical_devices("CPU")) < 2:
-            try:
-                tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-            except RuntimeError as exc:
+        try:  # must run before anything lists logical devices (that initialises them)
+            tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+        except RuntimeError as exc:
+            if len(tf.config.list_logical_devices("CPU")) < 2:
                 raise RuntimeError("--distribute mirrored: TensorFlow was initialised before the two logical "
                                    "CPU devices could be made; start a fresh process") from exc
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
@@ -188,12 +188,12 @@ def plot_history(csv_path: str, out_path: str) -> None:
 
 def run(cfg: Config) -> dict:
     """Runs one training mode (or evaluation) end to end; returns a summary dict."""
+    strategy = make_strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     exp = cfg.experiment_dir
     os.makedirs(exp, exist_ok=True)
     cfg.save(os.path.join(exp, "config.json"))
-    strategy = make_strategy(cfg)
     parts, cache = load_data(cfg)
     model_path = os.path.join(exp, "model.keras")
     with strategy.scope():

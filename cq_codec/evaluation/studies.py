@@ -1,0 +1,279 @@
+"""Shared helpers of the studies in scripts/: train a config, score codecs at operating points
+on the same clips, and write CSV / Markdown / PNG results.
+
+Every measured bitrate is `len(bytes) * 8 / seconds` of real compressed bytes: the codec's
+`.nac` file from `cq_codec.api.Codec.compress` (container header included; the payload-only
+rate is reported beside it) and each baseline's packets (`Baseline.encode_decode`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+import constants as C
+
+__all__ = ["select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
+           "codec_rows", "baseline_rows", "code_statistics", "mean_rows", "write_csv", "write_markdown",
+           "plot_metric_vs_kbps", "BASELINE_POINTS", "METRICS", "QUANTIZER_KWARGS"]
+
+log = logging.getLogger("cq_codec.studies")
+
+METRICS = ("pesq_wb", "stoi", "si_sdr")
+METRIC_LABELS = {"pesq_wb": "PESQ-WB (MOS-LQO)", "stoi": "STOI", "si_sdr": "SI-SDR (dB)",
+                 "pesq_nb": "PESQ-NB (MOS-LQO)", "snr": "SNR (dB)"}
+# Baselines at matched rates (kbps): Opus 6-32, every AMR-WB mode, Speex-WB qualities.
+BASELINE_POINTS = {
+    "opus": (6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0),
+    "amrwb": (6.6, 8.85, 12.65, 14.25, 15.85, 18.25, 19.85, 23.05, 23.85),
+    "speex": (9.8, 12.8, 16.8, 20.6, 23.8),
+}
+# Study quantizers at a matched fixed-length rate: 8 bits per 8-dim vector (32 vectors per frame,
+# 8.53 kbps before entropy coding) for every vector quantizer; softmax: 32 bins per scalar.
+QUANTIZER_KWARGS = {
+    "softmax": dict(num_bins=32),
+    "vq": dict(embedding_dim=8, codebook_size=256),
+    "gumbel": dict(embedding_dim=8, codebook_size=256),
+    "rvq": dict(embedding_dim=8, num_stages=2, codebook_size=16),
+    "pq": dict(embedding_dim=8, stage_dims=(4, 4), codebook_size=16),
+}
+
+
+def select_clips(utterances: Sequence, max_clips: int) -> list:
+    """Up to `max_clips` utterances spread over every (language, speaker): round robin over the
+    groups in sorted order, each group's utterances in path order. Deterministic."""
+    if isinstance(max_clips, bool) or int(max_clips) != max_clips or max_clips < 1:
+        raise ValueError(f"max_clips must be a positive integer, got {max_clips!r}")
+    groups = defaultdict(list)
+    for u in sorted(utterances, key=lambda u: u.path):
+        groups[(u.language or "", u.speaker)].append(u)
+    queues = [groups[k] for k in sorted(groups)]
+    out, depth = [], 0
+    while len(out) < max_clips and any(depth < len(q) for q in queues):
+        out += [q[depth] for q in queues if depth < len(q)][: max_clips - len(out)]
+        depth += 1
+    return out
+
+
+def load_clips(utterances: Sequence, max_seconds: float = 8.0) -> list[tuple[str, np.ndarray]]:
+    """[(name, float32 wav [N] at 16 kHz)], each cut to `max_seconds`."""
+    from cq_codec.data.audio import load_audio
+    clips = []
+    for u in utterances:
+        wav = np.asarray(load_audio(u.path), np.float32)[: int(max_seconds * C.SAMPLE_RATE)]
+        clips.append((f"{u.speaker}/{os.path.splitext(os.path.basename(u.path))[0]}", wav))
+    return clips
+
+
+def train_codec(cfg, noisy_examples: Callable | None = None) -> dict:
+    """Trains `cfg` (its training mode's stages) like `main.py`, optionally on noisy examples
+    (a `FrameNoiser`-like callable, see cq_codec.data.pipeline), fits the entropy tables on
+    training utterances and saves `<experiment>/model.keras`.
+
+    Returns {"model", "parts", "cache", "train_seconds", "model_path"}.
+    """
+    import keras
+    import tensorflow as tf
+    from cq_codec.data.pipeline import iterate_batches, make_dataset
+    from cq_codec.training import modes, trainer
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    os.makedirs(cfg.experiment_dir, exist_ok=True)
+    cfg.save(os.path.join(cfg.experiment_dir, "config.json"))
+    parts, cache = modes.load_data(cfg)
+    sample = next(iterate_batches(cache, "train", 512, shuffle=True, seed=0))
+    model = trainer.build_model(cfg, signal_std=cache.std, sample=sample)
+    kw = dict(shuffle=True, repeat=True, drop_remainder=True, noisy_examples=noisy_examples)
+    train_ds = make_dataset(cache, "train", cfg.batch_size, seed=cfg.seed, **kw)
+    val_ds = make_dataset(cache, "val", cfg.batch_size, seed=cfg.seed + 1, **kw)
+    steps = cfg.steps_per_epoch or max(1, cache.num_frames("train") // cfg.batch_size)
+    t0 = time.perf_counter()
+    trainer.train(cfg, model, train_ds, val_ds, steps)
+    seconds = time.perf_counter() - t0
+    ensure_entropy_tables(model, parts["train"], seed=cfg.seed)
+    path = os.path.join(cfg.experiment_dir, "model.keras")
+    model.save(path)
+    return {"model": model, "parts": parts, "cache": cache, "train_seconds": seconds, "model_path": path}
+
+
+def ensure_entropy_tables(model, train_utterances: Sequence, max_utterances: int = 24, seed: int = 0,
+                          force: bool = False) -> None:
+    """Fits the bitstream's entropy tables on a seeded subset of training utterances unless the
+    model already has them."""
+    from cq_codec.bitstream import codec_stream as cs
+    from cq_codec.data.audio import load_audio
+    if getattr(model, "entropy_tables", None) and not force:
+        return
+    if not train_utterances:
+        raise ValueError("fitting entropy tables needs training utterances")
+    order = np.random.default_rng(seed).permutation(len(train_utterances))[:max_utterances]
+    wavs = [np.asarray(load_audio(train_utterances[i].path), np.float64) for i in sorted(order)]
+    cs.fit_entropy_tables(model, wavs)
+
+
+def load_codec(model_dir_or_path: str, train_utterances: Sequence | None = None):
+    """A `cq_codec.api.Codec` from results/<name>/ or a .keras path; fits entropy tables on
+    `train_utterances` when the saved model has none."""
+    import keras
+    from cq_codec import api
+    import cq_codec.models.cq  # noqa: F401
+    path = model_dir_or_path
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no trained model at {path}")
+    model = keras.saving.load_model(path, compile=False)
+    if not getattr(model, "entropy_tables", None):
+        if not train_utterances:
+            raise ValueError(f"{path} has no entropy tables and no training utterances were given to fit them")
+        ensure_entropy_tables(model, train_utterances)
+    return api.Codec(model, name=os.path.basename(os.path.dirname(os.path.abspath(path))))
+
+
+def _payload_kbps(data: bytes, seconds: float) -> float:
+    from cq_codec.bitstream.container import NacReader
+    import io
+    reader = NacReader(io.BytesIO(data))
+    return sum(len(p) for p in reader) * 8 / seconds / C.BITS_PER_KBIT
+
+
+def codec_rows(codec, clips: Sequence[tuple[str, np.ndarray]], label: str, num_modules: int | None = None,
+               inputs: Sequence[np.ndarray] | None = None, processes: int = 2) -> list[dict]:
+    """Compress -> decompress every clip at one operating point and score it against the clip.
+
+    `inputs` (default: the clips themselves) is what gets coded, e.g. noisy versions of the clean
+    clips. Rows: codec, label, modules, clip, seconds, kbps (file bytes), payload_kbps,
+    encode_ms_per_s, decode_ms_per_s and the metrics of `score`.
+    """
+    from cq_codec.evaluation.metrics import measured_kbps, score_many
+    n = num_modules or codec.num_modules
+    rows, pairs = [], []
+    for k, (name, clean) in enumerate(clips):
+        x = clean if inputs is None else inputs[k]
+        t0 = time.perf_counter()
+        data = codec.compress(x, C.SAMPLE_RATE, num_modules=n)
+        t1 = time.perf_counter()
+        decoded, _ = codec.decompress(data)
+        t2 = time.perf_counter()
+        sec = len(x) / C.SAMPLE_RATE
+        rows.append({"codec": "cq", "label": label, "modules": n, "clip": name, "seconds": sec,
+                     "bytes": len(data), "kbps": measured_kbps(len(data), len(x)),
+                     "payload_kbps": _payload_kbps(data, sec),
+                     "encode_ms_per_s": 1000 * (t1 - t0) / sec, "decode_ms_per_s": 1000 * (t2 - t1) / sec})
+        pairs.append((np.asarray(clean, np.float32), decoded[: len(clean)]))
+    for row, s in zip(rows, score_many(pairs, processes=processes, names=[r["clip"] for r in rows])):
+        row.update(s)
+    return rows
+
+
+def baseline_rows(name: str, kbps: float, clips: Sequence[tuple[str, np.ndarray]], processes: int = 2) -> list[dict]:
+    """One baseline codec at one nominal rate on every clip (measured kbps from its bytes)."""
+    from cq_codec.evaluation.baselines import get_baseline
+    from cq_codec.evaluation.metrics import measured_kbps, score_many
+    codec = get_baseline(name, kbps)
+    rows, pairs = [], []
+    for clip, wav in clips:
+        t0 = time.perf_counter()
+        decoded, nbytes = codec.encode_decode(np.asarray(wav, np.float32))
+        sec = len(wav) / C.SAMPLE_RATE
+        rows.append({"codec": name, "label": f"{name} {kbps:g}", "nominal_kbps": kbps, "clip": clip, "seconds": sec,
+                     "bytes": nbytes, "kbps": measured_kbps(nbytes, len(wav)), "payload_kbps": measured_kbps(nbytes, len(wav)),
+                     "codec_ms_per_s": 1000 * (time.perf_counter() - t0) / sec})
+        pairs.append((np.asarray(wav, np.float32), decoded))
+    for row, s in zip(rows, score_many(pairs, processes=processes, names=[r["clip"] for r in rows])):
+        row.update(s)
+    return rows
+
+
+def code_statistics(codec, clips: Sequence[tuple[str, np.ndarray]], num_modules: int | None = None) -> dict:
+    """Codebook use of the last active module on `clips`: mean over its S streams of the
+    fraction of the alphabet used (utilisation), the perplexity 2^H and H (bits per code)."""
+    n = num_modules or codec.num_modules
+    codes = [codec.encode(w, C.SAMPLE_RATE, num_modules=n).modules[n - 1] for _, w in clips]
+    flat = np.concatenate([c.reshape(-1, c.shape[-1]) for c in codes])
+    sizes = codec.model.codec_modules[n - 1].quantizer.codebook_sizes
+    util, perp, ent = [], [], []
+    for s in range(flat.shape[1]):
+        counts = np.bincount(flat[:, s], minlength=sizes[s]).astype(np.float64)
+        p = counts[counts > 0] / counts.sum()
+        h = float(-(p * np.log2(p)).sum())
+        util.append(np.count_nonzero(counts) / sizes[s])
+        perp.append(2.0 ** h)
+        ent.append(h)
+    return {"utilisation": float(np.mean(util)), "perplexity": float(np.mean(perp)),
+            "bits_per_code": float(np.mean(ent)), "alphabet": int(sizes[0]), "streams": int(flat.shape[1])}
+
+
+def mean_rows(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]) -> list[dict]:
+    """Group `rows` by `keys` (first-seen order) and average `values` (NaN-aware); adds `clips`."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, sel in groups.items():
+        row = dict(zip(keys, key))
+        for v in values:
+            vals = np.array([float(r[v]) for r in sel if r.get(v) not in (None, "")], np.float64)
+            row[v] = float(np.nanmean(vals)) if vals.size and np.any(np.isfinite(vals)) else float("nan")
+        row["clips"] = len(sel)
+        out.append(row)
+    return out
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+    """Rows (dicts) -> CSV; the header is the union of keys in first-seen order."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else (f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}")
+    return str(v)
+
+
+def write_markdown(rows: Sequence[dict], path: str, columns: Sequence[str], title: str, notes: str = "") -> None:
+    """A Markdown file: `# title`, `notes`, and one table of `columns`."""
+    lines = [f"# {title}", ""] + ([notes.strip(), ""] if notes else [])
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def plot_metric_vs_kbps(summary: Sequence[dict], path: str, metrics: Sequence[str] = METRICS,
+                        series_key: str = "codec", title: str = "") -> None:
+    """One panel per metric, metric against measured kbps, one line per `series_key` value."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    series = list(dict.fromkeys(r[series_key] for r in summary))
+    for ax, m in zip(axes[0], metrics):
+        for s in series:
+            pts = sorted((r["kbps"], r[m]) for r in summary if r[series_key] == s)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=str(s))
+        ax.set_xlabel("measured bitrate (kbps, from compressed bytes)")
+        ax.set_ylabel(METRIC_LABELS.get(m, m))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

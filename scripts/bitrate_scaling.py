@@ -1,0 +1,100 @@
+"""Quality against MEASURED bitrate: trained CQ models at every operating point (1..N modules)
+and the baselines (Opus 6-32 kbps, every AMR-WB mode, Speex-WB) on the same test clips.
+
+    python scripts/bitrate_scaling.py --models results/main                 # one or more model folders
+    python scripts/bitrate_scaling.py --models "results/_work/quantizers/*" --max_clips 30
+
+Clips: up to --max_clips utterances of the corpus's test split, spread round-robin over every
+test speaker/language (deterministic). kbps = bytes * 8 / seconds of real compressed data: the
+`.nac` file of `Codec.compress` (and its payload without the container header) and each
+baseline's packets. Writes <out>/bitrate_scaling.csv (per clip), summary.csv, summary.md and
+bitrate_scaling.png (PESQ-WB, STOI, SI-SDR against kbps, all codecs on the same axes).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("models", "results/*", "comma-separated model folders (results/<name>/model.keras) or globs")
+flags.DEFINE_integer("max_clips", 30, "test clips (spread over all test speakers/languages)")
+flags.DEFINE_float("max_seconds", 8.0, "each clip is cut to this many seconds")
+flags.DEFINE_string("baselines", "opus,amrwb,speex", "baseline codecs ('' for none)")
+flags.DEFINE_string("baseline_kbps", "", "override the rates of every baseline, e.g. '8,16,24' (default: BASELINE_POINTS)")
+flags.DEFINE_string("data_dir", "data/demo", "corpus folder (its test split is scored)")
+flags.DEFINE_string("corpus", "demo", "corpus layout")
+flags.DEFINE_integer("seed", 1234, "split seed (corpora without their own split)")
+flags.DEFINE_integer("processes", 2, "scoring processes")
+flags.DEFINE_string("out", "results/bitrate_scaling", "results folder")
+
+
+def model_dirs(spec: str) -> list[str]:
+    """Folders holding a model.keras among the comma-separated paths/globs (results/_work excluded
+    from globs unless named)."""
+    found = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        paths = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+        for p in paths:
+            if os.path.isfile(os.path.join(p, "model.keras")) and p not in found:
+                found.append(p)
+            elif not any(c in part for c in "*?["):
+                raise FileNotFoundError(f"--models: no model.keras in {p!r}")
+    return found
+
+
+def main(argv):
+    del argv
+    from cq_codec.config import parse_float_list
+    from cq_codec.data import corpora, splits
+    from cq_codec.evaluation import studies
+    logging.set_verbosity(logging.INFO)
+    parts = splits.split_utterances(corpora.discover(FLAGS.data_dir, FLAGS.corpus), seed=FLAGS.seed)
+    utts = studies.select_clips(parts["test"], FLAGS.max_clips)
+    clips = studies.load_clips(utts, FLAGS.max_seconds)
+    logging.info("%d clips from %d speakers", len(clips), len({u.speaker for u in utts}))
+    rows = []
+    for d in model_dirs(FLAGS.models):
+        codec = studies.load_codec(d, parts["train"])
+        label = os.path.basename(os.path.normpath(d))
+        for n in range(1, codec.num_modules + 1):
+            got = studies.codec_rows(codec, clips, label, num_modules=n, processes=FLAGS.processes)
+            for r in got:
+                r["codec"] = f"cq {label}"
+                r["label"] = f"cq {label} {n} module{'s' if n > 1 else ''}"
+            rows += got
+    override = parse_float_list(FLAGS.baseline_kbps, "baseline_kbps") if FLAGS.baseline_kbps else None
+    for name in (b.strip() for b in FLAGS.baselines.split(",") if b.strip()):
+        for kbps in override or studies.BASELINE_POINTS[name]:
+            logging.info("baseline %s at %g kbps", name, kbps)
+            rows += studies.baseline_rows(name, kbps, clips, processes=FLAGS.processes)
+    if not rows:
+        raise ValueError("nothing to evaluate: no --models found and no --baselines")
+    os.makedirs(FLAGS.out, exist_ok=True)
+    studies.write_csv(rows, os.path.join(FLAGS.out, "bitrate_scaling.csv"))
+    values = ["kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr"]
+    summary = studies.mean_rows(rows, ["codec", "label"], values)
+    studies.write_csv(summary, os.path.join(FLAGS.out, "summary.csv"))
+    plot_rows = list(summary) + [dict(r, codec=r["codec"] + " (payload only)", kbps=r["payload_kbps"])
+                                 for r in summary if r["codec"].startswith("cq ")]
+    studies.plot_metric_vs_kbps(plot_rows, os.path.join(FLAGS.out, "bitrate_scaling.png"),
+                                title=f"Quality against measured bitrate ({len(clips)} test clips)")
+    notes = (f"{len(clips)} clips of the {FLAGS.corpus} corpus's test split ({len({u.speaker for u in utts})} speakers), "
+             f"each at most {FLAGS.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
+             "(header with JSON metadata included), payload_kbps = its entropy-coded chunks only; for the baselines "
+             "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
+             "payload_kbps is the like-for-like comparison.\n\n"
+             f"Command: `python scripts/bitrate_scaling.py --models {FLAGS.models} --max_clips {FLAGS.max_clips}`")
+    studies.write_markdown(summary, os.path.join(FLAGS.out, "summary.md"),
+                           ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr", "clips"],
+                           "Bitrate scaling", notes)
+    logging.info("wrote %s", FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,180 @@
+"""Denoising codecs with VQ, RVQ and Gumbel-softmax bottlenecks (same small budget).
+
+    python scripts/denoise_study.py                               # offline noise (coloured + babble)
+    python scripts/denoise_study.py --noise_dir /path/to/noises   # any wav/flac recordings
+
+Training: each example's noisy input (`x_noisy`, `lsf_noisy`) is mixed on the fly at an SNR drawn
+from --train_snr (cq_codec.data.noise.FrameNoiser); the target is the clean frame. Test: the
+demo corpus's test clips mixed (seeded) with each noise type at each of --test_snrs, coded by
+the denoising codec (compress -> decompress of the noisy clip) and scored against the clean
+clip; the improvement is over the noisy input scored the same way. Writes <out>/denoising.csv
+(per clip), summary.csv, summary.md, denoising.png; example wavs under <work>/examples.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+from absl import app, flags, logging
+
+import constants as C
+from cq_codec.config import parse_float_list
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("quantizers", "vq,rvq,gumbel", "bottlenecks to train")
+flags.DEFINE_integer("seed", 1, "training and mixing seed")
+flags.DEFINE_integer("steps", 200, "training steps per codec")
+flags.DEFINE_integer("epochs", 4, "epochs (the first quantization-free)")
+flags.DEFINE_integer("batch_size", 16, "batch size")
+flags.DEFINE_integer("channels", 32, "channels of the residual module")
+flags.DEFINE_float("target_kbps", 7.0, "entropy target per module (kbps)")
+flags.DEFINE_string("train_snr", "0,15", "training SNR range 'low,high' (dB, uniform)")
+flags.DEFINE_string("test_snrs", "0,5,10", "test SNRs (dB)")
+flags.DEFINE_string("noise_dir", "", "folder of noise recordings (default: generated coloured noise + babble)")
+flags.DEFINE_integer("babble_utterances", 40, "training utterances in the babble bank")
+flags.DEFINE_integer("max_clips", 8, "test clips")
+flags.DEFINE_integer("example_clips", 2, "clips whose noisy/denoised wavs are written")
+flags.DEFINE_string("data_dir", "data/demo", "corpus folder")
+flags.DEFINE_string("corpus", "demo", "corpus layout")
+flags.DEFINE_string("cache_dir", "cache", "frame cache folder")
+flags.DEFINE_string("out", "results/denoising", "results folder")
+flags.DEFINE_string("work", "results/_work/denoising", "models and example wavs (not committed)")
+
+
+def noise_sources(train_utts, noise_dir: str, babble_utterances: int, seed: int) -> dict:
+    """{name: NoiseSource}: the folder's noise, or coloured noise and babble of training speech."""
+    from cq_codec.data import noise
+    from cq_codec.data.audio import load_audio
+    if noise_dir:
+        return {"folder": noise.FolderNoise(noise_dir)}
+    pick = sorted(np.random.default_rng(seed).permutation(len(train_utts))[:babble_utterances])
+    babble = noise.BabbleNoise([load_audio(train_utts[i].path) for i in pick], ids=[train_utts[i].speaker for i in pick])
+    return {"coloured": noise.ColouredNoise(), "babble": babble}
+
+
+def noisy_test_set(clips, speakers, sources: dict, snrs, seed: int) -> list[dict]:
+    """Every (noise, snr, clip): {'noise', 'snr_db', 'index', 'noisy'} mixed with a seeded rng."""
+    from cq_codec.data import noise
+    out = []
+    for name, src in sources.items():
+        for snr in snrs:
+            for k, (clip, wav) in enumerate(clips):
+                rng = np.random.default_rng([seed, k, int(round(snr * 10)) + 1000, len(name)])
+                n = src.sample(len(wav), rng, exclude=speakers[k])
+                noisy, _ = noise.mix_at_snr(wav, n, snr)
+                out.append({"noise": name, "snr_db": snr, "index": k, "noisy": noisy.astype(np.float32)})
+    return out
+
+
+def make_config(quantizer: str, **b):
+    from cq_codec.config import Config
+    from cq_codec.evaluation.studies import QUANTIZER_KWARGS
+    return Config(name=f"denoise_{quantizer}_s{b['seed']}", results_dir=b["work"], seed=b["seed"], corpus=b["corpus"],
+                  data_dir=b["data_dir"], cache_dir=b["cache_dir"], training_mode=1, num_modules=1,
+                  channels=b["channels"], bottleneck=max(2, b["channels"] // 4), quantizer=quantizer,
+                  epoch_tanh=b["epochs"], pretrain_step=1, steps_per_epoch=max(1, b["steps"] // b["epochs"]),
+                  validation_steps=2, batch_size=b["batch_size"], target_entropy=(b["target_kbps"],), target_unit="kbps",
+                  learning_rate_tanh=(3e-4,), **QUANTIZER_KWARGS[quantizer]).validate()
+
+
+def plot(summary, out: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [("si_sdr", "SI-SDR (dB)"), ("pesq_wb", "PESQ-WB (MOS-LQO)"), ("stoi", "STOI")]
+    noises = list(dict.fromkeys(r["noise"] for r in summary))
+    fig, axes = plt.subplots(len(noises), 3, figsize=(15, 4 * len(noises)), squeeze=False)
+    for i, nz in enumerate(noises):
+        for ax, (k, label) in zip(axes[i], keys):
+            for j, system in enumerate(dict.fromkeys(r["system"] for r in summary)):
+                pts = sorted((r["snr_db"], r[k]) for r in summary if r["noise"] == nz and r["system"] == system)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system,
+                        ls="--" if system == "noisy input" else "-", color="k" if system == "noisy input" else f"C{j}")
+            ax.set_xlabel("input SNR (dB)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{nz} noise")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "denoising.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    from cq_codec.data import noise
+    from cq_codec.data.audio import write_wav
+    from cq_codec.data import corpora, splits
+    from cq_codec.evaluation import studies
+    from cq_codec.evaluation.metrics import score_many
+    from cq_codec.training import modes
+    logging.set_verbosity(logging.INFO)
+    snr_lo, snr_hi = parse_float_list(FLAGS.train_snr, "train_snr")
+    test_snrs = parse_float_list(FLAGS.test_snrs, "test_snrs")
+    b = dict(seed=FLAGS.seed, steps=FLAGS.steps, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, channels=FLAGS.channels,
+             target_kbps=FLAGS.target_kbps, data_dir=FLAGS.data_dir, corpus=FLAGS.corpus, cache_dir=FLAGS.cache_dir,
+             work=FLAGS.work)
+    cfgs = [make_config(q.strip(), **b) for q in FLAGS.quantizers.split(",") if q.strip()]
+    parts = splits.split_utterances(corpora.discover(FLAGS.data_dir, FLAGS.corpus), seed=FLAGS.seed)
+    sources = noise_sources(parts["train"], FLAGS.noise_dir, FLAGS.babble_utterances, FLAGS.seed)
+    train_source = noise.MixtureNoise(list(sources.values()))
+    test_utts = studies.select_clips(parts["test"], FLAGS.max_clips)
+    clips = studies.load_clips(test_utts)
+    tests = noisy_test_set(clips, [u.speaker for u in test_utts], sources, test_snrs, FLAGS.seed)
+    examples = os.path.join(FLAGS.work, "examples")
+    os.makedirs(examples, exist_ok=True)
+    os.makedirs(FLAGS.out, exist_ok=True)
+    # The noisy input itself, scored the same way (the reference for every improvement).
+    rows = []
+    base = score_many([(clips[t["index"]][1], t["noisy"]) for t in tests])
+    for t, s in zip(tests, base):
+        rows.append({"system": "noisy input", "noise": t["noise"], "snr_db": t["snr_db"], "clip": clips[t["index"]][0],
+                     "kbps": float("nan"), **s})
+    for t in tests:
+        if t["index"] < FLAGS.example_clips:
+            write_wav(os.path.join(examples, f"{t['noise']}_{t['snr_db']:g}dB_{t['index']:02d}_noisy.wav"), t["noisy"])
+    for cfg in cfgs:
+        noiser = noise.FrameNoiser(modes.load_data(cfg)[1].std, snr_db=(snr_lo, snr_hi), source=train_source)
+        trained = studies.train_codec(cfg, noisy_examples=noiser)
+        codec = studies.load_codec(cfg.experiment_dir)
+        for (nz, snr) in dict.fromkeys((t["noise"], t["snr_db"]) for t in tests):
+            sel = [t for t in tests if t["noise"] == nz and t["snr_db"] == snr]
+            got = studies.codec_rows(codec, [clips[t["index"]] for t in sel], cfg.quantizer,
+                                     inputs=[t["noisy"] for t in sel])
+            for t, r in zip(sel, got):
+                r.update(system=f"{cfg.quantizer} denoiser", noise=nz, snr_db=snr, train_seconds=trained["train_seconds"])
+                rows.append(r)
+                if t["index"] < FLAGS.example_clips:
+                    data = codec.compress(t["noisy"], C.SAMPLE_RATE)
+                    write_wav(os.path.join(examples, f"{nz}_{snr:g}dB_{t['index']:02d}_{cfg.quantizer}_denoised.wav"),
+                              codec.decompress(data)[0])
+        studies.write_csv(rows, os.path.join(FLAGS.out, "denoising.csv"))
+    metrics = ["si_sdr", "pesq_wb", "stoi", "kbps"]
+    summary = studies.mean_rows(rows, ["system", "noise", "snr_db"], metrics)
+    ref = {(r["noise"], r["snr_db"]): r for r in summary if r["system"] == "noisy input"}
+    for r in summary:
+        for m in ("si_sdr", "pesq_wb", "stoi"):
+            r[f"d_{m}"] = r[m] - ref[(r["noise"], r["snr_db"])][m]
+    studies.write_csv(summary, os.path.join(FLAGS.out, "summary.csv"))
+    plot(summary, FLAGS.out)
+    notes = (f"Denoising codecs (one module, {FLAGS.channels} channels, {FLAGS.steps} steps x batch {FLAGS.batch_size}, "
+             f"target {FLAGS.target_kbps:g} kbps, trained on noise at {snr_lo:g}-{snr_hi:g} dB SNR, seed {FLAGS.seed}). "
+             f"Test: {len(clips)} demo test clips x noise {list(sources)} x SNR {test_snrs} dB (seeded). "
+             "d_* = improvement over the noisy input (output vs clean minus noisy vs clean); "
+             "kbps = .nac bytes * 8 / seconds.\n\n"
+             f"Command: `python scripts/denoise_study.py --quantizers {FLAGS.quantizers} --steps {FLAGS.steps} "
+             f"--epochs {FLAGS.epochs} --batch_size {FLAGS.batch_size} --channels {FLAGS.channels} "
+             f"--train_snr {FLAGS.train_snr} --test_snrs {FLAGS.test_snrs} --max_clips {FLAGS.max_clips}"
+             + (f" --noise_dir {FLAGS.noise_dir}" if FLAGS.noise_dir else "") + "`")
+    studies.write_markdown(summary, os.path.join(FLAGS.out, "summary.md"),
+                           ["system", "noise", "snr_db", "si_sdr", "d_si_sdr", "pesq_wb", "d_pesq_wb", "stoi", "d_stoi",
+                            "kbps", "clips"], "Denoising study", notes)
+    logging.info("wrote %s", FLAGS.out)
+
+
+if __name__ == "__main__":
+    app.run(main)
