@@ -21,17 +21,45 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("models", "results/*", "comma-separated model folders (results/<name>/model.keras) or globs")
-flags.DEFINE_integer("max_clips", 30, "test clips (spread over all test speakers/languages)")
-flags.DEFINE_float("max_seconds", 8.0, "each clip is cut to this many seconds")
-flags.DEFINE_string("baselines", "opus,amrwb,speex", "baseline codecs ('' for none)")
-flags.DEFINE_string("baseline_kbps", "", "override the rates of every baseline, e.g. '8,16,24' (default: BASELINE_POINTS)")
-flags.DEFINE_string("data_dir", "data/demo", "corpus folder (its test split is scored)")
-flags.DEFINE_string("corpus", "demo", "corpus layout")
-flags.DEFINE_integer("seed", 1234, "split seed (corpora without their own split)")
-flags.DEFINE_integer("processes", 2, "scoring processes")
-flags.DEFINE_string("out", "results/bitrate_scaling", "results folder")
+DEFAULTS = {
+    "models": "results/*",
+    "max_clips": 30,
+    "max_seconds": 8.0,
+    "baselines": "opus,amrwb,speex",
+    "baseline_kbps": "",
+    "data_dir": "data/demo",
+    "corpus": "demo",
+    "seed": 1234,
+    "processes": 2,
+    "out": "results/bitrate_scaling",
+}
+_HELP = {
+    "models": ("string", "comma-separated model folders (results/<name>/model.keras) or globs"),
+    "max_clips": ("integer", "test clips (spread over all test speakers/languages)"),
+    "max_seconds": ("float", "each clip is cut to this many seconds"),
+    "baselines": ("string", "baseline codecs ('' for none)"),
+    "baseline_kbps": ("string", "override the rates of every baseline, e.g. '8,16,24' (default: BASELINE_POINTS)"),
+    "data_dir": ("string", "corpus folder (its test split is scored)"),
+    "corpus": ("string", "corpus layout"),
+    "seed": ("integer", "split seed (corpora without their own split)"),
+    "processes": ("integer", "scoring processes"),
+    "out": ("string", "results folder"),
+}
+
+
+def define_flags() -> None:
+    """The absl flags (defined only when run as a script, so tests can import this module)."""
+    for name, (kind, help_) in _HELP.items():
+        getattr(flags, f"DEFINE_{kind}")(name, DEFAULTS[name], help_)
+
+
+def options(**overrides):
+    """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
+    import types
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options: {sorted(unknown)}")
+    return types.SimpleNamespace(**{**DEFAULTS, **overrides})
 
 
 def model_dirs(spec: str) -> list[str]:
@@ -48,53 +76,59 @@ def model_dirs(spec: str) -> list[str]:
     return found
 
 
-def main(argv):
-    del argv
+def run(opts) -> None:
+    """The study with options `opts` (absl FLAGS or `options(...)`)."""
     from cq_codec.config import parse_float_list
     from cq_codec.data import corpora, splits
     from cq_codec.evaluation import studies
     logging.set_verbosity(logging.INFO)
-    parts = splits.split_utterances(corpora.discover(FLAGS.data_dir, FLAGS.corpus), seed=FLAGS.seed)
-    utts = studies.select_clips(parts["test"], FLAGS.max_clips)
-    clips = studies.load_clips(utts, FLAGS.max_seconds)
+    parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
+    utts = studies.select_clips(parts["test"], opts.max_clips)
+    clips = studies.load_clips(utts, opts.max_seconds)
     logging.info("%d clips from %d speakers", len(clips), len({u.speaker for u in utts}))
     rows = []
-    for d in model_dirs(FLAGS.models):
+    for d in model_dirs(opts.models):
         codec = studies.load_codec(d, parts["train"])
         label = os.path.basename(os.path.normpath(d))
         for n in range(1, codec.num_modules + 1):
-            got = studies.codec_rows(codec, clips, label, num_modules=n, processes=FLAGS.processes)
+            got = studies.codec_rows(codec, clips, label, num_modules=n, processes=opts.processes)
             for r in got:
                 r["codec"] = f"cq {label}"
                 r["label"] = f"cq {label} {n} module{'s' if n > 1 else ''}"
             rows += got
-    override = parse_float_list(FLAGS.baseline_kbps, "baseline_kbps") if FLAGS.baseline_kbps else None
-    for name in (b.strip() for b in FLAGS.baselines.split(",") if b.strip()):
+    override = parse_float_list(opts.baseline_kbps, "baseline_kbps") if opts.baseline_kbps else None
+    for name in (b.strip() for b in opts.baselines.split(",") if b.strip()):
         for kbps in override or studies.BASELINE_POINTS[name]:
             logging.info("baseline %s at %g kbps", name, kbps)
-            rows += studies.baseline_rows(name, kbps, clips, processes=FLAGS.processes)
+            rows += studies.baseline_rows(name, kbps, clips, processes=opts.processes)
     if not rows:
         raise ValueError("nothing to evaluate: no --models found and no --baselines")
-    os.makedirs(FLAGS.out, exist_ok=True)
-    studies.write_csv(rows, os.path.join(FLAGS.out, "bitrate_scaling.csv"))
+    os.makedirs(opts.out, exist_ok=True)
+    studies.write_csv(rows, os.path.join(opts.out, "bitrate_scaling.csv"))
     values = ["kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr"]
     summary = studies.mean_rows(rows, ["codec", "label"], values)
-    studies.write_csv(summary, os.path.join(FLAGS.out, "summary.csv"))
+    studies.write_csv(summary, os.path.join(opts.out, "summary.csv"))
     plot_rows = list(summary) + [dict(r, codec=r["codec"] + " (payload only)", kbps=r["payload_kbps"])
                                  for r in summary if r["codec"].startswith("cq ")]
-    studies.plot_metric_vs_kbps(plot_rows, os.path.join(FLAGS.out, "bitrate_scaling.png"),
+    studies.plot_metric_vs_kbps(plot_rows, os.path.join(opts.out, "bitrate_scaling.png"),
                                 title=f"Quality against measured bitrate ({len(clips)} test clips)")
-    notes = (f"{len(clips)} clips of the {FLAGS.corpus} corpus's test split ({len({u.speaker for u in utts})} speakers), "
-             f"each at most {FLAGS.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
+    notes = (f"{len(clips)} clips of the {opts.corpus} corpus's test split ({len({u.speaker for u in utts})} speakers), "
+             f"each at most {opts.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
              "(header with JSON metadata included), payload_kbps = its entropy-coded chunks only; for the baselines "
              "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
              "payload_kbps is the like-for-like comparison.\n\n"
-             f"Command: `python scripts/bitrate_scaling.py --models {FLAGS.models} --max_clips {FLAGS.max_clips}`")
-    studies.write_markdown(summary, os.path.join(FLAGS.out, "summary.md"),
+             f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}`")
+    studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr", "clips"],
                            "Bitrate scaling", notes)
-    logging.info("wrote %s", FLAGS.out)
+    logging.info("wrote %s", opts.out)
+
+
+def main(argv):
+    del argv
+    run(flags.FLAGS)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -27,22 +27,55 @@ import constants as C
 from cq_codec.config import Config, parse_int_list
 from cq_codec.evaluation.studies import QUANTIZER_KWARGS
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("quantizers", "softmax,vq,rvq,pq,gumbel", "quantizers to compare")
-flags.DEFINE_string("seeds", "1,2", "training seeds (spread across seeds = stability)")
-flags.DEFINE_integer("steps", 200, "training steps per codec (split into --epochs epochs)")
-flags.DEFINE_integer("epochs", 4, "epochs (the first is quantization-free pretraining; tau adapts per epoch)")
-flags.DEFINE_integer("batch_size", 16, "batch size")
-flags.DEFINE_integer("channels", 32, "channels of the residual module")
-flags.DEFINE_float("target_kbps", 7.0, "entropy target per module, kbps (same for every quantizer)")
-flags.DEFINE_float("learning_rate", 3e-4, "learning rate")
-flags.DEFINE_float("max_train_minutes", 0.0, "cap on training audio (0 = the whole training split)")
-flags.DEFINE_integer("max_clips", 12, "test clips scored per codec")
-flags.DEFINE_string("data_dir", "data/demo", "corpus folder")
-flags.DEFINE_string("corpus", "demo", "corpus layout")
-flags.DEFINE_string("cache_dir", "cache", "frame cache folder")
-flags.DEFINE_string("out", "results/quantizers", "results folder (CSV, Markdown, PNG)")
-flags.DEFINE_string("work", "results/_work/quantizers", "trained models (not committed)")
+DEFAULTS = {
+    "quantizers": "softmax,vq,rvq,pq,gumbel",
+    "seeds": "1,2",
+    "steps": 200,
+    "epochs": 4,
+    "batch_size": 16,
+    "channels": 32,
+    "target_kbps": 7.0,
+    "learning_rate": 3e-4,
+    "max_train_minutes": 0.0,
+    "max_clips": 12,
+    "data_dir": "data/demo",
+    "corpus": "demo",
+    "cache_dir": "cache",
+    "out": "results/quantizers",
+    "work": "results/_work/quantizers",
+}
+_HELP = {
+    "quantizers": ("string", "quantizers to compare"),
+    "seeds": ("string", "training seeds (spread across seeds = stability)"),
+    "steps": ("integer", "training steps per codec (split into --epochs epochs)"),
+    "epochs": ("integer", "epochs (the first is quantization-free pretraining; tau adapts per epoch)"),
+    "batch_size": ("integer", "batch size"),
+    "channels": ("integer", "channels of the residual module"),
+    "target_kbps": ("float", "entropy target per module, kbps (same for every quantizer)"),
+    "learning_rate": ("float", "learning rate"),
+    "max_train_minutes": ("float", "cap on training audio (0 = the whole training split)"),
+    "max_clips": ("integer", "test clips scored per codec"),
+    "data_dir": ("string", "corpus folder"),
+    "corpus": ("string", "corpus layout"),
+    "cache_dir": ("string", "frame cache folder"),
+    "out": ("string", "results folder (CSV, Markdown, PNG)"),
+    "work": ("string", "trained models (not committed)"),
+}
+
+
+def define_flags() -> None:
+    """The absl flags (defined only when run as a script, so tests can import this module)."""
+    for name, (kind, help_) in _HELP.items():
+        getattr(flags, f"DEFINE_{kind}")(name, DEFAULTS[name], help_)
+
+
+def options(**overrides):
+    """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
+    import types
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options: {sorted(unknown)}")
+    return types.SimpleNamespace(**{**DEFAULTS, **overrides})
 
 def make_config(quantizer: str, seed: int, work: str, **budget) -> Config:
     """The study's config of one codec (one module; `budget`: steps, epochs, batch_size, channels,
@@ -132,24 +165,24 @@ def plots(per_seed: list[dict], summary: list[dict], histories: dict, out: str) 
     plt.close(fig)
 
 
-def main(argv):
-    del argv
+def run(opts) -> None:
+    """The study with options `opts` (absl FLAGS or `options(...)`)."""
     from cq_codec.evaluation import studies
     logging.set_verbosity(logging.INFO)
-    quantizers = [q.strip() for q in FLAGS.quantizers.split(",") if q.strip()]
-    seeds = parse_int_list(FLAGS.seeds, "seeds")
-    budget = dict(steps=FLAGS.steps, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, channels=FLAGS.channels,
-                  target_kbps=FLAGS.target_kbps, learning_rate=FLAGS.learning_rate,
-                  max_train_minutes=FLAGS.max_train_minutes, data_dir=FLAGS.data_dir, corpus=FLAGS.corpus,
-                  cache_dir=FLAGS.cache_dir)
-    cfgs = [make_config(q, s, FLAGS.work, **budget) for q in quantizers for s in seeds]   # validate all first
-    os.makedirs(FLAGS.out, exist_ok=True)
+    quantizers = [q.strip() for q in opts.quantizers.split(",") if q.strip()]
+    seeds = parse_int_list(opts.seeds, "seeds")
+    budget = dict(steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size, channels=opts.channels,
+                  target_kbps=opts.target_kbps, learning_rate=opts.learning_rate,
+                  max_train_minutes=opts.max_train_minutes, data_dir=opts.data_dir, corpus=opts.corpus,
+                  cache_dir=opts.cache_dir)
+    cfgs = [make_config(q, s, opts.work, **budget) for q in quantizers for s in seeds]   # validate all first
+    os.makedirs(opts.out, exist_ok=True)
     per_seed, per_clip, histories, stage_rows, clips = [], [], {}, [], None
     for cfg in cfgs:
         logging.info("training %s", cfg.name)
         trained = studies.train_codec(cfg)
         if clips is None:
-            clips = studies.load_clips(studies.select_clips(trained["parts"]["test"], FLAGS.max_clips))
+            clips = studies.load_clips(studies.select_clips(trained["parts"]["test"], opts.max_clips))
         codec = studies.load_codec(cfg.experiment_dir)
         rows = studies.codec_rows(codec, clips, cfg.name)
         for r in rows:
@@ -170,8 +203,8 @@ def main(argv):
                 stage_rows += [dict(r, seed=cfg.seed) for r in rvq_stage_rows(codec, clips, cfg.name)]
             except Exception as e:  # the sweep is extra information: report and go on
                 logging.warning("RVQ stage sweep failed for %s: %s: %s", cfg.name, type(e).__name__, e)
-        studies.write_csv(per_seed, os.path.join(FLAGS.out, "quantizers.csv"))   # partial results survive a kill
-    studies.write_csv(per_clip, os.path.join(FLAGS.out, "per_clip.csv"))
+        studies.write_csv(per_seed, os.path.join(opts.out, "quantizers.csv"))   # partial results survive a kill
+    studies.write_csv(per_clip, os.path.join(opts.out, "per_clip.csv"))
     keys = ["kbps", "payload_kbps", "bits_per_code", "utilisation", "perplexity", "pesq_wb", "stoi", "si_sdr",
             "encode_ms_per_s", "decode_ms_per_s", "params", "train_seconds", "final_val_loss", "operating_points"]
     summary = studies.mean_rows(per_seed, ["quantizer"], keys)
@@ -181,14 +214,14 @@ def main(argv):
             s[k + "_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0
         s["seeds"] = s.pop("clips")
         s["collapsed_seeds"] = sum(r["collapsed"] for r in per_seed if r["quantizer"] == s["quantizer"])
-    studies.write_csv(summary, os.path.join(FLAGS.out, "summary.csv"))
+    studies.write_csv(summary, os.path.join(opts.out, "summary.csv"))
     if stage_rows:
-        studies.write_csv(stage_rows, os.path.join(FLAGS.out, "rvq_stages.csv"))
-    plots(per_seed, summary, histories, FLAGS.out)
+        studies.write_csv(stage_rows, os.path.join(opts.out, "rvq_stages.csv"))
+    plots(per_seed, summary, histories, opts.out)
     table_rows = [dict(s, pesq=f"{s['pesq_wb']:.3f} ± {s['pesq_wb_std']:.3f}", stoi_=f"{s['stoi']:.3f} ± {s['stoi_std']:.3f}")
                   for s in summary]
-    notes = (f"Budget per codec: {FLAGS.steps} steps x batch {FLAGS.batch_size}, {FLAGS.epochs} epochs (first one "
-             f"quantization-free), one module with {FLAGS.channels} channels, target {FLAGS.target_kbps:g} kbps per "
+    notes = (f"Budget per codec: {opts.steps} steps x batch {opts.batch_size}, {opts.epochs} epochs (first one "
+             f"quantization-free), one module with {opts.channels} channels, target {opts.target_kbps:g} kbps per "
              f"module (entropy-controlled), seeds {seeds}, {len(clips)} test clips of the demo corpus. "
              "kbps = whole .nac file bytes * 8 / seconds; payload_kbps = entropy-coded chunks only "
              "(the container's JSON header costs several kbps on clips of 1-3 s). "
@@ -196,23 +229,29 @@ def main(argv):
              "coding); softmax 32 bins per scalar. utilisation: fraction of the codebook used on the test clips "
              "(mean over streams); collapsed = utilisation < 0.1. ± = std over seeds. operating_points: modules x RVQ stages "
              "(see rvq_stages.csv for the RVQ stage sweep, an entropy estimate).\n\n"
-             f"Command: `python scripts/compare_quantizers.py --steps {FLAGS.steps} --epochs {FLAGS.epochs} "
-             f"--batch_size {FLAGS.batch_size} --channels {FLAGS.channels} --seeds {FLAGS.seeds} "
-             f"--target_kbps {FLAGS.target_kbps:g} --max_clips {FLAGS.max_clips}`")
-    studies.write_markdown(table_rows, os.path.join(FLAGS.out, "summary.md"),
+             f"Command: `python scripts/compare_quantizers.py --steps {opts.steps} --epochs {opts.epochs} "
+             f"--batch_size {opts.batch_size} --channels {opts.channels} --seeds {opts.seeds} "
+             f"--target_kbps {opts.target_kbps:g} --max_clips {opts.max_clips}`")
+    studies.write_markdown(table_rows, os.path.join(opts.out, "summary.md"),
                            ["quantizer", "kbps", "payload_kbps", "bits_per_code", "utilisation", "perplexity", "pesq",
                             "stoi_", "si_sdr", "encode_ms_per_s", "decode_ms_per_s", "params", "train_seconds",
                             "final_val_loss", "operating_points", "collapsed_seeds"],
                            "Quantizer comparison", notes)
     if stage_rows:
-        with open(os.path.join(FLAGS.out, "summary.md"), "a", encoding="utf-8") as fh:
+        with open(os.path.join(opts.out, "summary.md"), "a", encoding="utf-8") as fh:
             fh.write("\n## RVQ stages at inference (rate = zeroth-order entropy of LSF + used stages)\n\n"
                      "| model | stages | entropy kbps | PESQ-WB | STOI | SI-SDR |\n|---|---|---|---|---|---|\n")
             for r in stage_rows:
                 fh.write(f"| {r['label']} | {r['stages']} | {r['entropy_kbps']:.2f} | {r['pesq_wb']:.3f} | "
                          f"{r['stoi']:.3f} | {r['si_sdr']:.2f} |\n")
-    logging.info("wrote %s", FLAGS.out)
+    logging.info("wrote %s", opts.out)
+
+
+def main(argv):
+    del argv
+    run(flags.FLAGS)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -24,25 +24,61 @@ from absl import app, flags, logging
 import constants as C
 from cq_codec.config import parse_float_list
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("quantizers", "vq,rvq,gumbel", "bottlenecks to train")
-flags.DEFINE_integer("seed", 1, "training and mixing seed")
-flags.DEFINE_integer("steps", 200, "training steps per codec")
-flags.DEFINE_integer("epochs", 4, "epochs (the first quantization-free)")
-flags.DEFINE_integer("batch_size", 16, "batch size")
-flags.DEFINE_integer("channels", 32, "channels of the residual module")
-flags.DEFINE_float("target_kbps", 7.0, "entropy target per module (kbps)")
-flags.DEFINE_string("train_snr", "0,15", "training SNR range 'low,high' (dB, uniform)")
-flags.DEFINE_string("test_snrs", "0,5,10", "test SNRs (dB)")
-flags.DEFINE_string("noise_dir", "", "folder of noise recordings (default: generated coloured noise + babble)")
-flags.DEFINE_integer("babble_utterances", 40, "training utterances in the babble bank")
-flags.DEFINE_integer("max_clips", 8, "test clips")
-flags.DEFINE_integer("example_clips", 2, "clips whose noisy/denoised wavs are written")
-flags.DEFINE_string("data_dir", "data/demo", "corpus folder")
-flags.DEFINE_string("corpus", "demo", "corpus layout")
-flags.DEFINE_string("cache_dir", "cache", "frame cache folder")
-flags.DEFINE_string("out", "results/denoising", "results folder")
-flags.DEFINE_string("work", "results/_work/denoising", "models and example wavs (not committed)")
+DEFAULTS = {
+    "quantizers": "vq,rvq,gumbel",
+    "seed": 1,
+    "steps": 200,
+    "epochs": 4,
+    "batch_size": 16,
+    "channels": 32,
+    "target_kbps": 7.0,
+    "train_snr": "0,15",
+    "test_snrs": "0,5,10",
+    "noise_dir": "",
+    "babble_utterances": 40,
+    "max_clips": 8,
+    "example_clips": 2,
+    "data_dir": "data/demo",
+    "corpus": "demo",
+    "cache_dir": "cache",
+    "out": "results/denoising",
+    "work": "results/_work/denoising",
+}
+_HELP = {
+    "quantizers": ("string", "bottlenecks to train"),
+    "seed": ("integer", "training and mixing seed"),
+    "steps": ("integer", "training steps per codec"),
+    "epochs": ("integer", "epochs (the first quantization-free)"),
+    "batch_size": ("integer", "batch size"),
+    "channels": ("integer", "channels of the residual module"),
+    "target_kbps": ("float", "entropy target per module (kbps)"),
+    "train_snr": ("string", "training SNR range 'low,high' (dB, uniform)"),
+    "test_snrs": ("string", "test SNRs (dB)"),
+    "noise_dir": ("string", "folder of noise recordings (default: generated coloured noise + babble)"),
+    "babble_utterances": ("integer", "training utterances in the babble bank"),
+    "max_clips": ("integer", "test clips"),
+    "example_clips": ("integer", "clips whose noisy/denoised wavs are written"),
+    "data_dir": ("string", "corpus folder"),
+    "corpus": ("string", "corpus layout"),
+    "cache_dir": ("string", "frame cache folder"),
+    "out": ("string", "results folder"),
+    "work": ("string", "models and example wavs (not committed)"),
+}
+
+
+def define_flags() -> None:
+    """The absl flags (defined only when run as a script, so tests can import this module)."""
+    for name, (kind, help_) in _HELP.items():
+        getattr(flags, f"DEFINE_{kind}")(name, DEFAULTS[name], help_)
+
+
+def options(**overrides):
+    """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
+    import types
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options: {sorted(unknown)}")
+    return types.SimpleNamespace(**{**DEFAULTS, **overrides})
 
 
 def noise_sources(train_utts, noise_dir: str, babble_utterances: int, seed: int) -> dict:
@@ -104,8 +140,8 @@ def plot(summary, out: str) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    del argv
+def run(opts) -> None:
+    """The study with options `opts` (absl FLAGS or `options(...)`)."""
     from cq_codec.data import noise
     from cq_codec.data.audio import write_wav
     from cq_codec.data import corpora, splits
@@ -113,21 +149,21 @@ def main(argv):
     from cq_codec.evaluation.metrics import score_many
     from cq_codec.training import modes
     logging.set_verbosity(logging.INFO)
-    snr_lo, snr_hi = parse_float_list(FLAGS.train_snr, "train_snr")
-    test_snrs = parse_float_list(FLAGS.test_snrs, "test_snrs")
-    b = dict(seed=FLAGS.seed, steps=FLAGS.steps, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, channels=FLAGS.channels,
-             target_kbps=FLAGS.target_kbps, data_dir=FLAGS.data_dir, corpus=FLAGS.corpus, cache_dir=FLAGS.cache_dir,
-             work=FLAGS.work)
-    cfgs = [make_config(q.strip(), **b) for q in FLAGS.quantizers.split(",") if q.strip()]
-    parts = splits.split_utterances(corpora.discover(FLAGS.data_dir, FLAGS.corpus), seed=FLAGS.seed)
-    sources = noise_sources(parts["train"], FLAGS.noise_dir, FLAGS.babble_utterances, FLAGS.seed)
+    snr_lo, snr_hi = parse_float_list(opts.train_snr, "train_snr")
+    test_snrs = parse_float_list(opts.test_snrs, "test_snrs")
+    b = dict(seed=opts.seed, steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size, channels=opts.channels,
+             target_kbps=opts.target_kbps, data_dir=opts.data_dir, corpus=opts.corpus, cache_dir=opts.cache_dir,
+             work=opts.work)
+    cfgs = [make_config(q.strip(), **b) for q in opts.quantizers.split(",") if q.strip()]
+    parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
+    sources = noise_sources(parts["train"], opts.noise_dir, opts.babble_utterances, opts.seed)
     train_source = noise.MixtureNoise(list(sources.values()))
-    test_utts = studies.select_clips(parts["test"], FLAGS.max_clips)
+    test_utts = studies.select_clips(parts["test"], opts.max_clips)
     clips = studies.load_clips(test_utts)
-    tests = noisy_test_set(clips, [u.speaker for u in test_utts], sources, test_snrs, FLAGS.seed)
-    examples = os.path.join(FLAGS.work, "examples")
+    tests = noisy_test_set(clips, [u.speaker for u in test_utts], sources, test_snrs, opts.seed)
+    examples = os.path.join(opts.work, "examples")
     os.makedirs(examples, exist_ok=True)
-    os.makedirs(FLAGS.out, exist_ok=True)
+    os.makedirs(opts.out, exist_ok=True)
     # The noisy input itself, scored the same way (the reference for every improvement).
     rows = []
     base = score_many([(clips[t["index"]][1], t["noisy"]) for t in tests])
@@ -135,7 +171,7 @@ def main(argv):
         rows.append({"system": "noisy input", "noise": t["noise"], "snr_db": t["snr_db"], "clip": clips[t["index"]][0],
                      "kbps": float("nan"), **s})
     for t in tests:
-        if t["index"] < FLAGS.example_clips:
+        if t["index"] < opts.example_clips:
             write_wav(os.path.join(examples, f"{t['noise']}_{t['snr_db']:g}dB_{t['index']:02d}_noisy.wav"), t["noisy"])
     for cfg in cfgs:
         noiser = noise.FrameNoiser(modes.load_data(cfg)[1].std, snr_db=(snr_lo, snr_hi), source=train_source)
@@ -148,33 +184,39 @@ def main(argv):
             for t, r in zip(sel, got):
                 r.update(system=f"{cfg.quantizer} denoiser", noise=nz, snr_db=snr, train_seconds=trained["train_seconds"])
                 rows.append(r)
-                if t["index"] < FLAGS.example_clips:
+                if t["index"] < opts.example_clips:
                     data = codec.compress(t["noisy"], C.SAMPLE_RATE)
                     write_wav(os.path.join(examples, f"{nz}_{snr:g}dB_{t['index']:02d}_{cfg.quantizer}_denoised.wav"),
                               codec.decompress(data)[0])
-        studies.write_csv(rows, os.path.join(FLAGS.out, "denoising.csv"))
+        studies.write_csv(rows, os.path.join(opts.out, "denoising.csv"))
     metrics = ["si_sdr", "pesq_wb", "stoi", "kbps"]
     summary = studies.mean_rows(rows, ["system", "noise", "snr_db"], metrics)
     ref = {(r["noise"], r["snr_db"]): r for r in summary if r["system"] == "noisy input"}
     for r in summary:
         for m in ("si_sdr", "pesq_wb", "stoi"):
             r[f"d_{m}"] = r[m] - ref[(r["noise"], r["snr_db"])][m]
-    studies.write_csv(summary, os.path.join(FLAGS.out, "summary.csv"))
-    plot(summary, FLAGS.out)
-    notes = (f"Denoising codecs (one module, {FLAGS.channels} channels, {FLAGS.steps} steps x batch {FLAGS.batch_size}, "
-             f"target {FLAGS.target_kbps:g} kbps, trained on noise at {snr_lo:g}-{snr_hi:g} dB SNR, seed {FLAGS.seed}). "
+    studies.write_csv(summary, os.path.join(opts.out, "summary.csv"))
+    plot(summary, opts.out)
+    notes = (f"Denoising codecs (one module, {opts.channels} channels, {opts.steps} steps x batch {opts.batch_size}, "
+             f"target {opts.target_kbps:g} kbps, trained on noise at {snr_lo:g}-{snr_hi:g} dB SNR, seed {opts.seed}). "
              f"Test: {len(clips)} demo test clips x noise {list(sources)} x SNR {test_snrs} dB (seeded). "
              "d_* = improvement over the noisy input (output vs clean minus noisy vs clean); "
              "kbps = .nac bytes * 8 / seconds.\n\n"
-             f"Command: `python scripts/denoise_study.py --quantizers {FLAGS.quantizers} --steps {FLAGS.steps} "
-             f"--epochs {FLAGS.epochs} --batch_size {FLAGS.batch_size} --channels {FLAGS.channels} "
-             f"--train_snr {FLAGS.train_snr} --test_snrs {FLAGS.test_snrs} --max_clips {FLAGS.max_clips}"
-             + (f" --noise_dir {FLAGS.noise_dir}" if FLAGS.noise_dir else "") + "`")
-    studies.write_markdown(summary, os.path.join(FLAGS.out, "summary.md"),
+             f"Command: `python scripts/denoise_study.py --quantizers {opts.quantizers} --steps {opts.steps} "
+             f"--epochs {opts.epochs} --batch_size {opts.batch_size} --channels {opts.channels} "
+             f"--train_snr {opts.train_snr} --test_snrs {opts.test_snrs} --max_clips {opts.max_clips}"
+             + (f" --noise_dir {opts.noise_dir}" if opts.noise_dir else "") + "`")
+    studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["system", "noise", "snr_db", "si_sdr", "d_si_sdr", "pesq_wb", "d_pesq_wb", "stoi", "d_stoi",
                             "kbps", "clips"], "Denoising study", notes)
-    logging.info("wrote %s", FLAGS.out)
+    logging.info("wrote %s", opts.out)
+
+
+def main(argv):
+    del argv
+    run(flags.FLAGS)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -2,7 +2,6 @@
 
 import csv
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -84,18 +83,18 @@ def test_codec_rows_measure_kbps_from_bytes(trained):
     assert 0 < stats["utilisation"] <= 1 and 1 <= stats["perplexity"] <= 16 and stats["alphabet"] == 16
 
 
-def _run(args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    res = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import bitrate_scaling  # noqa: E402
+import compare_quantizers  # noqa: E402
+import denoise_study  # noqa: E402
 
 
 def test_bitrate_scaling_script(tmp_path, trained, corpus):
     cfg, _ = trained
     out = tmp_path / "bs"
-    _run([os.path.join(ROOT, "scripts", "bitrate_scaling.py"), "--models", cfg.experiment_dir, "--max_clips", "2",
-          "--baselines", "opus", "--baseline_kbps", "12", "--data_dir", corpus, "--corpus", "librispeech",
-          "--processes", "1", "--out", str(out)], tmp_path)
+    bitrate_scaling.run(bitrate_scaling.options(
+        models=cfg.experiment_dir, max_clips=2, baselines="opus", baseline_kbps="12", data_dir=corpus,
+        corpus="librispeech", processes=1, out=str(out)))
     for f in ("bitrate_scaling.csv", "summary.csv", "summary.md", "bitrate_scaling.png"):
         assert (out / f).exists(), f
     rows = _read(out / "bitrate_scaling.csv")
@@ -103,29 +102,35 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
     for r in rows:
         assert float(r["kbps"]) == pytest.approx(int(r["bytes"]) * 8 / float(r["seconds"]) / 1000, rel=1e-6)
         assert {"pesq_wb", "stoi", "si_sdr"} <= set(r)
+    with pytest.raises(FileNotFoundError, match="no model.keras"):
+        bitrate_scaling.model_dirs(str(tmp_path / "nothing"))
 
 
 def test_compare_quantizers_script(tmp_path, corpus):
     out = tmp_path / "q"
-    _run([os.path.join(ROOT, "scripts", "compare_quantizers.py"), "--quantizers", "vq,rvq", "--seeds", "1", "--steps", "2",
-          "--epochs", "2", "--batch_size", "4", "--channels", "8", "--max_clips", "1", "--data_dir", corpus,
-          "--corpus", "librispeech", "--cache_dir", str(tmp_path / "cache"), "--out", str(out),
-          "--work", str(tmp_path / "work")], tmp_path)
+    compare_quantizers.run(compare_quantizers.options(
+        quantizers="rvq", seeds="1", steps=2, epochs=2, batch_size=4, channels=8, max_clips=1, data_dir=corpus,
+        corpus="librispeech", cache_dir=str(tmp_path / "cache"), out=str(out), work=str(tmp_path / "work")))
     for f in ("quantizers.csv", "summary.csv", "summary.md", "per_clip.csv", "quantizers.png", "training.png"):
         assert (out / f).exists(), f
     summary = _read(out / "summary.csv")
-    assert [r["quantizer"] for r in summary] == ["vq", "rvq"]
+    assert [r["quantizer"] for r in summary] == ["rvq"]
     for col in ("kbps", "payload_kbps", "utilisation", "pesq_wb", "stoi", "params", "encode_ms_per_s", "pesq_wb_std"):
         assert col in summary[0]
-    assert not list((out).glob("*.keras")) and (tmp_path / "work" / "vq_s1" / "model.keras").exists()
+    assert float(summary[0]["operating_points"]) == 2      # 2 RVQ stages
+    assert not list(out.glob("*.keras")) and (tmp_path / "work" / "rvq_s1" / "model.keras").exists()
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        compare_quantizers.make_config("nope", 1, "w", **{k: compare_quantizers.DEFAULTS[k] for k in (
+            "steps", "epochs", "batch_size", "channels", "target_kbps", "learning_rate", "max_train_minutes",
+            "data_dir", "corpus", "cache_dir")})
 
 
 def test_denoise_study_script(tmp_path, corpus):
     out, work = tmp_path / "d", tmp_path / "dw"
-    _run([os.path.join(ROOT, "scripts", "denoise_study.py"), "--quantizers", "gumbel", "--steps", "2", "--epochs", "2",
-          "--batch_size", "4", "--channels", "8", "--max_clips", "1", "--test_snrs", "5", "--babble_utterances", "4",
-          "--data_dir", corpus, "--corpus", "librispeech", "--cache_dir", str(tmp_path / "cache"), "--out", str(out),
-          "--work", str(work)], tmp_path)
+    denoise_study.run(denoise_study.options(
+        quantizers="gumbel", steps=2, epochs=2, batch_size=4, channels=8, max_clips=1, test_snrs="5",
+        babble_utterances=4, data_dir=corpus, corpus="librispeech", cache_dir=str(tmp_path / "cache"),
+        out=str(out), work=str(work)))
     for f in ("denoising.csv", "summary.csv", "summary.md", "denoising.png"):
         assert (out / f).exists(), f
     summary = _read(out / "summary.csv")
@@ -138,9 +143,7 @@ def test_denoise_study_script(tmp_path, corpus):
 
 
 def test_noisy_test_set_is_seeded_and_exact():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
     from cq_codec.data import noise
-    import denoise_study
     clips = [("a", np.sin(np.arange(8000) * 0.05).astype(np.float32)), ("b", np.cos(np.arange(6000) * 0.07).astype(np.float32))]
     sources = {"coloured": noise.ColouredNoise()}
     a = denoise_study.noisy_test_set(clips, ["s1", "s2"], sources, [0.0, 10.0], seed=3)

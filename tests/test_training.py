@@ -50,7 +50,7 @@ def test_mode4_writes_the_whole_results_folder(tmp_path, corpus):
     with open(os.path.join(exp, "eval.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["modules"] for r in rows} == {"1", "2"}
-    assert all(np.isfinite(float(r["snr"])) and float(r["entropy_kbps"]) > 0 for r in rows)
+    assert all(np.isfinite(float(r["snr"])) and float(r["kbps"]) > 0 and float(r["entropy_kbps"]) > 0 for r in rows)
     assert Config.load(os.path.join(exp, "config.json")) == cfg
     # A second run of the same experiment finds every stage finished and trains nothing.
     modes.run(cfg)

@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-__all__ = ["PretrainBypass", "TauController", "EpochCheckpoint", "save_optimizer", "load_optimizer"]
+__all__ = ["AlphaSchedule", "PretrainBypass", "TauController", "EpochCheckpoint", "save_optimizer", "load_optimizer"]
 
 
 class PretrainBypass(keras.callbacks.Callback):
@@ -24,6 +24,36 @@ class PretrainBypass(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         for m in self.modules:
             m.bypass.assign(1.0 if epoch < self.pretrain_epochs else 0.0)
+
+
+class AlphaSchedule(keras.callbacks.Callback):
+    """Anneals the softness alpha of softmax quantizers geometrically from `start` to `end`
+    over `steps` training steps counted from `begin_epoch` (soft-to-hard annealing, Agustsson
+    et al., NeurIPS 2017); alpha stays at `end` afterwards. Quantizers without `set_alpha`
+    (VQ, Gumbel, ...) are left alone."""
+
+    def __init__(self, quantizers, start: float, end: float, steps: int, begin_epoch: int, steps_per_epoch: int):
+        super().__init__()
+        self.quantizers = [q for q in quantizers if hasattr(q, "set_alpha")]
+        self.start, self.end = float(start), float(end)
+        self.steps = max(1, int(steps))
+        self.begin_epoch = int(begin_epoch)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self._epoch = 0
+
+    def value(self, step: int) -> float:
+        frac = min(max(step, 0) / self.steps, 1.0)
+        return self.start * (self.end / self.start) ** frac
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self.on_train_batch_begin(0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = (self._epoch - self.begin_epoch) * self.steps_per_epoch + batch
+        alpha = self.value(step)
+        for q in self.quantizers:
+            q.set_alpha(alpha)
 
 
 class TauController(keras.callbacks.Callback):

@@ -91,29 +91,54 @@ def _first_batch(cache, n: int = 512) -> dict:
     return next(iterate_batches(cache, "train", n, shuffle=True, seed=0))
 
 
+def fit_tables(cfg: Config, model, utterances, minutes: float = 10.0) -> dict:
+    """Fits the bitstream's entropy tables on up to `minutes` of training utterances."""
+    from cq_codec.bitstream.codec_stream import fit_entropy_tables
+    from cq_codec.data.audio import load_audio
+    order = np.random.default_rng(cfg.seed).permutation(len(utterances))
+    wavs, total = [], 0.0
+    for i in order:
+        wav = load_audio(utterances[i].path)
+        if wav.size:
+            wavs.append(wav)
+            total += wav.size / C.SAMPLE_RATE
+        if total >= minutes * 60:
+            break
+    tables = fit_entropy_tables(model, wavs)
+    log.info("entropy tables fitted on %.1f min of training audio: bits/frame %s", total / 60,
+             [round(b, 1) for b in tables["bits_per_frame"]])
+    return tables
+
+
 def evaluate(cfg: Config, model, utterances, out_dir: str) -> list[dict]:
-    """Encodes and decodes up to `cfg.eval_clips` test utterances with hard quantization at
-    every operating point (modules 1..N); writes audio/, eval.csv and eval.md."""
+    """Compresses to real .nac bytes and decodes up to `cfg.eval_clips` test utterances at every
+    operating point (modules 1..N); writes audio/, eval.csv and eval.md. `kbps` is measured from
+    the bytes; `estimate_kbps` is the entropy tables' estimate on the same codes."""
     import csv
-    from cq_codec import inference
+    from cq_codec.api import Codec
+    from cq_codec.bitstream.codec_stream import empirical_entropy_bits
     from cq_codec.data.audio import load_audio, write_wav
     from cq_codec.evaluation.metrics import score
+    codec = Codec(model, name=cfg.name)
     audio_dir = os.path.join(out_dir, "audio")
     os.makedirs(audio_dir, exist_ok=True)
     rows = []
     for k, utt in enumerate(utterances[: cfg.eval_clips]):
         wav = load_audio(utt.path)
+        seconds = len(wav) / C.SAMPLE_RATE
         base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
         write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
         for n in range(1, len(model.codec_modules) + 1):
-            codes = inference.encode(model, wav, num_active=n)
-            decoded = inference.decode(model, codes)
+            data = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
+            decoded, _ = codec.decompress(data)
+            codes = codec.encode(wav, C.SAMPLE_RATE, num_modules=n)
             write_wav(os.path.join(audio_dir, f"{base}_decoded_{n}modules.wav"), decoded)
-            row = {"clip": base, "modules": n, "seconds": len(wav) / C.SAMPLE_RATE,
-                   "entropy_kbps": _empirical_kbps(codes)}
-            row.update(score(wav, decoded))
+            row = {"clip": base, "modules": n, "seconds": seconds,
+                   "kbps": len(data) * 8 / seconds / C.BITS_PER_KBIT,
+                   "entropy_kbps": _codes_entropy_bits(codes, empirical_entropy_bits) / seconds / C.BITS_PER_KBIT}
+            row.update(score(wav, decoded, name=base))
             rows.append(row)
-            log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k not in ("clip",)})
+            log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k != "clip"})
     if rows:
         with open(os.path.join(out_dir, "eval.csv"), "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, list(rows[0]))
@@ -123,21 +148,12 @@ def evaluate(cfg: Config, model, utterances, out_dir: str) -> list[dict]:
     return rows
 
 
-def _entropy_bits(codes: np.ndarray) -> float:
-    """Zeroth-order empirical entropy (bits) of each stream of int codes [..., S], summed."""
-    flat = codes.reshape(-1, codes.shape[-1])
-    total = 0.0
-    for s in range(flat.shape[1]):
-        _, counts = np.unique(flat[:, s], return_counts=True)
-        p = counts / counts.sum()
-        total += -float((counts * np.log2(p)).sum())
+def _codes_entropy_bits(codes, entropy_bits) -> float:
+    """Zeroth-order entropy of every stream of an utterance's Codes (LSFs and modules), in bits."""
+    total = entropy_bits(codes.lsf)
+    for c in codes.modules:
+        total += entropy_bits(c.reshape(-1, c.shape[-1]))
     return total
-
-
-def _empirical_kbps(codes) -> float:
-    """An entropy estimate of the bitrate (the bitstream's measured rate is in eval of .nac)."""
-    bits = _entropy_bits(codes.lsf) + sum(_entropy_bits(c) for c in codes.modules)
-    return bits / (codes.num_samples / C.SAMPLE_RATE) / C.BITS_PER_KBIT
 
 
 def _write_summary(rows: list[dict], path: str) -> None:
@@ -205,11 +221,17 @@ def run(cfg: Config) -> dict:
             raise FileNotFoundError(f"mode 0 evaluates a trained model: no checkpoint in {exp}/checkpoints "
                                     f"(train first, or name one with --base_model_id)")
         model.load_weights(weights)
+        if os.path.exists(model_path):  # the entropy tables live in the saved model
+            import keras as _k
+            model = _k.models.load_model(model_path)
+        else:
+            fit_tables(cfg, model, parts["train"])
     else:
         train_ds, val_ds, steps = _datasets(cfg, cache)
         base = os.path.join(cfg.results_dir, cfg.base_model_id) if cfg.training_mode in (2, 5) else None
         with strategy.scope():
             trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base)
+        fit_tables(cfg, model, parts["train"])
         model.save(model_path)
         plot_history(os.path.join(exp, "metrics.csv"), os.path.join(exp, "plots", "training.png"))
     rows = evaluate(cfg, model, parts["test"], exp)

@@ -23,7 +23,7 @@ import constants as C
 from cq_codec.config import Config
 from cq_codec.losses import bits_per_symbol_target
 from cq_codec.models.cq import CQCodec, default_lsf_grid
-from cq_codec.training.callbacks import EpochCheckpoint, PretrainBypass, TauController, load_optimizer
+from cq_codec.training.callbacks import AlphaSchedule, EpochCheckpoint, PretrainBypass, TauController, load_optimizer
 
 __all__ = ["Stage", "plan_stages", "module_configs", "build_model", "train", "latest_weights"]
 
@@ -165,7 +165,12 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
             ok = load_optimizer(model.optimizer, model.trainable_variables, os.path.join(ckpt_dir, "latest.optimizer.npz"))
             log.info("stage %s resumes at epoch %d (optimizer state %s)", stage.name, done + 1, "restored" if ok else "fresh")
         trained = [model.codec_modules[i] for i in stage.train_modules]
+        quantized_epochs = stage.epochs - stage.pretrain
+        anneal = (AlphaSchedule([m.quantizer for m in trained], cfg.alpha_start, cfg.alpha_end,
+                                cfg.anneal_fraction * quantized_epochs * steps_per_epoch, stage.pretrain, steps_per_epoch)
+                  if stage.name != "finetune" else AlphaSchedule([], 1.0, 1.0, 1, 0, 1))
         callbacks = [
+            anneal,
             PretrainBypass(trained if stage.name != "finetune" else [], stage.pretrain),
             TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain),
             EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(exp, "metrics.csv")),
