@@ -52,7 +52,7 @@ _HELP = {
     "target_entropy": "entropy target per module (last reused), in --target_unit",
     "target_unit": "bits (per symbol) or kbps (per module)",
     "tau_init": "initial entropy weight",
-    "tau_step": "entropy-weight controller gain",
+    "tau_step": "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps",
     "coeff_term": "loss weights time,mel,sparsity",
     "learning_rate_tanh": "learning rate of the first module",
     "learning_rate_greedy_followers": "learning rates of the followers (last reused)",

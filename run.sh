@@ -37,7 +37,7 @@ install_python() {
     log "installing pinned Python requirements (first run: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements.txt
-    .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+    .venv/bin/python -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
   else
     log "Python requirements up to date"

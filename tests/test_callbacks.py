@@ -1,0 +1,56 @@
+"""Schedule callbacks: tau control direction and bounds, alpha annealing, pretrain bypass."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cq_codec.quantizers import SoftmaxQuantizer
+from cq_codec.training.callbacks import AlphaSchedule, PretrainBypass, TauController
+
+
+def _drive(ctrl, h, steps):
+    ctrl.on_epoch_begin(0)
+    for b in range(steps):
+        ctrl.on_train_batch_end(b, {"H_1": h})
+
+
+@pytest.mark.parametrize("h, direction", [(3.0, 1), (1.0, -1), (2.0, 0)])
+def test_tau_moves_toward_the_target(h, direction):
+    tau = tf.Variable([0.0, 0.0])
+    ctrl = TauController(tau, {1: ("H_1", 2.0)}, gain=0.1, every=5, tau_init=0.5)
+    _drive(ctrl, h, 50)
+    assert tau.numpy()[0] == 0.0  # streams without a target are left alone
+    assert np.sign(round(tau.numpy()[1] - 0.5, 9)) == direction
+
+
+def test_tau_is_clipped_and_waits_for_pretrain():
+    tau = tf.Variable([0.0, 0.0])
+    ctrl = TauController(tau, {1: ("H_1", 1.0)}, gain=5.0, every=1, tau_max=10.0, active_from_epoch=1)
+    _drive(ctrl, 9.0, 10)  # epoch 0 is a pretrain epoch: no control
+    assert tau.numpy()[1] == 0.0
+    ctrl.on_epoch_begin(1)
+    for b in range(10):
+        ctrl.on_train_batch_end(b, {"H_1": 9.0})
+    assert tau.numpy()[1] == pytest.approx(10.0)
+
+
+def test_alpha_anneals_geometrically_then_holds():
+    q = SoftmaxQuantizer()
+    sched = AlphaSchedule([q], 20.0, 320.0, steps=100, begin_epoch=1, steps_per_epoch=50)
+    sched.on_epoch_begin(1)
+    assert float(q.alpha.numpy()) == pytest.approx(20.0)
+    sched.on_train_batch_begin(50)  # halfway: geometric mean
+    assert float(q.alpha.numpy()) == pytest.approx(80.0, rel=1e-5)
+    sched.on_epoch_begin(5)
+    assert float(q.alpha.numpy()) == pytest.approx(320.0)
+
+
+def test_pretrain_bypass_switches_off_after_pretrain():
+    class M:
+        bypass = tf.Variable(0.0)
+    m = M()
+    cb = PretrainBypass([m], 2)
+    cb.on_epoch_begin(1)
+    assert float(m.bypass.numpy()) == 1.0
+    cb.on_epoch_begin(2)
+    assert float(m.bypass.numpy()) == 0.0
