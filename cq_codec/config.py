@@ -92,6 +92,7 @@ class Config:
     # Bitrate control.
     target_entropy: tuple = (2.2,)       # bits/symbol per module (or kbps, see target_unit)
     target_unit: str = "bits"            # "bits" (per symbol) or "kbps" (per module)
+    lsf_target_entropy: float = 2.5      # bits per LSF symbol (16 per frame); 0 = no LSF rate control
     tau_init: float = 0.5                # entropy weight when a stream's control starts
     tau_step: float = 0.1                # gain of the multiplicative tau controller
     # Loss weights: time RMSE, mel, sparsity. The paper used 60, 10, 10; with the tau controller
@@ -166,6 +167,7 @@ class Config:
         need(0 < self.alpha_start <= self.alpha_end, "alpha_start",
              f"needs 0 < alpha_start ({self.alpha_start}) <= alpha_end ({self.alpha_end})")
         need(0 <= self.anneal_fraction <= 1, "anneal_fraction", f"must be in [0, 1]; got {self.anneal_fraction}")
+        need(self.lsf_target_entropy >= 0, "lsf_target_entropy", f"must be >= 0; got {self.lsf_target_entropy}")
         need(self.tau_init > 0, "tau_init", f"must be > 0; got {self.tau_init}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",

@@ -93,7 +93,7 @@ class CQCodec(keras.Model):
         # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
         self.tau = self.add_weight(shape=(n + 1,), initializer="zeros", trainable=False, name="tau")
         self.window = tf.constant(lpc.frame_window(), tf.float32)
-        names = ["loss", "time", "mel", "kbps", "lsf_bits"] + [f"{k}_{i}" for i in range(1, n + 1)
+        names = ["loss", "time", "mel", "kbps", "lsf_bits", "H_lsf"] + [f"{k}_{i}" for i in range(1, n + 1)
                                                              for k in ("H", "util", "ppl", "aux")]
         self._trackers = {k: keras.metrics.Mean(name=k) for k in names}
 
@@ -164,6 +164,7 @@ class CQCodec(keras.Model):
             t[f"ppl_{i + 1}"] = q.metrics["perplexity"]
             t[f"aux_{i + 1}"] = aux
         t["lsf_bits"] = lsf_bits
+        t["H_lsf"] = lsf_bits / C.LPC_ORDER
         t["kbps"] = frame_bits * C.FRAMES_PER_SECOND / C.BITS_PER_KBIT
         t["loss"] = loss
         return t
