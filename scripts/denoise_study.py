@@ -43,6 +43,7 @@ DEFAULTS = {
     "cache_dir": "cache",
     "out": "results/denoising",
     "work": "results/_work/denoising",
+    "reference_models": "",
 }
 _HELP = {
     "quantizers": ("string", "bottlenecks to train"),
@@ -63,6 +64,7 @@ _HELP = {
     "cache_dir": ("string", "frame cache folder"),
     "out": ("string", "results folder"),
     "work": ("string", "models and example wavs (not committed)"),
+    "reference_models": ("string", "comma-separated folders of codecs trained on CLEAN speech, scored on the same noisy clips"),
 }
 
 
@@ -129,7 +131,7 @@ def plot(summary, out: str) -> None:
             for j, system in enumerate(dict.fromkeys(r["system"] for r in summary)):
                 pts = sorted((r["snr_db"], r[k]) for r in summary if r["noise"] == nz and r["system"] == system)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system,
-                        ls="--" if system == "noisy input" else "-", color="k" if system == "noisy input" else f"C{j}")
+                        ls="--" if system == "noisy input" else (":" if "clean-trained" in system else "-"), color="k" if system == "noisy input" else f"C{j}")
             ax.set_xlabel("input SNR (dB)")
             ax.set_ylabel(label)
             ax.set_title(f"{nz} noise")
@@ -189,6 +191,15 @@ def run(opts) -> None:
                     write_wav(os.path.join(examples, f"{nz}_{snr:g}dB_{t['index']:02d}_{cfg.quantizer}_denoised.wav"),
                               codec.decompress(data)[0])
         studies.write_csv(rows, os.path.join(opts.out, "denoising.csv"))
+    for d in (m.strip() for m in opts.reference_models.split(",") if m.strip()):
+        codec = studies.load_codec(d, parts["train"])
+        system = f"{os.path.basename(os.path.normpath(d))} (clean-trained)"
+        for (nz, snr) in dict.fromkeys((t["noise"], t["snr_db"]) for t in tests):
+            sel = [t for t in tests if t["noise"] == nz and t["snr_db"] == snr]
+            for r in studies.codec_rows(codec, [clips[t["index"]] for t in sel], system, inputs=[t["noisy"] for t in sel]):
+                r.update(system=system, noise=nz, snr_db=snr)
+                rows.append(r)
+    studies.write_csv(rows, os.path.join(opts.out, "denoising.csv"))
     metrics = ["si_sdr", "pesq_wb", "stoi", "kbps"]
     summary = studies.mean_rows(rows, ["system", "noise", "snr_db"], metrics)
     ref = {(r["noise"], r["snr_db"]): r for r in summary if r["system"] == "noisy input"}
@@ -201,11 +212,13 @@ def run(opts) -> None:
              f"target {opts.target_kbps:g} kbps, trained on noise at {snr_lo:g}-{snr_hi:g} dB SNR, seed {opts.seed}). "
              f"Test: {len(clips)} demo test clips x noise {list(sources)} x SNR {test_snrs} dB (seeded). "
              "d_* = improvement over the noisy input (output vs clean minus noisy vs clean); "
-             "kbps = .nac bytes * 8 / seconds.\n\n"
+             "kbps = .nac bytes * 8 / seconds. '(clean-trained)' rows: codecs of the same size and budget trained on clean "
+             "speech (scripts/compare_quantizers.py), coding the same noisy clips: the reference a denoiser must beat.\n\n"
              f"Command: `python scripts/denoise_study.py --quantizers {opts.quantizers} --steps {opts.steps} "
              f"--epochs {opts.epochs} --batch_size {opts.batch_size} --channels {opts.channels} "
              f"--train_snr {opts.train_snr} --test_snrs {opts.test_snrs} --max_clips {opts.max_clips}"
-             + (f" --noise_dir {opts.noise_dir}" if opts.noise_dir else "") + "`")
+             + (f" --noise_dir {opts.noise_dir}" if opts.noise_dir else "")
+             + (f" --reference_models {opts.reference_models}" if opts.reference_models else "") + "`")
     studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["system", "noise", "snr_db", "si_sdr", "d_si_sdr", "pesq_wb", "d_pesq_wb", "stoi", "d_stoi",
                             "kbps", "clips"], "Denoising study", notes)

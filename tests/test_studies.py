@@ -125,16 +125,16 @@ def test_compare_quantizers_script(tmp_path, corpus):
             "data_dir", "corpus", "cache_dir")})
 
 
-def test_denoise_study_script(tmp_path, corpus):
+def test_denoise_study_script(tmp_path, corpus, trained):
     out, work = tmp_path / "d", tmp_path / "dw"
     denoise_study.run(denoise_study.options(
         quantizers="gumbel", steps=2, epochs=2, batch_size=4, channels=8, max_clips=1, test_snrs="5",
         babble_utterances=4, data_dir=corpus, corpus="librispeech", cache_dir=str(tmp_path / "cache"),
-        out=str(out), work=str(work)))
+        out=str(out), work=str(work), reference_models=trained[0].experiment_dir))
     for f in ("denoising.csv", "summary.csv", "summary.md", "denoising.png"):
         assert (out / f).exists(), f
     summary = _read(out / "summary.csv")
-    assert {r["system"] for r in summary} == {"noisy input", "gumbel denoiser"}
+    assert {r["system"] for r in summary} == {"noisy input", "gumbel denoiser", "tiny_vq (clean-trained)"}
     assert {r["noise"] for r in summary} == {"coloured", "babble"}
     noisy_input = [r for r in summary if r["system"] == "noisy input"]
     # The SI-SDR of the noisy input against the clean clip is the mixing SNR (noise uncorrelated).
