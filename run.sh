@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(ffmpeg libopus0 libvo-amrwbenc-dev speex espeak-ng python3-venv)
+APT_PACKAGES=(ffmpeg libopus0 libvo-amrwbenc-dev speex espeak-ng python3-venv python3-dev gcc)
 PY=${PYTHON:-python3}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
