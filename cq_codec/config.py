@@ -86,6 +86,9 @@ class Config:
     lsf_bins: int = 16
     # Softness of the softmax quantizer, annealed geometrically from alpha_start to alpha_end over
     # the first `anneal_fraction` of each stage's quantized epochs (Agustsson et al. 2017).
+    # Training forward pass of the softmax quantizer: "soft" (the paper's sum_k p_k b_k), "hard"
+    # (hard values, soft gradients) or "identity" (hard values, identity gradient to the encoder).
+    softmax_gradient: str = "identity"
     alpha_start: float = 20.0
     alpha_end: float = 300.0
     anneal_fraction: float = 0.6
@@ -94,7 +97,7 @@ class Config:
     target_unit: str = "bits"            # "bits" (per symbol) or "kbps" (per module)
     lsf_target_entropy: float = 2.5      # bits per LSF symbol (16 per frame); 0 = no LSF rate control
     tau_init: float = 0.5                # entropy weight when a stream's control starts
-    tau_step: float = 0.1                # gain of the multiplicative tau controller
+    tau_step: float = 0.05               # gain of the multiplicative tau controller
     # Loss weights: time RMSE, mel, sparsity. The paper used 60, 10, 10; with the tau controller
     # setting the rate, the sparsity term only pushes codes toward collapse (measured), so 0.
     coeff_term: tuple = (60.0, 10.0, 0.0)
@@ -164,6 +167,8 @@ class Config:
         need(self.lsf_bins >= 2, "lsf_bins", f"must be >= 2; got {self.lsf_bins}")
         need(len(self.target_entropy) >= 1 and all(t > 0 for t in self.target_entropy), "target_entropy",
              f"needs positive targets, one per module (the last is reused); got {list(self.target_entropy)}")
+        need(self.softmax_gradient in ("soft", "hard", "identity"), "softmax_gradient",
+             f"must be soft, hard or identity; got {self.softmax_gradient!r}")
         need(0 < self.alpha_start <= self.alpha_end, "alpha_start",
              f"needs 0 < alpha_start ({self.alpha_start}) <= alpha_end ({self.alpha_end})")
         need(0 <= self.anneal_fraction <= 1, "anneal_fraction", f"must be in [0, 1]; got {self.anneal_fraction}")

@@ -10,7 +10,7 @@ NAME=default_v1
   --corpus demo --data_dir data/demo \
   --num_modules 3 --channels 64 --bottleneck 16 --num_resnets 2 --the_strides 4 --block_type gln \
   --target_entropy 1.75,1.65,1.9 --lsf_target_entropy 2.5 \
-  --epoch_tanh 10 --epoch_greedy_followers 5 --epoch_finetune 2 --pretrain_step 1 \
+  --epoch_tanh 7 --epoch_greedy_followers 3 --epoch_finetune 1 --pretrain_step 1 \
   --steps_per_epoch 300 --validation_steps 20 --batch_size 32 \
   --learning_rate_tanh 1e-3 --learning_rate_greedy_followers 1e-3 --learning_rate_finetune 2e-4 \
   --eval_clips 20

@@ -335,3 +335,20 @@ def test_bad_codes_and_stage_counts_raise():
         vq.decode(tf.zeros([1, 2, 1], tf.float32))
     with pytest.raises(ValueError, match="1 streams"):
         vq.decode(tf.zeros([1, 2, 2], tf.int32))
+
+
+def test_softmax_identity_straight_through_passes_gradient_even_when_collapsed():
+    """Forward is the hard value; d(out)/dz is the identity, also for latents far outside the
+    bins where soft gradients vanish (the collapse the soft path cannot recover from)."""
+    from cq_codec.quantizers import SoftmaxQuantizer
+    q = SoftmaxQuantizer(num_bins=8, straight_through="identity")
+    z = tf.constant(np.array([[[5.0], [0.13], [-7.0]]], np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        out = q(z, training=True)
+        loss = tf.reduce_sum(out.quantized * tf.constant([[[1.0], [2.0], [3.0]]]))
+    np.testing.assert_allclose(out.quantized.numpy(), q.decode(out.codes).numpy())
+    np.testing.assert_allclose(tape.gradient(loss, z).numpy(), [[[1.0], [2.0], [3.0]]])
+    assert np.any(tape.gradient(loss, q.bins).numpy() != 0)
+    with pytest.raises(ValueError, match="straight_through"):
+        SoftmaxQuantizer(straight_through="sideways")

@@ -52,7 +52,10 @@ class SoftmaxQuantizer(Quantizer):
       alpha_start, anneal_steps: the annealing schedule.
       sparsity_weight: weight of the sparsity penalty sum_k sqrt(p_k) in `aux_loss`
         (default 0: the loss module applies its own weight to `metrics["sparsity"]`).
-      straight_through: training forward pass uses hard values, gradients the soft ones.
+      straight_through: training forward pass uses hard values; gradients the soft ones, or
+        with `straight_through="identity"` the identity to z (Bengio et al. 2013) plus the hard
+        values' to the bins, so the encoder keeps a reconstruction gradient however hard alpha is
+        (with soft gradients and alpha = 300 a collapsed code cannot recover; measured).
       trainable_bins: whether the bins are trained.
     Input `z [B, T, D]`; output codes `[B, T, D]` (S = D).
     """
@@ -89,7 +92,9 @@ class SoftmaxQuantizer(Quantizer):
         self.alpha_start = float(alpha_start)
         self.anneal_steps = anneal_steps
         self.sparsity_weight = float(sparsity_weight)
-        self.straight_through = bool(straight_through)
+        if straight_through not in (False, True, "identity"):
+            raise ValueError(f"straight_through must be False, True or 'identity', got {straight_through!r}")
+        self.straight_through = straight_through
         self.trainable_bins = bool(trainable_bins)
         self.bins = self.add_weight(
             shape=init.shape, initializer=keras.initializers.Constant(init),
@@ -160,6 +165,8 @@ class SoftmaxQuantizer(Quantizer):
         hard = self.decode(codes)
         if not training:
             q = hard
+        elif self.straight_through == "identity":
+            q = hard + (z - tf.stop_gradient(z))
         elif self.straight_through:
             q = soft + tf.stop_gradient(hard - soft)
         else:

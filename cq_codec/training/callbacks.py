@@ -68,7 +68,7 @@ class TauController(keras.callbacks.Callback):
     """
 
     def __init__(self, tau_var, targets: dict, gain: float, every: int = 20, active_from_epoch: int = 0,
-                 tau_init: float = 0.5, tau_min: float = 1e-3, tau_max: float = 1e3):
+                 tau_init: float = 0.5, tau_min: float = 1e-3, tau_max: float = 50.0):
         super().__init__()
         self.tau = tau_var
         self.targets = dict(targets)

@@ -61,7 +61,8 @@ def quantizer_config(cfg: Config, i: int) -> dict:
     """The quantizer kwargs of module i from the study flags."""
     name = cfg.quantizer
     if name == "softmax":
-        return {"name": "softmax", "num_bins": int(cfg.num_bins if i == 0 else cfg.per_module("num_bins_for_follower", i - 1))}
+        return {"name": "softmax", "num_bins": int(cfg.num_bins if i == 0 else cfg.per_module("num_bins_for_follower", i - 1)),
+                "straight_through": {"soft": False, "hard": True, "identity": "identity"}[cfg.softmax_gradient]}
     if name == "vq":
         return {"name": "vq", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i}
     if name == "rvq":
