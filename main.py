@@ -69,6 +69,9 @@ _HELP = {
     "batch_size": "frames per batch",
     "steps_per_epoch": "training steps per epoch (0 = one pass over the training split)",
     "validation_steps": "validation batches per epoch",
+    "train_snr": "denoising: training SNR range lo,hi in dB (empty = clean training)",
+    "eval_snr": "denoising: evaluation input SNRs in dB, e.g. 0,5,10 (empty = clean input)",
+    "noise_dir": "folder of noise recordings (default: generated coloured noise + babble of training speech)",
     "distribute": "none|mirrored (two logical CPU devices)|multiworker (TF_CONFIG)",
 }
 

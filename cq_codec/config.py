@@ -113,6 +113,12 @@ class Config:
     steps_per_epoch: int = 0                # 0 = one pass over the training split
     validation_steps: int = 20
     distribute: str = "none"
+    # Denoising: training inputs mixed with noise at an SNR drawn from train_snr (lo,hi dB; empty =
+    # clean), evaluation inputs mixed at each SNR of eval_snr (empty = clean); noise from
+    # noise_dir, else generated coloured noise + babble of training utterances.
+    train_snr: tuple = ()
+    eval_snr: tuple = ()
+    noise_dir: str = ""
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "Config":
@@ -190,6 +196,10 @@ class Config:
         need(self.batch_size >= 1, "batch_size", f"must be >= 1; got {self.batch_size}")
         need(self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0; got {self.steps_per_epoch}")
         need(self.validation_steps >= 1, "validation_steps", f"must be >= 1; got {self.validation_steps}")
+        need(len(self.train_snr) in (0, 2) and (not self.train_snr or self.train_snr[0] <= self.train_snr[1]),
+             "train_snr", f"expects 'lo,hi' in dB with lo <= hi (or nothing for clean training); got {list(self.train_snr)}")
+        need(self.noise_dir == "" or os.path.isdir(self.noise_dir), "noise_dir",
+             f"{self.noise_dir!r} is not a folder of noise recordings")
         need(self.res_scalar > 0, "res_scalar", f"must be > 0; got {self.res_scalar}")
         need(self.name != "" and os.sep not in self.name, "name", f"must be a plain folder name; got {self.name!r}")
         if self.training_mode in (2, 5):

@@ -117,3 +117,19 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MirroredStrategy" in proc.stderr or "mirrored" in proc.stderr.lower()
     assert _stages(os.path.join(cfg.results_dir, "mirrored", "metrics.csv")) == [("m1", 1)]
+
+
+def test_denoising_run_writes_noisy_and_denoised_audio(tmp_path, corpus):
+    """Noisy training (x_noisy, lsf_noisy on the fly) and a noisy evaluation scored against the
+    clean clip, with the noisy input itself as the modules=0 row."""
+    cfg = _cfg(tmp_path, corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, num_modules=1,
+               train_snr=(0.0, 10.0), eval_snr=(5.0,))
+    modes.run(cfg)
+    wavs = os.listdir(os.path.join(cfg.experiment_dir, "audio"))
+    assert any(w.endswith("_noisy_5dB.wav") for w in wavs)
+    assert any(w.endswith("_denoised_5dB_1modules.wav") for w in wavs)
+    with open(os.path.join(cfg.experiment_dir, "eval.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    noisy = [r for r in rows if r["modules"] == "0"]
+    assert len(noisy) == 1 and abs(float(noisy[0]["snr"]) - 5.0) < 0.2
+    assert {r["snr_db"] for r in rows} == {"5.0"}

@@ -78,10 +78,24 @@ def _cap_minutes(utts, minutes: float, seed: int):
     return sorted(kept)
 
 
-def _datasets(cfg: Config, cache):
+def noise_source(cfg: Config, train_utts):
+    """`--noise_dir`, else coloured noise + babble of up to 40 seeded training utterances."""
+    from cq_codec.data import noise
+    from cq_codec.data.audio import load_audio
+    if cfg.noise_dir:
+        return noise.default_noise(noise_dir=cfg.noise_dir)
+    pick = np.random.default_rng([cfg.seed, 7]).permutation(len(train_utts))[:40]
+    return noise.default_noise([load_audio(train_utts[i].path) for i in pick], [train_utts[i].speaker for i in pick])
+
+
+def _datasets(cfg: Config, cache, train_utts=()):
     from cq_codec.data.pipeline import make_dataset
-    train = make_dataset(cache, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, repeat=True, drop_remainder=True)
-    val = make_dataset(cache, "val", cfg.batch_size, shuffle=True, seed=cfg.seed + 1, repeat=True, drop_remainder=True)
+    noisy = {}
+    if cfg.train_snr:
+        from cq_codec.data.noise import FrameNoiser
+        noisy = {"noisy_examples": FrameNoiser(cache.std, tuple(cfg.train_snr), source=noise_source(cfg, train_utts))}
+    train = make_dataset(cache, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, repeat=True, drop_remainder=True, **noisy)
+    val = make_dataset(cache, "val", cfg.batch_size, shuffle=True, seed=cfg.seed + 1, repeat=True, drop_remainder=True, **noisy)
     steps = cfg.steps_per_epoch or max(1, cache.num_frames("train") // cfg.batch_size)
     return train, val, steps
 
@@ -110,7 +124,7 @@ def fit_tables(cfg: Config, model, utterances, minutes: float = 10.0) -> dict:
     return tables
 
 
-def evaluate(cfg: Config, model, utterances, out_dir: str) -> list[dict]:
+def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[dict]:
     """Compresses to real .nac bytes and decodes up to `cfg.eval_clips` test utterances at every
     operating point (modules 1..N); writes audio/, eval.csv and eval.md. `kbps` is measured from
     the coded chunks (payload with each chunk's length and CRC, as Opus packets are counted
@@ -131,19 +145,30 @@ def evaluate(cfg: Config, model, utterances, out_dir: str) -> list[dict]:
         seconds = len(wav) / C.SAMPLE_RATE
         base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
         write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
-        for n in range(1, len(model.codec_modules) + 1):
-            data = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
-            decoded, _ = codec.decompress(data)
-            codes = codec.encode(wav, C.SAMPLE_RATE, num_modules=n)
-            write_wav(os.path.join(audio_dir, f"{base}_decoded_{n}modules.wav"), decoded)
-            payload = sum(len(c) + 8 for c in read_nac(data)[2])  # chunks with their length + CRC32
-            row = {"clip": base, "modules": n, "seconds": seconds,
-                   "kbps": payload * 8 / seconds / C.BITS_PER_KBIT,
-                   "file_kbps": len(data) * 8 / seconds / C.BITS_PER_KBIT,
-                   "entropy_kbps": _codes_entropy_bits(codes, empirical_entropy_bits) / seconds / C.BITS_PER_KBIT}
-            row.update(score(wav, decoded, name=base))
-            rows.append(row)
-            log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k != "clip"})
+        inputs = [(None, wav, "decoded")]
+        if cfg.eval_snr:  # denoising: noisy input, clean reference; modules=0 scores the noisy input
+            from cq_codec.data.noise import mix_at_snr
+            inputs = []
+            for snr in cfg.eval_snr:
+                noisy, _ = mix_at_snr(wav, source.sample(len(wav), np.random.default_rng([cfg.seed, k]), exclude=utt.speaker), snr)
+                write_wav(os.path.join(audio_dir, f"{base}_noisy_{snr:g}dB.wav"), noisy)
+                rows.append({"clip": base, "snr_db": snr, "modules": 0, "seconds": seconds, "kbps": float("nan"),
+                             "file_kbps": float("nan"), "entropy_kbps": float("nan"), **score(wav, noisy, name=base)})
+                inputs.append((snr, noisy, f"denoised_{snr:g}dB"))
+        for snr, x, tag in inputs:
+            for n in range(1, len(model.codec_modules) + 1):
+                data = codec.compress(x, C.SAMPLE_RATE, num_modules=n)
+                decoded, _ = codec.decompress(data)
+                codes = codec.encode(x, C.SAMPLE_RATE, num_modules=n)
+                write_wav(os.path.join(audio_dir, f"{base}_{tag}_{n}modules.wav"), decoded)
+                payload = sum(len(c) + 8 for c in read_nac(data)[2])  # chunks with their length + CRC32
+                row = {"clip": base, **({"snr_db": snr} if cfg.eval_snr else {}), "modules": n, "seconds": seconds,
+                       "kbps": payload * 8 / seconds / C.BITS_PER_KBIT,
+                       "file_kbps": len(data) * 8 / seconds / C.BITS_PER_KBIT,
+                       "entropy_kbps": _codes_entropy_bits(codes, empirical_entropy_bits) / seconds / C.BITS_PER_KBIT}
+                row.update(score(wav, decoded, name=base))  # always against the clean clip
+                rows.append(row)
+                log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k != "clip"})
     if rows:
         with open(os.path.join(out_dir, "eval.csv"), "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, list(rows[0]))
@@ -162,12 +187,14 @@ def _codes_entropy_bits(codes, entropy_bits) -> float:
 
 
 def _write_summary(rows: list[dict], path: str) -> None:
-    keys = [k for k in rows[0] if k not in ("clip", "modules", "seconds")]
-    lines = ["| modules | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for n in sorted({r["modules"] for r in rows}):
-        sel = [r for r in rows if r["modules"] == n]
+    """Mean of every metric per operating point (and per input SNR for noisy evaluation)."""
+    group = [k for k in ("snr_db", "modules") if k in rows[0]]
+    keys = [k for k in rows[0] if k not in ("clip", "seconds", *group)]
+    lines = ["| " + " | ".join(group + keys) + " |", "|---" * (len(group) + len(keys)) + "|"]
+    for g in sorted({tuple(r[k] for k in group) for r in rows}):
+        sel = [r for r in rows if tuple(r[k] for k in group) == g]
         means = [np.nanmean([float(r[k]) for r in sel]) for k in keys]
-        lines.append(f"| {n} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+        lines.append("| " + " | ".join(f"{v:g}" for v in g) + " | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -232,12 +259,12 @@ def run(cfg: Config) -> dict:
         else:
             fit_tables(cfg, model, parts["train"])
     else:
-        train_ds, val_ds, steps = _datasets(cfg, cache)
+        train_ds, val_ds, steps = _datasets(cfg, cache, parts["train"])
         base = os.path.join(cfg.results_dir, cfg.base_model_id) if cfg.training_mode in (2, 5) else None
         with strategy.scope():
             trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base)
         fit_tables(cfg, model, parts["train"])
         model.save(model_path)
         plot_history(os.path.join(exp, "metrics.csv"), os.path.join(exp, "plots", "training.png"))
-    rows = evaluate(cfg, model, parts["test"], exp)
+    rows = evaluate(cfg, model, parts["test"], exp, source=noise_source(cfg, parts["train"]) if cfg.eval_snr else None)
     return {"experiment": exp, "eval_rows": len(rows)}
