@@ -30,6 +30,7 @@ CONFIGS = {
     "ref": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln"),
     "ref_s4": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln", the_strides=(4,)),
     "gln64": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln"),
+    "gln64_s4": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln", the_strides=(4,)),
     "sep64": dict(channels=64, bottleneck=32, num_resnets=2, block_type="separable"),
     "sep100": dict(channels=100, bottleneck=40, num_resnets=2, block_type="separable"),
     "bottleneck": dict(channels=100, bottleneck=20, num_resnets=2, block_type="bottleneck"),
