@@ -264,6 +264,7 @@ def run(cfg: Config) -> dict:
         with strategy.scope():
             trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base)
         fit_tables(cfg, model, parts["train"])
+        model.optimizer = None  # the codec file holds no optimizer slots (checkpoints/ keep them)
         model.save(model_path)
         plot_history(os.path.join(exp, "metrics.csv"), os.path.join(exp, "plots", "training.png"))
     rows = evaluate(cfg, model, parts["test"], exp, source=noise_source(cfg, parts["train"]) if cfg.eval_snr else None)
