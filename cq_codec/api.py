@@ -240,8 +240,9 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     import cq_codec.models.cq  # noqa: F401  (registers the serializable classes)
     path = DEFAULT_MODEL_PATH if path is None else str(path)
     if not os.path.isfile(path):
-        hint = (" (no pretrained model ships yet: pass a trained model with --model PATH / load(path))"
-                if os.path.abspath(path) == DEFAULT_MODEL_PATH else "")
+        hint = (" (the shipped default model is missing: reinstall cq-codec, re-train it with "
+                "scripts/train_default.sh, or pass a trained model with --model PATH / load(path))"
+                if os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL_PATH) else "")
         raise FileNotFoundError(f"model file {path!r} not found{hint}")
     try:
         model = keras.saving.load_model(path, compile=False)

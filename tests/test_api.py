@@ -13,6 +13,7 @@ import tensorflow as tf
 from scipy.signal import lfilter
 
 import cq_codec
+import cq_codec.api
 import lpc
 from cq_codec import api, inference
 from cq_codec.bitstream import codec_stream as cs
@@ -150,14 +151,27 @@ def test_model_mismatch_and_unknown_version_are_refused(codec, small_nac, tmp_pa
         codec.decompress(bytes(bad))
 
 
-def test_missing_tables_and_missing_model_messages(tmp_path):
+def test_missing_tables_and_missing_model_messages(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     bare = build_model(Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1).validate())
     bare.save(str(tmp_path / "bare.keras"))
     with pytest.raises(ValueError, match="no entropy tables"):
         cq_codec.load(str(tmp_path / "bare.keras"))
+    monkeypatch.setattr(cq_codec.api, "DEFAULT_MODEL_PATH", str(tmp_path / "gone" / "default.keras"))
     with pytest.raises(FileNotFoundError, match="--model"):
         cq_codec.load(None)
+
+
+def test_shipped_default_model_round_trip():
+    """The committed default model loads, reports its operating points and round-trips audio."""
+    codec = cq_codec.load()
+    points = codec.operating_points
+    assert [n for n, _ in points] == list(range(1, codec.num_modules + 1))
+    assert all(a[1] < b[1] for a, b in zip(points, points[1:]))
+    wav = ar_signal(0.5, 3)
+    data = codec.compress(wav, 16000, bitrate=points[0][1])
+    y, sr = codec.decompress(data)
+    assert sr == 16000 and y.shape == wav.shape and np.all(np.isfinite(y))
 
 
 # Golden file: a seeded tiny model and a fixed input. If this fails after an intentional format

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from cq_codec import __main__ as cli
+from cq_codec import api
 from cq_codec.bitstream.container import read_nac
 from test_api import ar_signal, make_model
 
@@ -64,7 +65,7 @@ def test_resample_notice_and_bitrate_choice(models, tmp_path, capsys):
     assert meta["stages"] == [1] and meta["input_sample_rate"] == 44100 and meta["input_channels"] == 2
 
 
-def test_input_errors_exit_nonzero_without_output(models, tmp_path, capsys):
+def test_input_errors_exit_nonzero_without_output(models, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "o.nac")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"definitely not audio" * 10)
@@ -76,7 +77,8 @@ def test_input_errors_exit_nonzero_without_output(models, tmp_path, capsys):
         code, err = run(capsys, "encode", src, out, "--model", models[0])
         assert code == 1 and message in err and err.startswith("cq-codec: error:")
         assert_no_output(tmp_path, "o.nac")
-    code, err = run(capsys, "encode", empty, out)          # no --model and no default model yet
+    monkeypatch.setattr(api, "DEFAULT_MODEL_PATH", str(tmp_path / "gone" / "default.keras"))
+    code, err = run(capsys, "encode", empty, out)          # no --model and the default model missing
     assert code == 1 and "default.keras" in err and "--model" in err
 
 
