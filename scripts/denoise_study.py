@@ -70,17 +70,14 @@ _HELP = {
 
 def define_flags() -> None:
     """The absl flags (defined only when run as a script, so tests can import this module)."""
-    for name, (kind, help_) in _HELP.items():
-        getattr(flags, f"DEFINE_{kind}")(name, DEFAULTS[name], help_)
+    from cq_codec.evaluation import studies
+    studies.define_flags(_HELP, DEFAULTS)
 
 
 def options(**overrides):
     """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
-    import types
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown options: {sorted(unknown)}")
-    return types.SimpleNamespace(**{**DEFAULTS, **overrides})
+    from cq_codec.evaluation import studies
+    return studies.options(DEFAULTS, **overrides)
 
 
 def noise_sources(train_utts, noise_dir: str, babble_utterances: int, seed: int) -> dict:

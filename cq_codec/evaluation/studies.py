@@ -20,7 +20,7 @@ import numpy as np
 
 import constants as C
 
-__all__ = ["select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
+__all__ = ["define_flags", "options", "select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
            "codec_rows", "baseline_rows", "code_statistics", "mean_rows", "write_csv", "write_markdown",
            "plot_metric_vs_kbps", "BASELINE_POINTS", "METRICS", "QUANTIZER_KWARGS"]
 
@@ -44,6 +44,24 @@ QUANTIZER_KWARGS = {
     "rvq": dict(embedding_dim=8, num_stages=2, codebook_size=16),
     "pq": dict(embedding_dim=8, stage_dims=(4, 4), codebook_size=16),
 }
+
+
+def define_flags(help_: dict, defaults: dict) -> None:
+    """Defines one absl flag per `help_` entry {name: (kind, text)} with its default (a study
+    script calls this only when run as a script, so tests can import the script)."""
+    import sys
+    from absl import flags
+    for name, (kind, text) in help_.items():  # listed under the script's own --help
+        getattr(flags, f"DEFINE_{kind}")(name, defaults[name], text, module_name=sys.argv[0])
+
+
+def options(defaults: dict, **overrides):
+    """`defaults` with `overrides` as an attribute namespace (what a study's `run` reads, like FLAGS)."""
+    import types
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown options: {sorted(unknown)}")
+    return types.SimpleNamespace(**{**defaults, **overrides})
 
 
 def select_clips(utterances: Sequence, max_clips: int) -> list:
