@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
+from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
 
 DEFAULTS = {
     "models": "results/*",
@@ -39,11 +40,9 @@ _HELP = {
     "max_seconds": ("float", "each clip is cut to this many seconds"),
     "baselines": ("string", "baseline codecs ('' for none)"),
     "baseline_kbps": ("string", "override the rates of every baseline, e.g. '8,16,24' (default: BASELINE_POINTS)"),
-    "data_dir": ("string", "corpus folder (its test split is scored)"),
-    "corpus": ("string", "corpus layout"),
     "seed": ("integer", "split seed (corpora without their own split)"),
     "processes": ("integer", "scoring processes"),
-    "out": ("string", "results folder"),
+    **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "out",)},
 }
 
 

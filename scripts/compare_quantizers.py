@@ -26,6 +26,7 @@ from absl import app, flags, logging
 import constants as C
 from cq_codec.config import Config, parse_int_list
 from cq_codec.evaluation.studies import QUANTIZER_KWARGS
+from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
 
 DEFAULTS = {
     "quantizers": "softmax,vq,rvq,pq,gumbel",
@@ -55,11 +56,7 @@ _HELP = {
     "learning_rate": ("float", "learning rate"),
     "max_train_minutes": ("float", "cap on training audio (0 = the whole training split)"),
     "max_clips": ("integer", "test clips scored per codec"),
-    "data_dir": ("string", "corpus folder"),
-    "corpus": ("string", "corpus layout"),
-    "cache_dir": ("string", "frame cache folder"),
-    "out": ("string", "results folder (CSV, Markdown, PNG)"),
-    "work": ("string", "trained models (not committed)"),
+    **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "cache_dir", "out", "work",)},
 }
 
 

@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 import constants as C
 from cq_codec.config import parse_float_list
+from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
 
 DEFAULTS = {
     "quantizers": "vq,rvq,gumbel",
@@ -59,12 +60,8 @@ _HELP = {
     "babble_utterances": ("integer", "training utterances in the babble bank"),
     "max_clips": ("integer", "test clips"),
     "example_clips": ("integer", "clips whose noisy/denoised wavs are written"),
-    "data_dir": ("string", "corpus folder"),
-    "corpus": ("string", "corpus layout"),
-    "cache_dir": ("string", "frame cache folder"),
-    "out": ("string", "results folder"),
-    "work": ("string", "models and example wavs (not committed)"),
     "reference_models": ("string", "comma-separated folders of codecs trained on CLEAN speech, scored on the same noisy clips"),
+    **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "cache_dir", "out", "work",)},
 }
 
 

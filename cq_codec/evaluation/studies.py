@@ -20,7 +20,7 @@ import numpy as np
 
 import constants as C
 
-__all__ = ["define_flags", "options", "select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
+__all__ = ["CORPUS_HELP", "define_flags", "options", "select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
            "codec_rows", "baseline_rows", "code_statistics", "mean_rows", "write_csv", "write_markdown",
            "plot_metric_vs_kbps", "BASELINE_POINTS", "METRICS", "QUANTIZER_KWARGS"]
 
@@ -43,6 +43,16 @@ QUANTIZER_KWARGS = {
     "gumbel": dict(embedding_dim=8, codebook_size=256),
     "rvq": dict(embedding_dim=8, num_stages=2, codebook_size=16),
     "pq": dict(embedding_dim=8, stage_dims=(4, 4), codebook_size=16),
+}
+
+
+# The corpus and output flags every study script shares: {name: (absl kind, help)}.
+CORPUS_HELP = {
+    "data_dir": ("string", "corpus folder (its test split is scored)"),
+    "corpus": ("string", "corpus layout"),
+    "cache_dir": ("string", "frame cache folder"),
+    "out": ("string", "results folder (CSV, Markdown, PNG)"),
+    "work": ("string", "trained models and example wavs (not committed)"),
 }
 
 

@@ -77,6 +77,22 @@ class Quantizer(keras.layers.Layer):
         return float(frames_per_second) * float(codes_per_frame) * float(bits_per_code)
 
     # ---- helpers for subclasses -------------------------------------------------------
+    def _last_dim(self, input_shape) -> int:
+        """The static size of z's last axis (ValueError when unknown)."""
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"{self.name}: the last axis of z must be known")
+        return int(dim)
+
+    @staticmethod
+    def _inner_vq_config(vq_config, owner: str) -> dict:
+        """A copy of `vq_config` for the inner VQs, refusing keys the owner sets itself."""
+        vq_config = dict(vq_config or {})
+        for key in ("codebook_size", "seed", "name"):
+            if key in vq_config:
+                raise ValueError(f"vq_config must not set {key!r}; pass it to the {owner} itself")
+        return vq_config
+
     def _check_input(self, z, dim=None):
         """Casts z to float32 and checks it is `[B, T, D]` (with D == dim when given)."""
         z = tf.convert_to_tensor(z)

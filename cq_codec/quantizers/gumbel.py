@@ -65,9 +65,7 @@ class GumbelQuantizer(Quantizer):
         return [self.codebook_size]
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(f"{self.name}: the last axis of z must be known")
+        dim = self._last_dim(input_shape)
         self.dim = int(dim)
         self.to_logits.build(input_shape)
         out = self.output_dim or self.dim

@@ -26,10 +26,7 @@ class ProductQuantizer(Quantizer):
         super().__init__(**kwargs)
         if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
             raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
-        vq_config = dict(vq_config or {})
-        for key in ("codebook_size", "seed", "name"):
-            if key in vq_config:
-                raise ValueError(f"vq_config must not set {key!r}; pass it to the PQ itself")
+        vq_config = self._inner_vq_config(vq_config, "PQ")
         self.num_groups = num_groups
         self.codebook_size = codebook_size
         self.seed = seed

@@ -38,10 +38,7 @@ class ResidualVectorQuantizer(Quantizer):
             raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
         if not 0.0 <= float(dropout_prob) <= 1.0:
             raise ValueError(f"dropout_prob must be in [0, 1], got {dropout_prob!r}")
-        vq_config = dict(vq_config or {})
-        for key in ("codebook_size", "seed", "name"):
-            if key in vq_config:
-                raise ValueError(f"vq_config must not set {key!r}; pass it to the RVQ itself")
+        vq_config = self._inner_vq_config(vq_config, "RVQ")
         self.num_stages = num_stages
         self.codebook_size = codebook_size
         self.dropout_prob = float(dropout_prob)

@@ -118,9 +118,7 @@ class SoftmaxQuantizer(Quantizer):
         return getattr(self, "_input_dim", 1)
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(f"{self.name}: the last axis of z must be known")
+        dim = self._last_dim(input_shape)
         if self.num_groups > 1 and dim != self.num_groups:
             raise ValueError(f"{self.name}: z has {dim} dimensions but initial_bins has "
                              f"{self.num_groups} rows (one per dimension)")

@@ -72,9 +72,7 @@ class VectorQuantizer(Quantizer):
         return [self.codebook_size]
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(f"{self.name}: the last axis of z must be known")
+        dim = self._last_dim(input_shape)
         k = self.codebook_size
         self.dim = int(dim)
         self.codebook = self.add_weight(
