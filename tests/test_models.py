@@ -163,3 +163,36 @@ def test_module_configs_follow_flags():
 def test_cq_codec_rejects_bad_grid():
     with pytest.raises(ValueError, match="lsf_grid"):
         CQCodec(module_configs(Config(num_modules=1)), lsf_grid=np.zeros((3, 4)))
+
+
+def test_prefix_loss_scores_every_operating_point(tiny):
+    """With prefix_loss (joint fine-tuning), the loss sees each prefix's output, the first of which
+    is exactly what the model outputs with one module active."""
+    _, model, sample = tiny
+    batch = {k: tf.constant(v[:4]) for k, v in sample.items()}
+    model.prefix_loss = True
+    try:
+        full = model.forward(batch, training=True)
+        model.num_active = 1
+        first = model.forward(batch, training=True)
+    finally:
+        model.prefix_loss, model.num_active = False, 2
+    assert full["loss_x_hat"].shape == (8, C.FRAME_SIZE) and "loss_x" not in first
+    np.testing.assert_allclose(full["loss_x_hat"][:4].numpy(), first["x_hat"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(full["loss_x_hat"][4:].numpy(), full["x_hat"].numpy(), atol=1e-5)
+    # The prefix terms change the loss: without them only the full cascade is scored.
+    with_prefix = model.compute_terms(full)["time"]
+    without = model.compute_terms({k: v for k, v in full.items() if not k.startswith("loss_")})["time"]
+    assert abs(float(with_prefix) - float(without)) > 1e-6
+
+
+def test_compiled_inference_serves_every_prefix(tiny):
+    """encode_frames / decode_frames run traced functions; any prefix decodes, bad prefixes are refused."""
+    _, model, sample = tiny
+    frames = np.asarray(sample["x"][:5, C.LPC_ORDER:], np.float32)
+    codes = model.encode_frames(frames)
+    assert len(codes) == 2 and codes[0].dtype == tf.int32
+    np.testing.assert_array_equal(model.encode_frames(frames, num_active=1)[0].numpy(), codes[0].numpy())
+    assert model.decode_frames(codes[:1]).shape == (5, C.FRAME_SIZE)
+    with pytest.raises(ValueError, match="1..2 modules"):
+        model.decode_frames([])

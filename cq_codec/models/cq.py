@@ -88,6 +88,8 @@ class CQCodec(keras.Model):
         self.codec_modules = [ResidualModule(**c, name=f"module_{i}") for i, c in enumerate(self.module_configs)]
         n = len(self.codec_modules)
         self.num_active = n if num_active is None else int(num_active)
+        # Training-time switch (set by the trainer per stage, not saved): loss over every prefix.
+        self.prefix_loss = False
         if not 1 <= self.num_active <= n:
             raise ValueError(f"num_active must be in 1..{n}; got {num_active}")
         # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
@@ -122,18 +124,27 @@ class CQCodec(keras.Model):
         e_in = e if x_in is x else tf_ops.residual_tf(x_in, a) * self.window
         r = e_in * self.residual_scale
         total = tf.zeros_like(r)
-        outs = []
+        outs, errs = [], []
         for m in self.codec_modules[: num_active or self.num_active]:
             y, q = m(r[..., None], training=training)
             y = y[..., 0]
             total += y
             r = r - y
             outs.append(q)
-        err = e - total / self.residual_scale
+            errs.append(e - total / self.residual_scale)
         a_centre = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1])
-        err_sig = tf_ops.synthesis_error_tf(err, a_centre)
         x_w = x[:, C.LPC_ORDER:] * self.window
-        return {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs}
+        err_sig = tf_ops.synthesis_error_tf(errs[-1], a_centre)
+        out = {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs}
+        if self.prefix_loss and training and len(errs) > 1:
+            # Every prefix of the cascade is an operating point: the loss sees each one's output
+            # (stacked along the batch), so joint fine-tuning cannot trade module 1's standalone
+            # quality for the full cascade's.
+            k = len(errs)
+            sig = tf_ops.synthesis_error_tf(tf.concat(errs, 0), tf.tile(a_centre, [k, 1]))
+            out["loss_x"] = tf.tile(x_w, [k, 1])
+            out["loss_x_hat"] = out["loss_x"] - sig
+        return out
 
     def call(self, inputs, training=None):
         return self.forward(inputs, training=training)["x_hat"]
@@ -146,7 +157,8 @@ class CQCodec(keras.Model):
         """Loss terms and metrics (scalars) from `forward`'s output."""
         w_time, w_mel, w_sparse = self.loss_weights
         b = tf.cast(tf.shape(fwd["x"])[0], tf.float32)
-        t = {"time": L.time_rmse(fwd["x"], fwd["x_hat"]), "mel": L.multiscale_mel_loss(fwd["x"], fwd["x_hat"])}
+        x, x_hat = fwd.get("loss_x", fwd["x"]), fwd.get("loss_x_hat", fwd["x_hat"])
+        t = {"time": L.time_rmse(x, x_hat), "mel": L.multiscale_mel_loss(x, x_hat)}
         loss = w_time * t["time"] + w_mel * t["mel"]
         lsf = fwd["lsf"]
         lsf_bits = lsf.bits / (3.0 * b)                                # bits per frame (16 LSFs)
@@ -193,18 +205,46 @@ class CQCodec(keras.Model):
         return self._report(self.compute_terms(self.forward(data, training=False)))
 
     # ------------------------------------------------------------------ inference on frames
+    def _inference_fn(self, kind: str, n: int):
+        """A traced `tf.function` per (kind, number of modules): eager Keras calls cost several
+        times the convolutions themselves on this model size (scripts/benchmark_codec.py)."""
+        key = (kind, n)
+        fns = self.__dict__.setdefault("_cq_inference_fns", {})
+        if key not in fns:
+            if kind == "encode":
+                spec = [tf.TensorSpec([None, C.FRAME_SIZE], tf.float32)]
+                fns[key] = tf.function(lambda r: self._encode_frames(r, n), input_signature=spec, reduce_retracing=True)
+            else:
+                spec = [[tf.TensorSpec([None, m.num_positions, m.quantizer.num_streams], tf.int32)
+                         for m in self.codec_modules[:n]]]
+                fns[key] = tf.function(self._decode_frames, input_signature=spec, reduce_retracing=True)
+        return fns[key]
+
     def encode_frames(self, residual_frames, num_active=None):
         """Windowed residual frames [N, 512] -> list of int32 codes [N, positions, S] per module."""
-        r = tf.convert_to_tensor(residual_frames, tf.float32) * self.residual_scale
+        n = int(num_active or len(self.codec_modules))
+        return list(self._inference_fn("encode", n)(tf.convert_to_tensor(residual_frames, tf.float32)))
+
+    def decode_frames(self, codes):
+        """List of per-module codes (any prefix of the cascade) -> residual frames [N, 512]."""
+        codes = [tf.convert_to_tensor(c, tf.int32) for c in codes]
+        if not 1 <= len(codes) <= len(self.codec_modules):
+            raise ValueError(f"decode_frames: expected codes of 1..{len(self.codec_modules)} modules; got {len(codes)}")
+        return self._inference_fn("decode", len(codes))(codes)
+
+    def _encode_frames(self, residual_frames, num_active):
+        r = residual_frames * self.residual_scale
         codes = []
-        for m in self.codec_modules[: num_active or len(self.codec_modules)]:
+        for i, m in enumerate(self.codec_modules[:num_active]):
+            if i == num_active - 1:   # the last module's decoder is not needed to encode
+                codes.append(m.quantizer(m.encode_latent(r[..., None]), training=False).codes)
+                break
             y, q = m(r[..., None], training=False)
             codes.append(q.codes)
             r = r - y[..., 0]
         return codes
 
-    def decode_frames(self, codes):
-        """List of per-module codes (any prefix of the cascade) -> residual frames [N, 512]."""
+    def _decode_frames(self, codes):
         total = 0.0
         for m, c in zip(self.codec_modules, codes):
             total += m.decode_codes(c)[..., 0]

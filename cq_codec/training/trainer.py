@@ -118,12 +118,13 @@ def _state(ckpt_dir: str) -> dict:
     return {"done": {}, "stage": None}
 
 
-def _set_trainable(model: CQCodec, stage: Stage) -> None:
+def _set_trainable(model: CQCodec, stage: Stage, prefix_loss: bool = False) -> None:
     for i, m in enumerate(model.codec_modules):
         m.trainable = i in stage.train_modules
         m.bypass.assign(0.0)
     model.lsf_quantizer.trainable = stage.train_lsf
     model.num_active = stage.active
+    model.prefix_loss = stage.name == "finetune" and prefix_loss
 
 
 def _tau_targets(cfg: Config, model: CQCodec, stage: Stage) -> dict:
@@ -162,8 +163,13 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
         if done >= stage.epochs:
             log.info("stage %s already finished (%d epochs)", stage.name, done)
             continue
-        _set_trainable(model, stage)
-        model.compile(optimizer=keras.optimizers.Adam(stage.lr))
+        _set_trainable(model, stage, cfg.finetune_prefix_loss)
+        lr = stage.lr
+        if cfg.lr_schedule == "cosine":
+            # Decays to 10% over the stage; optimizer.iterations (restored on resume) drives it.
+            lr = keras.optimizers.schedules.CosineDecay(stage.lr, decay_steps=max(1, stage.epochs * steps_per_epoch),
+                                                        alpha=0.1)
+        model.compile(optimizer=keras.optimizers.Adam(lr))
         if done > 0 and state.get("stage") == stage.name:
             ok = load_optimizer(model.optimizer, model.trainable_variables, os.path.join(ckpt_dir, "latest.optimizer.npz"))
             log.info("stage %s resumes at epoch %d (optimizer state %s)", stage.name, done + 1, "restored" if ok else "fresh")
@@ -189,4 +195,5 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
         for m in model.codec_modules:
             m.bypass.assign(0.0)
     model.num_active = cfg.num_modules
+    model.prefix_loss = False
     return state
