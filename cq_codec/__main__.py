@@ -99,8 +99,7 @@ def _encode(args) -> None:
     if args.bitrate is not None:
         _note(f"--bitrate {args.bitrate:g} kbps -> operating point {n} module(s), about {points[n]:.2f} kbps "
               f"(available: {', '.join(f'{k}: {v:.2f}' for k, v in points.items())})")
-    data = codec.compress_blocks(audio.blocks, num_modules=n, input_sample_rate=audio.sample_rate,
-                                 input_channels=audio.channels)
+    data = codec.compress_blocks(audio.blocks, num_modules=n)
     with _atomic_output(args.output) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

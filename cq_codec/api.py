@@ -161,33 +161,21 @@ class Codec:
 
     # ------------------------------------------------------------------ bytes
     def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
-                        num_modules: int | None = None, **extra) -> bytes:
+                        num_modules: int | None = None) -> bytes:
         """16 kHz mono blocks -> `.nac` bytes. Holds only the compressed chunks in memory."""
         n = num_modules or self.modules_for_bitrate(bitrate)
         models = cs.entropy_models(self.model)
         enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk)
-        payloads, est = [], 0.0
-
-        def take(chunks):
-            nonlocal est
-            for c in chunks:
-                est += cs.chunk_bits(c, models)
-                payloads.append(cs.encode_chunk(c, models))
-        for b in blocks:
-            take(enc.push(b))
-        take(enc.finish())
-        seconds = enc.num_samples / C.SAMPLE_RATE
-        kbps = sum(len(p) for p in payloads) * 8 / seconds / C.BITS_PER_KBIT
+        payloads = [cs.encode_chunk(c, models) for b in blocks for c in enc.push(b)]
+        payloads += [cs.encode_chunk(c, models) for c in enc.finish()]
+        kbps = sum(len(p) for p in payloads) * 8 / (enc.num_samples / C.SAMPLE_RATE) / C.BITS_PER_KBIT
         meta = cs.stream_metadata(self.model, model_name=self.name, num_samples=enc.num_samples, num_active=n,
-                                  frames_per_chunk=self.frames_per_chunk, num_chunks=len(payloads),
-                                  bitrate_kbps=round(kbps, 4), estimated_bits=round(est, 2), **extra)
+                                  frames_per_chunk=self.frames_per_chunk, sha256=self.sha256)
         return write_nac(meta, payloads, kbps)
 
     def compress(self, wav, sr: int, bitrate: float | None = None, num_modules: int | None = None) -> bytes:
         """wav [N] or [N, channels] at `sr` -> `.nac` bytes (operating point nearest `bitrate` kbps)."""
-        x = np.asarray(wav)
-        return self.compress_blocks(_array_blocks(x, sr), bitrate, num_modules, input_sample_rate=int(sr),
-                                    input_channels=1 if x.ndim == 1 else int(x.shape[1]))
+        return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules)
 
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
         """A `.nac` stream -> (metadata, generator of float32 16 kHz blocks, one per chunk).

@@ -65,6 +65,7 @@ def measure(codec, wav: np.ndarray) -> None:
     from cq_codec.bitstream import codec_stream as cs
     from cq_codec.bitstream.container import read_nac
     seconds = len(wav) / C.SAMPLE_RATE
+    models = cs.entropy_models(codec.model)
     for n, expected in codec.operating_points:
         codec.decompress(codec.compress(wav[:16000], C.SAMPLE_RATE, num_modules=n))  # warm-up (tracing)
         t_enc = t_dec = float("inf")
@@ -75,16 +76,17 @@ def measure(codec, wav: np.ndarray) -> None:
             t0 = time.perf_counter()
             y, _ = codec.decompress(data)
             t_dec = min(t_dec, time.perf_counter() - t0)
-        _, meta, chunks = read_nac(data)
+        _, _, chunks = read_nac(data)
         codes = codec.encode(wav, C.SAMPLE_RATE, num_modules=n)
+        estimate = sum(cs.chunk_bits(c, models) for c in codes.chunks(codec.frames_per_chunk))
         empirical = cs.empirical_entropy_bits(codes.lsf) + sum(
             cs.empirical_entropy_bits(m.reshape(-1, m.shape[-1])) for m in codes.modules)
         kbps = lambda bits: bits / seconds / 1000.0  # noqa: E731
         payload = 8 * sum(len(c) for c in chunks)
         snr = 10 * np.log10(np.sum(wav ** 2) / max(np.sum((wav - y) ** 2), 1e-20))
         print(f"{n} module(s): file {kbps(8 * len(data)):.2f} kbps, payload {kbps(payload):.2f} kbps, "
-              f"estimate {kbps(meta['estimated_bits']):.2f} kbps (payload/estimate "
-              f"{payload / meta['estimated_bits']:.4f}, file/estimate {8 * len(data) / meta['estimated_bits']:.4f}), "
+              f"estimate {kbps(estimate):.2f} kbps (payload/estimate "
+              f"{payload / estimate:.4f}, file/estimate {8 * len(data) / estimate:.4f}), "
               f"zeroth-order empirical entropy {kbps(empirical):.2f} kbps, tables' expectation {expected:.2f} kbps; "
               f"encode {seconds / t_enc:.1f}x real time, decode {seconds / t_dec:.1f}x real time, "
               f"encode + decode {seconds / (t_enc + t_dec):.1f}x; SNR {snr:.2f} dB")

@@ -110,7 +110,7 @@ def run(opts) -> None:
                                 title=f"Quality against measured bitrate ({len(clips)} test clips)")
     notes = (f"{len(clips)} clips of the {opts.corpus} corpus's test split ({len({u.speaker for u in utts})} speakers), "
              f"each at most {opts.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
-             "(header with JSON metadata included), payload_kbps = its entropy-coded chunks only; for the baselines "
+             "(its compact header included), payload_kbps = its entropy-coded chunks only; for the baselines "
              "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
              "payload_kbps is the like-for-like comparison.\n\n"
              f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}`")

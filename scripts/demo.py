@@ -6,7 +6,9 @@
 2. trains a small CQ codec with the whole greedy schedule (`main.py --training_mode 4`), on a
    capped slice of the training split so that it finishes in minutes on 2 CPU cores;
 3. main.py scores the test clips (PESQ-WB, STOI, SI-SDR) and writes decoded audio;
-4. prints the results table and where the files are.
+4. prints the results table and where the files are;
+5. runs scripts/compare_clip.py: the shipped default model on a held-out test clip at each of its
+   operating points, next to Opus and AMR-WB at the same measured bitrates (decoded wavs written).
 Re-running resumes: finished stages are skipped (checkpoints chain by themselves).
 """
 
@@ -57,7 +59,11 @@ def main() -> int:
         with open(summary, encoding="utf-8") as fh:
             print(fh.read())
     print(f"Results: {exp}/ (audio/, metrics.csv, plots/training.png, eval.csv, model.keras)")
-    return 0
+    # The shipped default model on a held-out clip, next to Opus and AMR-WB at the same bitrates.
+    print("\ndemo: the shipped default model (cq_codec/pretrained/default.keras) against Opus and AMR-WB "
+          "on one test clip:", flush=True)
+    return subprocess.call([sys.executable, os.path.join(ROOT, "scripts", "compare_clip.py"),
+                            f"--data_dir={args.data_dir}", f"--out={os.path.join(exp, 'compare')}"], cwd=ROOT)
 
 
 if __name__ == "__main__":

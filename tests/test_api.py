@@ -17,7 +17,7 @@ import cq_codec.api
 import lpc
 from cq_codec import api, inference
 from cq_codec.bitstream import codec_stream as cs
-from cq_codec.bitstream.container import NacError, NacVersionError, read_nac
+from cq_codec.bitstream.container import NacError, NacVersionError, read_nac, write_nac, write_nac_v1
 from cq_codec.config import Config
 from cq_codec.training.trainer import build_model
 
@@ -95,10 +95,12 @@ def test_entropy_tables_saved_and_measured_bits_near_estimate(codec):
         assert rep["kind"] == min(scores, key=scores.get)          # the kind that won on held-out
     assert cs.model_sha256(codec.model) == codec.sha256            # stable across save/load
     data = codec.compress(ar_signal(3.0, 9), 16000)
-    _, meta, chunks = read_nac(data)
+    _, _, chunks = read_nac(data)
     payload_bits = 8 * sum(len(c) for c in chunks)
-    assert meta["estimated_bits"] <= payload_bits <= 1.03 * meta["estimated_bits"]
     codes = codec.encode(ar_signal(3.0, 9), 16000)
+    models = cs.entropy_models(codec.model)
+    estimate = sum(cs.chunk_bits(c, models) for c in codes.chunks(codec.frames_per_chunk))
+    assert estimate <= payload_bits <= 1.03 * estimate
     assert cs.empirical_entropy_bits(codes.lsf) <= 16 * 4 * len(codes.lsf)
 
 
@@ -141,10 +143,24 @@ def test_garbage_payload_with_valid_crc_never_crashes(codec, small_nac):
         cs.decode_chunk(b"abc", 2, 1, models, layout)
 
 
+def test_file_overhead_is_a_few_tens_of_bytes(codec):
+    one_chunk = api.Codec(codec.model, name=codec.name)          # 250 hops per chunk
+    data = one_chunk.compress(ar_signal(3.0, 9), 16000)
+    header, meta, chunks = read_nac(data)
+    assert header.version == 2 and meta["num_chunks"] == len(chunks) == 1
+    assert len(data) - len(chunks[0]) == 27 + len("tiny") + 8 < 64
+
+
 def test_model_mismatch_and_unknown_version_are_refused(codec, small_nac, tmp_path):
     other = save_codec(make_model(1), tmp_path / "other.keras")
-    with pytest.raises(cs.ModelMismatchError, match="model mismatch"):
+    with pytest.raises(cs.ModelMismatchError, match="model mismatch: the file was written with model 'tiny'"):
         other.decompress(small_nac)
+    with pytest.raises(cs.ModelMismatchError, match="model mismatch"):
+        other.decompress(v1_nac(codec, ar_signal(0.2, 5)))
+    _, meta, chunks = read_nac(small_nac)
+    wrong_id = write_nac({**meta, "model": {"name": "tiny", "sha256": "0123456789abcdef"}}, chunks, 1)
+    with pytest.raises(cs.ModelMismatchError, match=r"'tiny' \(sha256 0123456789abcdef\.\.\.\).*--model PATH"):
+        codec.decompress(wrong_id)
     bad = bytearray(small_nac)
     bad[3] = 7
     with pytest.raises(NacVersionError, match="unsupported .nac version 7"):
@@ -174,10 +190,31 @@ def test_shipped_default_model_round_trip():
     assert sr == 16000 and y.shape == wav.shape and np.all(np.isfinite(y))
 
 
+def v1_nac(codec, wav):
+    """The version-1 file (JSON metadata) the previous writer made of a 16 kHz mono `wav`."""
+    codes = codec.encode(wav, 16000)
+    models, layout, n = cs.entropy_models(codec.model), cs.code_layout(codec.model), len(codes.modules)
+    chunks = codes.chunks(codec.frames_per_chunk)
+    payloads = [cs.encode_chunk(c, models) for c in chunks]
+    kbps = sum(len(p) for p in payloads) * 8 / (codes.num_samples / 16000) / 1000
+    tables = codec.model.entropy_tables
+    meta = {"model": {"name": codec.name, "sha256": codec.sha256}, "sample_rate": 16000,
+            "num_samples": codes.num_samples, "stages": list(range(1, n + 1)),
+            "alphabet_sizes": layout["lsf"] + [a for m in layout["modules"][:n] for a in m["alphabet_sizes"]],
+            "frames_per_chunk": codec.frames_per_chunk, "num_frames": len(codes.lsf), "bitrate_kbps": round(kbps, 4),
+            "stream_format": 1, "layout": {"lsf": layout["lsf"], "modules": layout["modules"][:n]},
+            "entropy_kinds": [tables["lsf"]["kind"]] + [d["kind"] for d in tables["modules"][:n]],
+            "estimated_bits": round(sum(cs.chunk_bits(c, models) for c in chunks), 2),
+            "input_sample_rate": 16000, "input_channels": 1}
+    return write_nac_v1(meta, payloads, kbps)
+
+
 # Golden file: a seeded tiny model and a fixed input. If this fails after an intentional format
 # or model change, regenerate with the printed sha256; a failure otherwise means the bitstream,
-# the DSP or the model's numerics changed.
-GOLDEN_SHA256 = "3551a0d4ceef6cff54820e2b4f983a350d38e24bc1e65531d36e3316df78580f"
+# the DSP or the model's numerics changed. GOLDEN_V1_SHA256 is the same input in the version-1
+# format (the file the writer made before version 2): it must still decode, to the same audio.
+GOLDEN_SHA256 = "611bdc998936887b7d725c5f98b44d950107a612908e4e9858301966ad7cb2ab"
+GOLDEN_V1_SHA256 = "3551a0d4ceef6cff54820e2b4f983a350d38e24bc1e65531d36e3316df78580f"
 
 
 def test_golden_nac(codec):
@@ -186,6 +223,10 @@ def test_golden_nac(codec):
     y, _ = codec.decompress(data)
     assert sha == GOLDEN_SHA256, f"golden .nac changed: sha256 {sha}"
     np.testing.assert_array_equal(y, codec.decompress(data)[0])
+    old = v1_nac(codec, ar_signal(0.5, 42))
+    assert hashlib.sha256(old).hexdigest() == GOLDEN_V1_SHA256
+    assert read_nac(old)[0].version == 1 and read_nac(old)[2] == read_nac(data)[2]   # same payloads
+    np.testing.assert_array_equal(codec.decompress(old)[0], y)
 
 
 def test_frame_functions_and_saved_model(codec, tmp_path):

@@ -197,8 +197,8 @@ GOLDEN_MODEL_SHA256 = {
     "categorical": "fff45f9ccb3fea31e92fb06425faa1c94a05e6beccef454e03ebfbad39d8b514",
     "context": "60b7511dd1f0a56139f3398305c548decc8214612a4c010992a927c2f11960b2",
 }
-GOLDEN_NAC_SHA256 = "2e71b883b78e497175860d030d0e7a9052955705e70e02eac7dca73afe93bd59"
-
+GOLDEN_NAC_V1_SHA256 = "2e71b883b78e497175860d030d0e7a9052955705e70e02eac7dca73afe93bd59"
+GOLDEN_NAC_SHA256 = "dcdb254c762f9444a6a1c99594c6a81189384187a4b0dbabfe25a546c05a3751"
 
 def golden_codes():
     """40 rows of codes from a fixed LCG (independent of any library RNG), [40, 4]."""
@@ -234,22 +234,59 @@ def test_golden_payload(kind):
 # ---------------------------------------------------------------- .nac container
 
 def small_nac():
-    meta = nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, sample_rate=16000,
-                              num_samples=4800, stages=["lsf", "res1"], alphabet_sizes=[5, 3],
-                              num_chunks=3, frames_per_chunk=4, num_frames=10, bitrate_kbps=6.1)
+    """A version-2 file: 4800 samples = 10 hops, 4 hops per chunk -> 3 chunks."""
+    meta = nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, num_samples=4800, num_stages=2,
+                              frames_per_chunk=4, stream_format=1)
     chunks = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
     return nac.write_nac(meta, chunks, 6.1), meta, chunks
 
 
+def small_nac_v1():
+    """The version-1 file the JSON writer made (its golden sha256 predates version 2)."""
+    meta = {"model": {"name": "tiny", "sha256": "ab" * 32}, "sample_rate": 16000, "num_samples": 4800,
+            "stages": ["lsf", "res1"], "alphabet_sizes": [5, 3], "num_chunks": 3, "frames_per_chunk": 4,
+            "num_frames": 10, "bitrate_kbps": 6.1}
+    chunks = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
+    return nac.write_nac_v1(meta, chunks, 6.1), meta, chunks
+
+
 def test_container_round_trip():
     data, meta, chunks = small_nac()
-    assert data[:4] == b"NAC\x01" and data[8] == 24      # 6.1 kbps -> 24 quarter-kbps
+    head = (b"NAC\x02" + b"\xab" * 8 + (4800).to_bytes(5, "big") + b"\x02" + b"\x00\x04" + b"\x01"
+            + bytes([24]) + b"\x04tiny")                # 6.1 kbps -> 24 quarter-kbps
+    assert data[:len(head) + 4] == head + struct.pack(">I", zlib.crc32(head))
+    assert len(data) == len(head) + 4 + sum(8 + len(c) for c in chunks)
     header, meta2, chunks2 = nac.read_nac(data)
-    assert header.version == 1 and header.bitrate_kbps == 6.0 and meta2 == meta
+    assert header == (2, len(head) + 4, 24) and header.bitrate_kbps == 6.0
+    assert meta2 == {**meta, "model": {"name": "tiny", "sha256": "ab" * 8}, "sample_rate": 16000,
+                     "num_frames": 10, "num_chunks": 3}
     assert chunks2 == chunks
+    assert nac.write_nac(meta2, chunks, 6.1) == data      # what the reader returns writes the same bytes
     reader = nac.NacReader(io.BytesIO(data))
-    assert reader.metadata == meta and list(reader) == chunks
+    assert reader.metadata == meta2 and reader.num_chunks == 3 and list(reader) == chunks
     assert hashlib.sha256(data).hexdigest() == GOLDEN_NAC_SHA256
+
+
+def test_version_1_files_still_read():
+    data, meta, chunks = small_nac_v1()
+    assert data[:4] == b"NAC\x01" and data[8] == 24
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_NAC_V1_SHA256
+    header, meta2, chunks2 = nac.read_nac(data)
+    assert header.version == 1 and header.size == len(data) - sum(8 + len(c) for c in chunks)
+    assert header.bitrate_kbps == 6.0 and meta2 == meta and chunks2 == chunks
+
+
+def test_header_overhead_is_small():
+    """Version 2 spends 27 bytes + the model name on the header and 8 bytes per chunk."""
+    meta = nac.build_metadata(model_name="default", model_sha256="0123456789abcdef" * 4, num_samples=48000,
+                              num_stages=3, frames_per_chunk=250, stream_format=1)
+    payload = bytes(1000)
+    data = nac.write_nac(meta, [payload], 2.7)
+    assert len(data) - len(payload) == 27 + len("default") + 8 < 64
+    long_name = "\u00e9" * 200                             # 400 UTF-8 bytes: cut to 254 (whole characters)
+    _, back, _ = nac.read_nac(nac.write_nac({**meta, "model": {"name": long_name, "sha256": "0" * 16}},
+                                            [payload], 2.7))
+    assert back["model"]["name"] == "\u00e9" * 127
 
 
 def test_bitrate_byte():
@@ -258,8 +295,9 @@ def test_bitrate_byte():
         nac.bitrate_to_byte(float("nan"))
 
 
-def test_every_byte_corruption_and_truncation_raises_nac_error():
-    data, _, _ = small_nac()
+@pytest.mark.parametrize("make", [small_nac, small_nac_v1])
+def test_every_byte_corruption_and_truncation_raises_nac_error(make):
+    data, _, _ = make()
     rng = np.random.default_rng(5)
     cases = []
     for i in range(len(data)):
@@ -272,10 +310,11 @@ def test_every_byte_corruption_and_truncation_raises_nac_error():
                 nac.read_nac(case)
 
 
-def test_error_types_and_messages():
-    data, meta, _ = small_nac()
-    with pytest.raises(nac.NacVersionError, match="version 2.*supports version 1"):
-        nac.read_nac(data[:3] + b"\x02" + data[4:])
+@pytest.mark.parametrize("make", [small_nac, small_nac_v1])
+def test_error_types_and_messages(make):
+    data, meta, chunks = make()
+    with pytest.raises(nac.NacVersionError, match="version 3.*supports versions 1 and 2"):
+        nac.read_nac(data[:3] + b"\x03" + data[4:])
     with pytest.raises(nac.NacFormatError, match="magic"):
         nac.read_nac(b"RIFF" + data[4:])
     damaged = bytearray(data)
@@ -283,26 +322,59 @@ def test_error_types_and_messages():
     with pytest.raises(nac.NacChecksumError, match="chunk 2 at offset") as info:
         nac.read_nac(bytes(damaged))
     assert info.value.chunk_index == 2
+    damaged = bytearray(data)
+    damaged[5] ^= 1                                    # a header byte
+    with pytest.raises(nac.NacError, match="header CRC mismatch|exceeds the limit|truncated"):
+        nac.read_nac(bytes(damaged))
     with pytest.raises(nac.NacFormatError, match="truncated.*offset"):
         nac.read_nac(data[:-1])
-    huge = bytearray(nac.write_nac(meta, [b"x"] * 3, 1))
-    off = nac.HEADER_SIZE + struct.unpack(">I", huge[4:8])[0] + 4
+    huge = bytearray(data)
+    off = nac.read_nac(data)[0].size
     huge[off:off + 4] = struct.pack(">I", 2 ** 31)     # a damaged length: no huge allocation
     with pytest.raises(nac.NacFormatError, match="exceeds the limit"):
         nac.read_nac(bytes(huge))
-    with pytest.raises(nac.NacFormatError, match="num_chunks"):
-        nac.write_nac({"num_chunks": 2}, [b"a"], 1)
     with pytest.raises(TypeError):
         nac.read_nac("not bytes")
 
 
+def test_version_1_metadata_length_limit():
+    data = bytearray(small_nac_v1()[0])
+    data[4:8] = struct.pack(">I", 2 ** 21)
+    with pytest.raises(nac.NacFormatError, match="metadata length 2097152 at offset 4 exceeds the limit"):
+        nac.read_nac(bytes(data))
+    with pytest.raises(nac.NacFormatError, match="num_chunks"):
+        nac.write_nac_v1({"num_chunks": 2}, [b"a"], 1)
+
+
+def test_writer_refuses_what_the_header_cannot_hold():
+    _, meta, chunks = small_nac()
+    cases = [({**meta, "estimated_bits": 1.0}, chunks, "no field for metadata keys \\['estimated_bits'\\]"),
+             (meta, chunks[:2], "2 chunks given, but 4800 samples at 4 frames per chunk make 3"),
+             ({**meta, "num_chunks": 4}, chunks, "'num_chunks' is 4, the header implies 3"),
+             ({**meta, "sample_rate": 8000}, chunks, "'sample_rate' is 8000"),
+             ({**meta, "model": {"name": "x", "sha256": "abc"}}, chunks, "'model' must be"),
+             ({**meta, "model": {"name": "x", "sha256": "zz" * 8}}, chunks, "'model' must be"),
+             ({**meta, "stages": [2]}, chunks, "'stages' must be"),
+             ({**meta, "stages": list(range(1, 257))}, chunks, "'stages' must be"),
+             ({**meta, "num_samples": 0}, chunks, "'num_samples' must be an int in \\[1, "),
+             ({**meta, "num_samples": 2 ** 40}, chunks, "'num_samples'"),
+             ({**meta, "frames_per_chunk": 2 ** 16}, chunks, "'frames_per_chunk'"),
+             ({**meta, "stream_format": 256}, chunks, "'stream_format'")]
+    for bad, given, message in cases:
+        with pytest.raises(nac.NacFormatError, match=message):
+            nac.write_nac(bad, given, 6.1)
+    with pytest.raises(TypeError):
+        nac.write_nac([("model", None)], chunks, 6.1)
+
+
 def test_streaming_reader_yields_chunks_lazily():
-    meta = {"model": "m"}
+    meta = nac.build_metadata(model_name="", model_sha256="00" * 8, num_samples=9600, num_stages=1,
+                              frames_per_chunk=4, stream_format=1)     # 20 hops -> 5 chunks
     chunks = [bytes([i]) * 1000 for i in range(5)]
     data = bytearray(nac.write_nac(meta, chunks, 12))
     data[-10] ^= 0xFF                                  # damage the last chunk only
     reader = nac.NacReader(io.BytesIO(bytes(data)))
-    assert reader.num_chunks == 5
+    assert reader.num_chunks == 5 and reader.metadata["model"]["name"] == ""
     it = iter(reader)
     assert [next(it) for _ in range(4)] == chunks[:4]  # earlier chunks come out before the error
     with pytest.raises(nac.NacChecksumError) as info:

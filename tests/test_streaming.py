@@ -116,10 +116,9 @@ def test_chunked_file_and_whole_array_give_identical_bytes(model, tmp_path):
     path = str(tmp_path / "in.wav")
     sf.write(path, wav, 16000, subtype="FLOAT")
     audio = api.read_audio_blocks(path, block=777)
-    streamed = codec.compress_blocks(audio.blocks, input_sample_rate=16000, input_channels=1)
+    streamed = codec.compress_blocks(audio.blocks)
     assert streamed == whole
-    small = codec.compress_blocks((wav[s: s + 100] for s in range(0, wav.size, 100)),
-                                  input_sample_rate=16000, input_channels=1)
+    small = codec.compress_blocks((wav[s: s + 100] for s in range(0, wav.size, 100)))
     assert small == whole
 
 

@@ -83,6 +83,22 @@ def test_codec_rows_measure_kbps_from_bytes(trained):
     assert 0 < stats["utilisation"] <= 1 and 1 <= stats["perplexity"] <= 16 and stats["alphabet"] == 16
 
 
+def test_compare_clip_matches_baselines_to_each_operating_point(trained, tmp_path):
+    cfg, out = trained
+    codec = studies.load_codec(cfg.experiment_dir)
+    (name, wav), = studies.load_clips(studies.select_clips(out["parts"]["test"], 1))
+    rows = studies.compare_clip(codec, wav, name="c", out_dir=str(tmp_path))
+    assert [r["codec"].split()[0] for r in rows] == ["cq", "opus", "amrwb"] * codec.num_modules
+    cq_kbps = codec.compress(wav, 16000)
+    assert rows[0]["kbps"] == pytest.approx(len(cq_kbps) * 8 / (len(wav) / 16000) / 1000)
+    # Opus is asked for the CQ file's rate (at least its 6 kbps floor); AMR-WB gets its nearest mode.
+    assert rows[1]["codec"] == f"opus {max(6.0, round(rows[0]['kbps'], 1)):g}"
+    assert rows[2]["codec"] == f"amrwb {studies.nearest_amrwb_mode(rows[0]['kbps']):g}"
+    assert all(np.isfinite(r["pesq_wb"]) and 0 <= r["stoi"] <= 1 for r in rows)
+    assert len(list(tmp_path.glob("c_*.wav"))) == len(rows) + 1       # every decoded version + the reference
+    assert studies.nearest_amrwb_mode(9.0) == 8.85 and studies.nearest_amrwb_mode(30.0) == 23.85
+
+
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import bitrate_scaling  # noqa: E402
 import compare_quantizers  # noqa: E402

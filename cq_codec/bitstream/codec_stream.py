@@ -8,8 +8,9 @@
 - `encode_chunk` / `decode_chunk`: one `CodeChunk` <-> one payload. All groups of a chunk go
   through ONE range coder (LSF rows, then module 1's `[n * P, S]` rows, ...), so a chunk pays
   the coder's flush once; each chunk starts afresh, so chunks decode independently.
-- `stream_metadata` / `check_metadata`: what a file says about its model and layout, and the
-  decoder's checks (model hash, layout, counts), failing with a `NacError` that says which.
+- `stream_metadata` / `check_metadata`: what a file says about its model and stream, and the
+  decoder's checks (model hash, layout of version-1 files, counts), failing with a `NacError`
+  that says which.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import numpy as np
 
 import constants as C
 from cq_codec.bitstream import entropy
-from cq_codec.bitstream.container import NacError, NacFormatError, build_metadata
+from cq_codec.bitstream.container import NacError, NacFormatError, build_metadata, stream_counts
 
 __all__ = ["STREAM_FORMAT", "ModelMismatchError", "EntropyModels", "model_sha256", "code_layout",
            "fit_entropy_tables", "entropy_models", "operating_points", "encode_chunk",
            "decode_chunk", "chunk_bits", "stream_metadata", "check_metadata", "empirical_entropy_bits"]
 
-STREAM_FORMAT = 1            # layout of a chunk payload (metadata key "stream_format")
+STREAM_FORMAT = 1            # layout of a chunk payload (header byte / metadata key "stream_format")
 _TABLES_FORMAT = "cq_codec.entropy_tables"
 
 
@@ -215,19 +216,11 @@ def chunk_bits(chunk, models: EntropyModels) -> float:
 
 
 def stream_metadata(model, *, model_name: str, num_samples: int, num_active: int, frames_per_chunk: int,
-                    num_chunks: int, bitrate_kbps: float, **extra) -> dict:
-    """The metadata of a cq-codec `.nac` stream (see `container.build_metadata`)."""
-    layout = code_layout(model)
-    flat = layout["lsf"] + [a for m in layout["modules"][:num_active] for a in m["alphabet_sizes"]]
-    kinds = _json_copy(model.entropy_tables)
-    return build_metadata(model_name=model_name, model_sha256=model_sha256(model), sample_rate=C.SAMPLE_RATE,
-                          num_samples=num_samples, stages=list(range(1, num_active + 1)), alphabet_sizes=flat,
-                          num_chunks=num_chunks, frames_per_chunk=frames_per_chunk,
-                          num_frames=max(1, -(-int(num_samples) // C.HOP_SIZE)), bitrate_kbps=bitrate_kbps,
-                          stream_format=STREAM_FORMAT,
-                          layout={"lsf": layout["lsf"], "modules": layout["modules"][:num_active]},
-                          entropy_kinds=[kinds["lsf"]["kind"]] + [d["kind"] for d in kinds["modules"][:num_active]],
-                          **extra)
+                    sha256: str | None = None) -> dict:
+    """The metadata of a cq-codec `.nac` stream (`container.build_metadata`; the model's sha256,
+    of which the file keeps 8 bytes, covers its config, code layout and entropy tables)."""
+    return build_metadata(model_name=model_name, model_sha256=sha256 or model_sha256(model), num_samples=num_samples,
+                          num_stages=num_active, frames_per_chunk=frames_per_chunk, stream_format=STREAM_FORMAT)
 
 
 def _int(meta: dict, key: str, low: int) -> int:
@@ -244,10 +237,10 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
         raise NacFormatError(f"unknown cq-codec stream format {meta.get('stream_format')!r} "
                              f"(this decoder reads format {STREAM_FORMAT})")
     info = meta.get("model")
-    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or len(info["sha256"]) < 16:
         raise NacFormatError("metadata lacks the model identity ('model': {name, sha256})")
     ours = sha256 or model_sha256(model)
-    if info["sha256"] != ours:
+    if not ours.startswith(info["sha256"]):       # version 2 files keep the first 16 hex digits
         raise ModelMismatchError(f"model mismatch: the file was written with model {info.get('name')!r} "
                                  f"(sha256 {info['sha256'][:16]}...), this model's sha256 is {ours[:16]}...; "
                                  "decode it with the model that encoded it (--model PATH)")
@@ -263,9 +256,9 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
         raise NacFormatError(f"metadata 'stages' must be [1..k] with k <= {n_mod}, got {stages!r}")
     layout = code_layout(model)
     want = {"lsf": layout["lsf"], "modules": layout["modules"][: len(stages)]}
-    if meta.get("layout") != want:
+    if meta.get("layout", want) != want:          # version 1 files repeat the layout; the sha256 covers it
         raise ModelMismatchError(f"model mismatch: the file's code layout {meta.get('layout')!r} differs from the model's {want!r}")
-    if num_frames != max(1, -(-num_samples // C.HOP_SIZE)) or num_chunks != -(-num_frames // fpc):
+    if (num_frames, num_chunks) != stream_counts(num_samples, fpc):
         raise NacFormatError(f"inconsistent counts: {num_samples} samples, {num_frames} frames, "
                              f"{fpc} frames per chunk, {num_chunks} chunks")
     return {"num_samples": num_samples, "num_frames": num_frames, "num_active": len(stages),

@@ -128,7 +128,7 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[
     """Compresses to real .nac bytes and decodes up to `cfg.eval_clips` test utterances at every
     operating point (modules 1..N); writes audio/, eval.csv and eval.md. `kbps` is measured from
     the coded chunks (payload with each chunk's length and CRC, as Opus packets are counted
-    without a container), `file_kbps` from the whole file (header and JSON metadata included),
+    without a container), `file_kbps` from the whole file (its 34-42 byte header included),
     `entropy_kbps` is the zeroth-order entropy of the same codes."""
     import csv
     from cq_codec.api import Codec
