@@ -45,6 +45,7 @@ DEFAULTS = {
     "out": "results/denoising",
     "work": "results/_work/denoising",
     "reference_models": "",
+    "clean_reference": "vq",
 }
 _HELP = {
     "quantizers": ("string", "bottlenecks to train"),
@@ -61,6 +62,8 @@ _HELP = {
     "max_clips": ("integer", "test clips"),
     "example_clips": ("integer", "clips whose noisy/denoised wavs are written"),
     "reference_models": ("string", "comma-separated folders of codecs trained on CLEAN speech, scored on the same noisy clips"),
+    "clean_reference": ("string", "bottlenecks also trained on CLEAN speech with the denoisers' exact config and budget "
+                                  "(the codec a denoiser must beat on noisy input; '' for none)"),
     **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "cache_dir", "out", "work",)},
 }
 
@@ -102,10 +105,10 @@ def noisy_test_set(clips, speakers, sources: dict, snrs, seed: int) -> list[dict
     return out
 
 
-def make_config(quantizer: str, **b):
+def make_config(quantizer: str, prefix: str = "denoise", **b):
     from cq_codec.config import Config
     from cq_codec.evaluation.studies import QUANTIZER_KWARGS
-    return Config(name=f"denoise_{quantizer}_s{b['seed']}", results_dir=b["work"], seed=b["seed"], corpus=b["corpus"],
+    return Config(name=f"{prefix}_{quantizer}_s{b['seed']}", results_dir=b["work"], seed=b["seed"], corpus=b["corpus"],
                   data_dir=b["data_dir"], cache_dir=b["cache_dir"], training_mode=1, num_modules=1,
                   channels=b["channels"], bottleneck=max(2, b["channels"] // 4), quantizer=quantizer,
                   epoch_tanh=b["epochs"], pretrain_step=1, steps_per_epoch=max(1, b["steps"] // b["epochs"]),
@@ -185,7 +188,12 @@ def run(opts) -> None:
                     write_wav(os.path.join(examples, f"{nz}_{snr:g}dB_{t['index']:02d}_{cfg.quantizer}_denoised.wav"),
                               codec.decompress(data)[0])
         studies.write_csv(rows, os.path.join(opts.out, "denoising.csv"))
-    for d in (m.strip() for m in opts.reference_models.split(",") if m.strip()):
+    references = [m.strip() for m in opts.reference_models.split(",") if m.strip()]
+    for q in (q.strip() for q in opts.clean_reference.split(",") if q.strip()):
+        cfg = make_config(q, prefix="clean", **b)
+        studies.train_codec(cfg)
+        references.append(cfg.experiment_dir)
+    for d in references:
         codec = studies.load_codec(d, parts["train"])
         system = f"{os.path.basename(os.path.normpath(d))} (clean-trained)"
         for (nz, snr) in dict.fromkeys((t["noise"], t["snr_db"]) for t in tests):
@@ -206,13 +214,14 @@ def run(opts) -> None:
              f"target {opts.target_kbps:g} kbps, trained on noise at {snr_lo:g}-{snr_hi:g} dB SNR, seed {opts.seed}). "
              f"Test: {len(clips)} demo test clips x noise {list(sources)} x SNR {test_snrs} dB (seeded). "
              "d_* = improvement over the noisy input (output vs clean minus noisy vs clean); "
-             "kbps = .nac bytes * 8 / seconds. '(clean-trained)' rows: codecs of the same size and budget trained on clean "
-             "speech (scripts/compare_quantizers.py), coding the same noisy clips: the reference a denoiser must beat.\n\n"
+             "kbps = .nac bytes * 8 / seconds. '(clean-trained)' rows: codecs of the same config and budget trained on clean "
+             "speech (clean_*: --clean_reference), coding the same noisy clips: the reference a denoiser must beat.\n\n"
              f"Command: `python scripts/denoise_study.py --quantizers {opts.quantizers} --steps {opts.steps} "
              f"--epochs {opts.epochs} --batch_size {opts.batch_size} --channels {opts.channels} "
              f"--train_snr {opts.train_snr} --test_snrs {opts.test_snrs} --max_clips {opts.max_clips}"
              + (f" --noise_dir {opts.noise_dir}" if opts.noise_dir else "")
-             + (f" --reference_models {opts.reference_models}" if opts.reference_models else "") + "`")
+             + (f" --reference_models {opts.reference_models}" if opts.reference_models else "")
+             + f" --clean_reference '{opts.clean_reference}'`")
     studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["system", "noise", "snr_db", "si_sdr", "d_si_sdr", "pesq_wb", "d_pesq_wb", "stoi", "d_stoi",
                             "kbps", "clips"], "Denoising study", notes)

@@ -146,11 +146,13 @@ def test_denoise_study_script(tmp_path, corpus, trained):
     denoise_study.run(denoise_study.options(
         quantizers="gumbel", steps=2, epochs=2, batch_size=4, channels=8, max_clips=1, test_snrs="5",
         babble_utterances=4, data_dir=corpus, corpus="librispeech", cache_dir=str(tmp_path / "cache"),
-        out=str(out), work=str(work), reference_models=trained[0].experiment_dir))
+        out=str(out), work=str(work), reference_models=trained[0].experiment_dir, clean_reference="gumbel"))
     for f in ("denoising.csv", "summary.csv", "summary.md", "denoising.png"):
         assert (out / f).exists(), f
     summary = _read(out / "summary.csv")
-    assert {r["system"] for r in summary} == {"noisy input", "gumbel denoiser", "tiny_vq (clean-trained)"}
+    assert {r["system"] for r in summary} == {"noisy input", "gumbel denoiser", "tiny_vq (clean-trained)",
+                                              "clean_gumbel_s1 (clean-trained)"}
+    assert (work / "clean_gumbel_s1" / "model.keras").exists()     # same config, trained without noise
     assert {r["noise"] for r in summary} == {"coloured", "babble"}
     noisy_input = [r for r in summary if r["system"] == "noisy input"]
     # The SI-SDR of the noisy input against the clean clip is the mixing SNR (noise uncorrelated).
