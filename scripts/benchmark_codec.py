@@ -66,7 +66,14 @@ def measure(codec, wav: np.ndarray) -> None:
     from cq_codec.bitstream.container import read_nac
     seconds = len(wav) / C.SAMPLE_RATE
     models = cs.entropy_models(codec.model)
+    from cq_codec.flops import count_flops
     for n, expected in codec.operating_points:
+        active = codec.model.num_active
+        codec.model.num_active = n
+        try:
+            gflops = count_flops(codec.model) * C.FRAMES_PER_SECOND / 1e9
+        finally:
+            codec.model.num_active = active
         codec.decompress(codec.compress(wav[:16000], C.SAMPLE_RATE, num_modules=n))  # warm-up (tracing)
         t_enc = t_dec = float("inf")
         for _ in range(FLAGS.repeats):   # best of `repeats`: the least disturbed run
@@ -89,7 +96,8 @@ def measure(codec, wav: np.ndarray) -> None:
               f"{payload / estimate:.4f}, file/estimate {8 * len(data) / estimate:.4f}), "
               f"zeroth-order empirical entropy {kbps(empirical):.2f} kbps, tables' expectation {expected:.2f} kbps; "
               f"encode {seconds / t_enc:.1f}x real time, decode {seconds / t_dec:.1f}x real time, "
-              f"encode + decode {seconds / (t_enc + t_dec):.1f}x; SNR {snr:.2f} dB")
+              f"encode + decode {seconds / (t_enc + t_dec):.1f}x; forward pass {gflops:.2f} GFLOP per second of audio; "
+              f"SNR {snr:.2f} dB")
 
 
 def memory_test(model_path: str, hours: float, workdir: str) -> None:

@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 import constants as C  # noqa: E402
 from cq_codec.config import Config  # noqa: E402
+from cq_codec.flops import count_flops  # noqa: E402
 from cq_codec.training.trainer import build_model  # noqa: E402
 
 CONFIGS = {
@@ -31,40 +32,13 @@ CONFIGS = {
     "ref_s4": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln", the_strides=(4,)),
     "gln64": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln"),
     "gln64_s4": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln", the_strides=(4,)),
+    "gln48_s4_r1": dict(channels=48, bottleneck=12, num_resnets=1, block_type="gln", the_strides=(4,),
+                        bottleneck_kernel_and_dilation=(9, 9, 2, 1)),   # the default model's modules
+    "gln32_s4": dict(channels=32, bottleneck=8, num_resnets=2, block_type="gln", the_strides=(4,)),
     "sep64": dict(channels=64, bottleneck=32, num_resnets=2, block_type="separable"),
     "sep100": dict(channels=100, bottleneck=40, num_resnets=2, block_type="separable"),
     "bottleneck": dict(channels=100, bottleneck=20, num_resnets=2, block_type="bottleneck"),
 }
-
-
-def count_flops(model) -> float:
-    """Analytic forward FLOPs per frame of the whole codec (convolutions only), via a tracing call
-    that records each Conv1D's output length."""
-    records = []
-    originals = {}
-    for cls in (keras.layers.Conv1D, keras.layers.DepthwiseConv1D):
-        originals[cls] = cls.call
-
-        def wrapped(self, inputs, _orig=originals[cls], _cls=cls):
-            out = _orig(self, inputs)
-            k = self.kernel_size[0]
-            cin = inputs.shape[-1]
-            if _cls is keras.layers.DepthwiseConv1D:
-                macs = out.shape[1] * k * cin
-            else:
-                macs = out.shape[1] * k * cin * self.filters
-            records.append(macs)
-            return out
-
-        cls.call = wrapped
-    try:
-        batch = {"x": tf.zeros([1, C.LPC_ORDER + C.FRAME_SIZE]), "lsf": tf.constant(
-            np.tile(np.linspace(0.2, 3.0, C.LPC_ORDER, dtype=np.float32), (1, 3, 1)))}
-        model(batch, training=False)
-    finally:
-        for cls, fn in originals.items():
-            cls.call = fn
-    return 2.0 * sum(records)
 
 
 def matmul_peak(seconds: float = 2.0) -> float:
