@@ -95,8 +95,8 @@ class CQCodec(keras.Model):
         # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
         self.tau = self.add_weight(shape=(n + 1,), initializer="zeros", trainable=False, name="tau")
         self.window = tf.constant(lpc.frame_window(), tf.float32)
-        names = ["loss", "time", "mel", "kbps", "lsf_bits", "H_lsf"] + [f"{k}_{i}" for i in range(1, n + 1)
-                                                             for k in ("H", "util", "ppl", "aux")]
+        names = ["loss", "time", "mel", "kbps", "lsf_bits", "H_lsf", "Hh_lsf"] + [
+            f"{k}_{i}" for i in range(1, n + 1) for k in ("H", "Hh", "util", "ppl", "aux")]
         self._trackers = {k: keras.metrics.Mean(name=k) for k in names}
 
     # ------------------------------------------------------------------ forward
@@ -172,11 +172,13 @@ class CQCodec(keras.Model):
             aux = q.aux_loss + w_sparse * q.metrics.get("sparsity", 0.0)
             loss += self.tau[i + 1] * h + aux
             t[f"H_{i + 1}"] = h
+            t[f"Hh_{i + 1}"] = q.metrics["hard_bits_per_code"] / self.codec_modules[i].quantizer.num_streams
             t[f"util_{i + 1}"] = q.metrics["utilisation"]
             t[f"ppl_{i + 1}"] = q.metrics["perplexity"]
             t[f"aux_{i + 1}"] = aux
         t["lsf_bits"] = lsf_bits
         t["H_lsf"] = lsf_bits / C.LPC_ORDER
+        t["Hh_lsf"] = lsf.metrics["hard_bits_per_code"] / C.LPC_ORDER
         t["kbps"] = frame_bits * C.FRAMES_PER_SECOND / C.BITS_PER_KBIT
         t["loss"] = loss
         return t
@@ -208,7 +210,8 @@ class CQCodec(keras.Model):
     def _inference_fn(self, kind: str, n: int):
         """A traced `tf.function` per (kind, number of modules): eager Keras calls cost several
         times the convolutions themselves on this model size (scripts/benchmark_codec.py)."""
-        key = (kind, n)
+        # Python-side quantizer state (RVQ stages in use) is baked into a trace: part of the key.
+        key = (kind, n, tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n]))
         fns = self.__dict__.setdefault("_cq_inference_fns", {})
         if key not in fns:
             if kind == "encode":

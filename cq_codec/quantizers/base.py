@@ -138,5 +138,8 @@ class Quantizer(keras.layers.Layer):
             "perplexity": entropy.perplexity(hard_hist),
             "utilisation": entropy.utilisation(hard_hist),
             "bits_per_code": bits / tf.maximum(n, 1.0),
+            # What the entropy coder will see (hard codes), summed over streams: rate control
+            # steers this, since the soft estimate differs from it (softmax, Gumbel: by 10-50%).
+            "hard_bits_per_code": entropy.hard_entropy_bits(hard_hist, n),
         }
         return bits, metrics

@@ -52,6 +52,16 @@ def stream_entropy_bits(hist):
     return -tf.reduce_sum(tf.math.xlogy(hist, hist), axis=-1) / _LN2
 
 
+def hard_entropy_bits(hist, n):
+    """Miller-Madow corrected entropy of hard-code histograms `[S, K]` (each from `n` codes),
+    summed over streams: `sum_s H_s + (K_used_s - 1) / (2 n ln 2)`. The plug-in entropy of a
+    batch is biased low by about that much (0.2-0.3 bits for 256 codes seen 512-1024 times)."""
+    hist = tf.convert_to_tensor(hist, tf.float32)
+    used = tf.reduce_sum(tf.cast(hist > 0, tf.float32), axis=-1)
+    correction = (used - 1.0) / (2.0 * tf.maximum(tf.cast(n, tf.float32), 1.0) * _LN2)
+    return tf.reduce_sum(stream_entropy_bits(hist) + correction)
+
+
 def total_bits(probs):
     """Estimated total bits to code every position of every stream of a batch.
 

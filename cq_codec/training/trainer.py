@@ -132,9 +132,9 @@ def _tau_targets(cfg: Config, model: CQCodec, stage: Stage) -> dict:
     for i in stage.train_modules:
         m = model.codec_modules[i]
         symbols = m.num_positions * m.quantizer.num_streams
-        targets[i + 1] = (f"H_{i + 1}", bits_per_symbol_target(cfg.per_module("target_entropy", i), cfg.target_unit, symbols))
+        targets[i + 1] = (f"Hh_{i + 1}", bits_per_symbol_target(cfg.per_module("target_entropy", i), cfg.target_unit, symbols))
     if stage.train_lsf and cfg.lsf_target_entropy > 0:
-        targets[0] = ("H_lsf", cfg.lsf_target_entropy)
+        targets[0] = ("Hh_lsf", cfg.lsf_target_entropy)
     return targets
 
 
