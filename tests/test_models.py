@@ -208,3 +208,43 @@ def test_flops_count_adds_up_over_modules():
     assert one > 0 and two == 2 * one            # identical modules, the LSF path has no convolutions
     # enc_in alone: 512 outputs x kernel 55 x 1 input x 8 filters multiply-adds.
     assert one > 2 * 512 * 55 * 8
+
+
+def test_hard_entropy_is_miller_madow_corrected():
+    from cq_codec.quantizers import entropy
+    hist = tf.constant([[0.25, 0.25, 0.25, 0.25, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]])
+    got = float(entropy.hard_entropy_bits(hist, 100))
+    assert got == pytest.approx(2.0 + 3 / (200 * np.log(2)) + 0.0, rel=1e-5)
+
+
+def test_rate_control_metric_is_the_hard_code_entropy(tiny):
+    """Hh_1 (what the tau controller steers) is the corrected entropy of the batch's hard codes."""
+    _, model, sample = tiny
+    batch = {k: tf.constant(v[:8]) for k, v in sample.items()}
+    fwd = model.forward(batch, training=True)
+    terms = model.compute_terms(fwd, training=True)
+    codes = fwd["modules"][0].codes.numpy().reshape(-1)
+    p = np.bincount(codes) / codes.size
+    p = p[p > 0]
+    want = -(p * np.log2(p)).sum() + (p.size - 1) / (2 * codes.size * np.log(2))
+    assert float(terms["Hh_1"]) == pytest.approx(want, rel=1e-4)
+
+
+def test_compiled_inference_follows_rvq_stages_in_use():
+    keras.utils.set_random_seed(0)
+    model = build_model(Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1, quantizer="rvq",
+                               embedding_dim=4, num_stages=2, codebook_size=8).validate())
+    frames = np.random.default_rng(0).standard_normal((3, C.FRAME_SIZE)).astype(np.float32)
+    codes = model.encode_frames(frames)
+    q = model.codec_modules[0].quantizer
+    both = model.decode_frames(codes).numpy()
+    q.num_active_stages = 1
+    try:
+        first = model.encode_frames(frames)
+        one = model.decode_frames(first).numpy()
+    finally:
+        q.num_active_stages = 2
+    assert codes[0].shape[-1] == 2 and first[0].shape[-1] == 1
+    np.testing.assert_array_equal(first[0].numpy()[..., 0], codes[0].numpy()[..., 0])
+    assert not np.allclose(one, both)
+    np.testing.assert_array_equal(model.decode_frames(model.encode_frames(frames)).numpy(), both)

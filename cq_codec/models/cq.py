@@ -207,19 +207,19 @@ class CQCodec(keras.Model):
         return self._report(self.compute_terms(self.forward(data, training=False)))
 
     # ------------------------------------------------------------------ inference on frames
-    def _inference_fn(self, kind: str, n: int):
+    def _inference_fn(self, kind: str, n: int, streams: tuple = ()):
         """A traced `tf.function` per (kind, number of modules): eager Keras calls cost several
         times the convolutions themselves on this model size (scripts/benchmark_codec.py)."""
         # Python-side quantizer state (RVQ stages in use) is baked into a trace: part of the key.
-        key = (kind, n, tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n]))
+        key = (kind, n, streams, tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n]))
         fns = self.__dict__.setdefault("_cq_inference_fns", {})
         if key not in fns:
             if kind == "encode":
                 spec = [tf.TensorSpec([None, C.FRAME_SIZE], tf.float32)]
                 fns[key] = tf.function(lambda r: self._encode_frames(r, n), input_signature=spec, reduce_retracing=True)
             else:
-                spec = [[tf.TensorSpec([None, m.num_positions, m.quantizer.num_streams], tf.int32)
-                         for m in self.codec_modules[:n]]]
+                spec = [[tf.TensorSpec([None, m.num_positions, k], tf.int32)
+                         for m, k in zip(self.codec_modules[:n], streams)]]
                 fns[key] = tf.function(self._decode_frames, input_signature=spec, reduce_retracing=True)
         return fns[key]
 
@@ -233,7 +233,8 @@ class CQCodec(keras.Model):
         codes = [tf.convert_to_tensor(c, tf.int32) for c in codes]
         if not 1 <= len(codes) <= len(self.codec_modules):
             raise ValueError(f"decode_frames: expected codes of 1..{len(self.codec_modules)} modules; got {len(codes)}")
-        return self._inference_fn("decode", len(codes))(codes)
+        streams = tuple(int(c.shape[-1]) for c in codes)   # RVQ: codes of fewer stages decode too
+        return self._inference_fn("decode", len(codes), streams)(codes)
 
     def _encode_frames(self, residual_frames, num_active):
         r = residual_frames * self.residual_scale
