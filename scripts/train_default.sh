@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-trains the default model (cq_codec/pretrained/default.keras) from scratch on the demo
 # corpus's training split, then installs it. Resumable: re-running continues from the last
-# finished epoch. Usage: bash scripts/train_default.sh [results_dir]
+# finished epoch. Usage: [INSTALL=0] bash scripts/train_default.sh [results_dir]
 #
 # Architecture chosen for speed (scripts/benchmark_codec.py, docs/DESIGN.md "Default model"):
 # 3 modules x 48-channel gated blocks, one block per section, stride 4 (about 1/4 of the
@@ -10,16 +10,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-results/_work}
-NAME=default_v3
+NAME=default_v4
 .venv/bin/python main.py --training_mode 4 --name "$NAME" --results_dir "$RESULTS" \
   --corpus demo --data_dir data/demo \
   --num_modules 3 --channels 48 --bottleneck 12 --num_resnets 1 --bottleneck_kernel_and_dilation 9,9,2,1 \
   --the_strides 4 --block_type gln \
   --target_entropy 1.75,1.7,1.9 --lsf_target_entropy 2.5 \
-  --epoch_tanh 20 --epoch_greedy_followers 14 --epoch_finetune 3 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2 \
+  --epoch_tanh 16 --epoch_greedy_followers 10 --epoch_finetune 2 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2 \
   --steps_per_epoch 300 --validation_steps 20 --batch_size 32 --lr_schedule cosine \
   --learning_rate_tanh 1e-3 --learning_rate_greedy_followers 1e-3 --learning_rate_finetune 2e-4 \
   --eval_clips 20
-mkdir -p cq_codec/pretrained
-[ "${INSTALL:-1}" = 1 ] && cp "$RESULTS/$NAME/model.keras" cq_codec/pretrained/default.keras
-[ "${INSTALL:-1}" = 1 ] && echo "installed cq_codec/pretrained/default.keras"
+if [ "${INSTALL:-1}" = 1 ]; then   # INSTALL=0: train and evaluate only
+  mkdir -p cq_codec/pretrained
+  cp "$RESULTS/$NAME/model.keras" cq_codec/pretrained/default.keras
+  echo "installed cq_codec/pretrained/default.keras"
+fi
