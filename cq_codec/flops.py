@@ -11,8 +11,9 @@ import constants as C
 __all__ = ["count_flops"]
 
 
-def count_flops(model) -> float:
-    """Forward FLOPs per 512-sample frame of the codec's `num_active` modules (convolutions only),
+def count_flops(model, num_active: int | None = None) -> float:
+    """Forward FLOPs per 512-sample frame of the codec's first `num_active` modules (default: the
+    model's `num_active`; convolutions only),
     from one call that records each Conv1D's output length. Times `C.FRAMES_PER_SECOND` gives
     FLOPs per second of audio."""
     records = []
@@ -35,7 +36,7 @@ def count_flops(model) -> float:
     try:
         batch = {"x": tf.zeros([1, C.LPC_ORDER + C.FRAME_SIZE]), "lsf": tf.constant(
             np.tile(np.linspace(0.2, 3.0, C.LPC_ORDER, dtype=np.float32), (1, 3, 1)))}
-        model(batch, training=False)
+        model.forward(batch, training=False, num_active=num_active)
     finally:
         for cls, fn in originals.items():
             cls.call = fn

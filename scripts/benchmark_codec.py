@@ -68,12 +68,7 @@ def measure(codec, wav: np.ndarray) -> None:
     models = cs.entropy_models(codec.model)
     from cq_codec.flops import count_flops
     for n, expected in codec.operating_points:
-        active = codec.model.num_active
-        codec.model.num_active = n
-        try:
-            gflops = count_flops(codec.model) * C.FRAMES_PER_SECOND / 1e9
-        finally:
-            codec.model.num_active = active
+        gflops = count_flops(codec.model, n) * C.FRAMES_PER_SECOND / 1e9
         codec.decompress(codec.compress(wav[:16000], C.SAMPLE_RATE, num_modules=n))  # warm-up (tracing)
         t_enc = t_dec = float("inf")
         for _ in range(FLAGS.repeats):   # best of `repeats`: the least disturbed run

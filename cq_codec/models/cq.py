@@ -134,14 +134,14 @@ class CQCodec(keras.Model):
             errs.append(e - total / self.residual_scale)
         a_centre = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1])
         x_w = x[:, C.LPC_ORDER:] * self.window
-        err_sig = tf_ops.synthesis_error_tf(errs[-1], a_centre)
+        k = len(errs) if self.prefix_loss and training else 1
+        # With prefix_loss, every prefix of the cascade is an operating point: the loss sees each
+        # one's output (stacked along the batch, the full cascade last), so joint fine-tuning
+        # cannot trade module 1's standalone quality for the full cascade's.
+        sig = tf_ops.synthesis_error_tf(tf.concat(errs[-k:], 0), tf.tile(a_centre, [k, 1]))
+        err_sig = sig[-tf.shape(x_w)[0]:]
         out = {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs}
-        if self.prefix_loss and training and len(errs) > 1:
-            # Every prefix of the cascade is an operating point: the loss sees each one's output
-            # (stacked along the batch), so joint fine-tuning cannot trade module 1's standalone
-            # quality for the full cascade's.
-            k = len(errs)
-            sig = tf_ops.synthesis_error_tf(tf.concat(errs, 0), tf.tile(a_centre, [k, 1]))
+        if k > 1:
             out["loss_x"] = tf.tile(x_w, [k, 1])
             out["loss_x_hat"] = out["loss_x"] - sig
         return out
@@ -208,8 +208,8 @@ class CQCodec(keras.Model):
 
     # ------------------------------------------------------------------ inference on frames
     def _inference_fn(self, kind: str, n: int, streams: tuple = ()):
-        """A traced `tf.function` per (kind, number of modules): eager Keras calls cost several
-        times the convolutions themselves on this model size (scripts/benchmark_codec.py)."""
+        """A traced `tf.function` per (kind, number of modules, code streams, RVQ stages in use):
+        eager Keras calls cost several times the convolutions themselves on this model size."""
         # Python-side quantizer state (RVQ stages in use) is baked into a trace: part of the key.
         key = (kind, n, streams, tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n]))
         fns = self.__dict__.setdefault("_cq_inference_fns", {})
