@@ -38,6 +38,8 @@ _HELP = {
     "bottleneck_kernel_and_dilation": "kernel1,kernel2,dilation1,dilation2 of the residual blocks",
     "the_strides": "downsampling stride per module (1, 2 or 4; the last is reused)",
     "block_type": "gln (gated, the original), bottleneck or separable (depthwise-separable)",
+    "front_end": "conv (the original: layers at the sample rate) or patch (stride-sample patches, every "
+                 "layer at the code rate: about 1/5 of the FLOPs)",
     "is_cq": "collaborative quantization: train the LSF codebook jointly",
     "res_scalar": "extra factor on the residual fed to the cascade",
     "quantizer": "softmax|vq|rvq|gumbel|pq",
@@ -57,6 +59,8 @@ _HELP = {
     "target_unit": "bits (per symbol) or kbps (per module)",
     "tau_init": "entropy weight when a stream's rate control starts",
     "lsf_target_entropy": "entropy target of the LSF codes in bits per LSF (0 = no LSF rate control)",
+    "rate_calibration": "calibrate the rate controller on the validation split each epoch, so the held-out "
+                        "codes' entropy (not the training batches') meets the target",
     "tau_step": "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps",
     "coeff_term": "loss weights time,mel,sparsity",
     "learning_rate_tanh": "learning rate of the first module",

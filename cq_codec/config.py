@@ -14,10 +14,11 @@ from typing import Any
 
 import constants as C
 
-__all__ = ["Config", "ConfigError", "parse_int_list", "parse_float_list", "QUANTIZERS", "BLOCK_TYPES"]
+__all__ = ["Config", "ConfigError", "parse_int_list", "parse_float_list", "QUANTIZERS", "BLOCK_TYPES", "FRONT_ENDS"]
 
 QUANTIZERS = ("softmax", "vq", "rvq", "gumbel", "pq")
 BLOCK_TYPES = ("gln", "bottleneck", "separable")
+FRONT_ENDS = ("conv", "patch")   # cq_codec.models.residual_module.FRONT_ENDS
 CORPORA = ("auto", "demo", "timit", "vctk", "librispeech", "folder")
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 
@@ -72,6 +73,7 @@ class Config:
     bottleneck_kernel_and_dilation: tuple = (9, 9, 1, 2)  # kernel, kernel, dilation, dilation
     the_strides: tuple = (2,)
     block_type: str = "gln"
+    front_end: str = "conv"          # "conv" (reference: sample-rate layers) or "patch" (lean)
     is_cq: bool = True
     res_scalar: float = 1.0
     # Quantization.
@@ -98,6 +100,7 @@ class Config:
     lsf_target_entropy: float = 2.5      # bits per LSF symbol (16 per frame); 0 = no LSF rate control
     tau_init: float = 0.5                # entropy weight when a stream's control starts
     tau_step: float = 0.05               # gain of the multiplicative tau controller
+    rate_calibration: bool = True        # steer so the validation entropy meets the target
     # Loss weights: time RMSE, mel, sparsity. The paper used 60, 10, 10; with the tau controller
     # setting the rate, the sparsity term only pushes codes toward collapse (measured), so 0.
     coeff_term: tuple = (60.0, 10.0, 0.0)
@@ -143,6 +146,7 @@ class Config:
         need(1 <= self.num_modules <= 8, "num_modules", f"must be 1..8; got {self.num_modules}")
         need(self.channels >= 2 and self.channels % 2 == 0, "channels", f"must be an even number >= 2; got {self.channels}")
         need(1 <= self.bottleneck <= self.channels, "bottleneck", f"must be in 1..channels ({self.channels}); got {self.bottleneck}")
+        need(self.front_end in FRONT_ENDS, "front_end", f"must be one of {', '.join(FRONT_ENDS)}; got {self.front_end!r}")
         need(self.num_resnets >= 0, "num_resnets", f"must be >= 0; got {self.num_resnets}")
         kd = list(self.bottleneck_kernel_and_dilation)
         need(len(kd) == 4 and all(v >= 1 for v in kd), "bottleneck_kernel_and_dilation",

@@ -25,6 +25,7 @@ from absl import app, flags, logging
 
 import constants as C
 from cq_codec.config import Config, parse_int_list
+from cq_codec.losses import bits_per_symbol_target
 from cq_codec.evaluation.studies import QUANTIZER_KWARGS
 from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
 
@@ -37,6 +38,8 @@ DEFAULTS = {
     "channels": 32,
     "target_kbps": 7.0,
     "learning_rate": 3e-4,
+    "tau_step": 0.2,
+    "validation_steps": 5,
     "max_train_minutes": 0.0,
     "max_clips": 12,
     "data_dir": "data/demo",
@@ -54,6 +57,8 @@ _HELP = {
     "channels": ("integer", "channels of the residual module"),
     "target_kbps": ("float", "entropy target per module, kbps (same for every quantizer)"),
     "learning_rate": ("float", "learning rate"),
+    "tau_step": ("float", "gain of the entropy-weight controller (same for every quantizer)"),
+    "validation_steps": ("integer", "validation batches per epoch (they also calibrate the rate controller)"),
     "max_train_minutes": ("float", "cap on training audio (0 = the whole training split)"),
     "max_clips": ("integer", "test clips scored per codec"),
     **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "cache_dir", "out", "work",)},
@@ -84,7 +89,8 @@ def make_config(quantizer: str, seed: int, work: str, **budget) -> Config:
                   max_train_minutes=budget["max_train_minutes"], training_mode=1, num_modules=1,
                   channels=budget["channels"], bottleneck=max(2, budget["channels"] // 4), quantizer=quantizer,
                   epoch_tanh=epochs, pretrain_step=1, steps_per_epoch=steps // epochs,
-                  validation_steps=2, batch_size=budget["batch_size"], target_entropy=(budget["target_kbps"],),
+                  validation_steps=int(budget.get("validation_steps", 5)), tau_step=float(budget.get("tau_step", 0.2)),
+                  batch_size=budget["batch_size"], target_entropy=(budget["target_kbps"],),
                   target_unit="kbps", learning_rate_tanh=(budget["learning_rate"],),
                   **QUANTIZER_KWARGS[quantizer]).validate()
 
@@ -166,7 +172,8 @@ def run(opts) -> None:
     quantizers = [q.strip() for q in opts.quantizers.split(",") if q.strip()]
     seeds = parse_int_list(opts.seeds, "seeds")
     budget = dict(steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size, channels=opts.channels,
-                  target_kbps=opts.target_kbps, learning_rate=opts.learning_rate,
+                  target_kbps=opts.target_kbps, learning_rate=opts.learning_rate, tau_step=opts.tau_step,
+                  validation_steps=opts.validation_steps,
                   max_train_minutes=opts.max_train_minutes, data_dir=opts.data_dir, corpus=opts.corpus,
                   cache_dir=opts.cache_dir)
     cfgs = [make_config(q, s, opts.work, **budget) for q in quantizers for s in seeds]   # validate all first
@@ -187,7 +194,12 @@ def run(opts) -> None:
         histories[(cfg.quantizer, cfg.seed)] = hist
         mean = studies.mean_rows(rows, ["quantizer", "seed"], ["kbps", "payload_kbps", "pesq_wb", "stoi", "si_sdr",
                                                                  "encode_ms_per_s", "decode_ms_per_s"])[0]
-        mean.update(stats, params=int(codec.model.count_params()), train_seconds=trained["train_seconds"],
+        mod = codec.model.codec_modules[0]
+        target_bits = bits_per_symbol_target(cfg.target_entropy[0], cfg.target_unit,
+                                             mod.num_positions * mod.quantizer.num_streams)
+        val_bits = float(hist[-1]["val_Hh_1"])
+        mean.update(stats, params=int(codec.model.count_params()), target_bits=target_bits, val_bits=val_bits,
+                    train_bits=float(hist[-1]["Hh_1"]), entropy_error_pct=100.0 * (val_bits / target_bits - 1.0), train_seconds=trained["train_seconds"],
                     steps=cfg.steps_per_epoch * cfg.epoch_tanh, final_val_loss=float(hist[-1]["val_loss"]),
                     operating_points=codec.num_modules * (cfg.num_stages if cfg.quantizer == "rvq" else 1),
                     collapsed=stats["utilisation"] < 0.1)
@@ -199,7 +211,7 @@ def run(opts) -> None:
                 logging.warning("RVQ stage sweep failed for %s: %s: %s", cfg.name, type(e).__name__, e)
         studies.write_csv(per_seed, os.path.join(opts.out, "quantizers.csv"))   # partial results survive a kill
     studies.write_csv(per_clip, os.path.join(opts.out, "per_clip.csv"))
-    keys = ["kbps", "payload_kbps", "bits_per_code", "utilisation", "perplexity", "pesq_wb", "stoi", "si_sdr",
+    keys = ["kbps", "payload_kbps", "target_bits", "val_bits", "train_bits", "entropy_error_pct", "bits_per_code", "utilisation", "perplexity", "pesq_wb", "stoi", "si_sdr",
             "encode_ms_per_s", "decode_ms_per_s", "params", "train_seconds", "final_val_loss", "operating_points"]
     summary = studies.mean_rows(per_seed, ["quantizer"], keys)
     for s in summary:
@@ -222,12 +234,17 @@ def run(opts) -> None:
              "Fixed-length rates matched: vector quantizers code 8 bits per 8-dim vector (8.53 kbps before entropy "
              "coding); softmax 32 bins per scalar. utilisation: fraction of the codebook used on the test clips "
              "(mean over streams); collapsed = utilisation < 0.1. ± = std over seeds. operating_points: modules x RVQ stages "
-             "(see rvq_stages.csv for the RVQ stage sweep, an entropy estimate).\n\n"
+             "(see rvq_stages.csv for the RVQ stage sweep, an entropy estimate). "
+             "target_bits: the module's entropy target per code symbol; val_bits / train_bits: the hard codes' "
+             "(Miller-Madow corrected) entropy per symbol on the validation / training batches of the last epoch; "
+             "entropy_error_pct = val_bits / target_bits - 1 (the rate controller calibrates on validation).\n\n"
              f"Command: `python scripts/compare_quantizers.py --steps {opts.steps} --epochs {opts.epochs} "
              f"--batch_size {opts.batch_size} --channels {opts.channels} --seeds {opts.seeds} "
-             f"--target_kbps {opts.target_kbps:g} --max_clips {opts.max_clips}`")
+             f"--target_kbps {opts.target_kbps:g} --tau_step {opts.tau_step:g} --validation_steps {opts.validation_steps} "
+             f"--max_clips {opts.max_clips}`")
     studies.write_markdown(table_rows, os.path.join(opts.out, "summary.md"),
-                           ["quantizer", "kbps", "payload_kbps", "bits_per_code", "utilisation", "perplexity", "pesq",
+                           ["quantizer", "kbps", "payload_kbps", "target_bits", "val_bits", "train_bits",
+                            "entropy_error_pct", "bits_per_code", "utilisation", "perplexity", "pesq",
                             "stoi_", "si_sdr", "encode_ms_per_s", "decode_ms_per_s", "params", "train_seconds",
                             "final_val_loss", "operating_points", "collapsed_seeds"],
                            "Quantizer comparison", notes)

@@ -23,6 +23,31 @@ def test_tau_moves_toward_the_target(h, direction):
     assert np.sign(round(tau.numpy()[1] - 0.5, 9)) == direction
 
 
+def test_validation_calibration_steers_held_out_entropy_to_the_target():
+    # Training batches read 2.0 = the target, but held-out speech reads 1.6 (20 % under):
+    # the calibrated controller raises the training goal by 2.0 / 1.6 and lowers tau.
+    tau = tf.Variable([0.0, 0.0])
+    ctrl = TauController(tau, {1: ("H_1", 2.0)}, gain=0.1, every=5, tau_init=0.5, calibrate=True)
+    _drive(ctrl, 2.0, 20)
+    assert tau.numpy()[1] == pytest.approx(0.5)            # on target: tau unchanged
+    ctrl.on_epoch_end(0, {"H_1": 2.0, "val_H_1": 1.6})
+    assert ctrl.scale[1] == pytest.approx(np.sqrt(1.25))   # geometric mean with the old scale 1
+    ctrl.on_epoch_end(1, {"H_1": 2.0, "val_H_1": 1.6})
+    assert ctrl.scale[1] == pytest.approx(1.25 ** 0.75)
+    _drive(ctrl, 2.0, 20)
+    assert tau.numpy()[1] < 0.5
+    # Without calibration (or without validation logs) the scale stays 1.
+    plain = TauController(tf.Variable([0.0, 0.0]), {1: ("H_1", 2.0)}, gain=0.1, every=5)
+    _drive(plain, 2.0, 20)
+    plain.on_epoch_end(0, {"val_H_1": 1.6})
+    ctrl.on_epoch_end(2, {"H_1": 2.0})
+    assert plain.scale[1] == 1.0 and ctrl.scale[1] == pytest.approx(1.25 ** 0.75)
+    # A wild validation reading is clipped: the scale never leaves [0.5, 2].
+    for e in range(3, 20):
+        ctrl.on_epoch_end(e, {"val_H_1": 0.01})
+    assert ctrl.scale[1] <= 2.0 and ctrl.scale[1] == pytest.approx(2.0, rel=1e-3)
+
+
 def test_tau_is_clipped_and_waits_for_pretrain():
     tau = tf.Variable([0.0, 0.0])
     ctrl = TauController(tau, {1: ("H_1", 1.0)}, gain=5.0, every=1, tau_max=10.0, active_from_epoch=1)

@@ -74,6 +74,54 @@ def test_module_strides_give_frame_back(stride):
     assert m.num_positions == C.FRAME_SIZE // stride
 
 
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_patch_front_end_gives_frame_back_and_runs_at_code_rate(stride):
+    m = ResidualModule(channels=8, bottleneck=4, num_resnets=1, stride=stride, front_end="patch")
+    x = tf.random.normal([2, C.FRAME_SIZE, 1])
+    y, q = m(x, training=False)
+    assert y.shape == (2, C.FRAME_SIZE, 1)
+    assert q.codes.shape == (2, C.FRAME_SIZE // stride, 1)
+    # Depth-to-space: output sample t comes from code-rate position t // stride, channel t % stride.
+    last = m.decoder_layers[-1]
+    assert last.filters == stride
+    h = tf.reshape(m.quantizer.decode(q.codes), (2, C.FRAME_SIZE // stride, 1))
+    for layer in m.decoder_layers:
+        h = layer(h)
+    h, yy = h.numpy(), y.numpy()
+    assert h.shape == (2, C.FRAME_SIZE // stride, stride)
+    t, j = 5, stride - 1
+    assert yy[1, t * stride + j, 0] == h[1, t, j]
+    # Every convolution runs at the code rate: none sees frame_size positions (for stride > 1).
+    if stride > 1:
+        shape = (2, C.FRAME_SIZE // stride, stride)
+        for layer in m.encoder_layers:
+            assert shape[1] == C.FRAME_SIZE // stride
+            shape = layer.compute_output_shape(shape)
+
+
+def test_patch_front_end_is_cheaper_trains_and_round_trips(tmp_path):
+    from cq_codec.flops import count_flops
+    base = dict(num_modules=1, channels=16, bottleneck=4, num_resnets=1, the_strides=(4,))
+    conv = build_model(Config(**base).validate())
+    patch = build_model(Config(**base, front_end="patch").validate())
+    assert count_flops(patch) < count_flops(conv) / 3
+    with tf.GradientTape() as tape:
+        batch = {"x": tf.random.normal([2, C.LPC_ORDER + C.FRAME_SIZE]), "lsf": tf.constant(
+            np.tile(np.linspace(0.2, 3.0, C.LPC_ORDER, dtype=np.float32), (2, 3, 1)))}
+        loss = patch.compute_terms(patch.forward(batch, training=True), training=True)["loss"]
+    grads = tape.gradient(loss, patch.codec_modules[0].trainable_variables)
+    assert all(g is not None for g in grads)
+    path = os.path.join(tmp_path, "patch.keras")
+    patch.save(path)
+    again = keras.models.load_model(path)
+    assert again.codec_modules[0].front_end == "patch"
+    np.testing.assert_array_equal(patch(batch, training=False).numpy(), again(batch, training=False).numpy())
+    with pytest.raises(ValueError, match="front_end"):
+        ResidualModule(front_end="pixel")
+    with pytest.raises(Exception, match="front_end"):
+        Config(front_end="pixel").validate()
+
+
 def test_module_vector_grouping_and_bad_stride():
     m = ResidualModule(channels=8, bottleneck=4, num_resnets=1, stride=4, vector_dim=4,
                        quantizer={"name": "vq", "codebook_size": 16})

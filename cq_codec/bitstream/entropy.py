@@ -271,9 +271,12 @@ class ContextModel(_ModelBase):
         models = self._coder_models()
         symbols = c[:, keep].reshape(-1).tolist()
         contexts = self._contexts(c)[:, keep].reshape(-1).tolist()
-        encode_one = encoder.encode
-        for x, k, m in zip(symbols, contexts, [models[s] for s in keep] * len(c)):
-            encode_one(x, m[k])
+        if len(keep) == 1:   # the common case (scalar codes): the loop runs inside map()
+            coder_models = map(models[keep[0]].__getitem__, contexts)
+        else:
+            coder_models = map(lambda m, k: m[k], [models[s] for s in keep] * len(c), contexts)
+        for _ in map(encoder.encode, symbols, coder_models):
+            pass
 
     def _decode(self, decoder, num_rows: int) -> np.ndarray:
         out = np.zeros((num_rows, self.num_streams), dtype=np.int32)
@@ -281,8 +284,15 @@ class ContextModel(_ModelBase):
         if not keep or not num_rows:
             return out
         models = [self._coder_models()[s] for s in keep]
+        decode_one = decoder.decode
+        if len(keep) == 1:   # the common case: a tight loop over one stream
+            table, prev, flat = models[0], 0, [0] * num_rows
+            for i in range(num_rows):
+                prev = flat[i] = decode_one(table[prev]) + 1
+            out[:, keep[0]] = np.asarray(flat, dtype=np.int32) - 1
+            return out
         flat, prev = [], [0] * len(keep)
-        decode_one, append = decoder.decode, flat.append
+        append = flat.append
         for _ in range(num_rows):
             for j, m in enumerate(models):
                 x = decode_one(m[prev[j]])

@@ -3,6 +3,12 @@
 The reference architecture (Zhen et al., CMRL Interspeech 2019 / CQ ICASSP 2020):
 encoder conv 1->C (k55); blocks; strided conv (k9); blocks; conv C->code_dim (k55) + tanh;
 decoder conv ->C (k9); blocks; sub-pixel upsampling (T/s, C) -> (T, C/2); blocks; conv C/2->1 (k55).
+
+`front_end="patch"` is the lean variant measured for the default model (docs/DESIGN.md): the
+frame is cut into `stride`-sample patches ([T, 1] -> [T/s, s], space-to-depth) and every layer
+runs at the code rate: encoder conv s->C (k9); all blocks; conv C->code_dim (k55) + tanh;
+decoder conv ->C (k9); all blocks; conv C->s (k9), patches back to samples (depth-to-space).
+No layer runs at the sample rate, so a module costs about a fifth of the reference's FLOPs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import constants as C
 from cq_codec.nn.blocks import SubPixelUpsample1D, make_block
 from cq_codec.quantizers import get_quantizer
 
-__all__ = ["ResidualModule"]
+__all__ = ["ResidualModule", "FRONT_ENDS"]
+
+FRONT_ENDS = ("conv", "patch")
 
 
 @keras.saving.register_keras_serializable(package="cq_codec")
@@ -29,8 +37,10 @@ class ResidualModule(layers.Layer):
     def __init__(self, channels: int = 100, bottleneck: int = 20, num_resnets: int = 2,
                  kernel_and_dilation=(9, 9, 1, 2), stride: int = 2, block_type: str = "gln",
                  code_dim: int = 1, vector_dim: int = 1, quantizer: dict | None = None,
-                 frame_size: int = C.FRAME_SIZE, **kwargs):
+                 frame_size: int = C.FRAME_SIZE, front_end: str = "conv", **kwargs):
         super().__init__(**kwargs)
+        if front_end not in FRONT_ENDS:
+            raise ValueError(f"ResidualModule: front_end must be one of {', '.join(FRONT_ENDS)}; got {front_end!r}")
         if stride not in (1, 2, 4):
             raise ValueError(f"ResidualModule: stride must be 1, 2 or 4; got {stride}")
         if frame_size % stride:
@@ -49,6 +59,7 @@ class ResidualModule(layers.Layer):
         self.code_dim = int(code_dim)
         self.vector_dim = int(vector_dim)
         self.frame_size = int(frame_size)
+        self.front_end = front_end
         self.quantizer_config = dict(quantizer or {"name": "softmax"})
         qcfg = dict(self.quantizer_config)
         self.quantizer = get_quantizer(qcfg.pop("name"), **qcfg)
@@ -60,14 +71,20 @@ class ResidualModule(layers.Layer):
 
         conv = lambda n, ks, s=1, act=None, name=None: layers.Conv1D(n, ks, strides=s, padding="same",
                                                                       activation=act, name=name)
-        enc = [conv(self.channels, 55, name="enc_in")] + blocks(self.channels, self.bottleneck, "enc_a")
-        if self.stride > 1:
-            enc.append(conv(self.channels, 9, self.stride, name="enc_down"))
-        enc += blocks(self.channels, self.bottleneck, "enc_b") + [conv(self.code_dim, 55, act="tanh", name="enc_out")]
-        half = self.channels // 2
-        dec = [conv(self.channels, 9, name="dec_in")] + blocks(self.channels, self.bottleneck, "dec_a")
-        dec.append(SubPixelUpsample1D(self.stride, half, name="dec_up") if self.stride > 1 else conv(half, 9, name="dec_up"))
-        dec += blocks(half, max(1, self.bottleneck // 2), "dec_b") + [conv(1, 55, name="dec_out")]
+        if front_end == "patch":
+            enc = ([conv(self.channels, 9, name="enc_in")] + blocks(self.channels, self.bottleneck, "enc_a")
+                   + blocks(self.channels, self.bottleneck, "enc_b") + [conv(self.code_dim, 55, act="tanh", name="enc_out")])
+            dec = ([conv(self.channels, 9, name="dec_in")] + blocks(self.channels, self.bottleneck, "dec_a")
+                   + blocks(self.channels, self.bottleneck, "dec_b") + [conv(self.stride, 9, name="dec_out")])
+        else:
+            enc = [conv(self.channels, 55, name="enc_in")] + blocks(self.channels, self.bottleneck, "enc_a")
+            if self.stride > 1:
+                enc.append(conv(self.channels, 9, self.stride, name="enc_down"))
+            enc += blocks(self.channels, self.bottleneck, "enc_b") + [conv(self.code_dim, 55, act="tanh", name="enc_out")]
+            half = self.channels // 2
+            dec = [conv(self.channels, 9, name="dec_in")] + blocks(self.channels, self.bottleneck, "dec_a")
+            dec.append(SubPixelUpsample1D(self.stride, half, name="dec_up") if self.stride > 1 else conv(half, 9, name="dec_up"))
+            dec += blocks(half, max(1, self.bottleneck // 2), "dec_b") + [conv(1, 55, name="dec_out")]
         self.encoder_layers = enc
         self.decoder_layers = dec
         # 1.0 during the quantization-free pretrain epochs: a variable, so no retracing.
@@ -79,7 +96,8 @@ class ResidualModule(layers.Layer):
         return self.frame_size // self.stride * self.code_dim // self.vector_dim
 
     def build(self, input_shape):
-        shape = (input_shape[0], self.frame_size, 1)
+        shape = (input_shape[0], self.frame_size, 1) if self.front_end == "conv" else \
+            (input_shape[0], self.frame_size // self.stride, self.stride)
         for layer in self.encoder_layers:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
@@ -91,7 +109,7 @@ class ResidualModule(layers.Layer):
 
     def encode_latent(self, x):
         """[B, 512, 1] -> latents [B, positions, vector_dim] (before quantization)."""
-        h = x
+        h = x if self.front_end == "conv" else ops.reshape(x, (-1, self.frame_size // self.stride, self.stride))
         for layer in self.encoder_layers:
             h = layer(h)
         return ops.reshape(h, (-1, self.num_positions, self.vector_dim))
@@ -101,7 +119,7 @@ class ResidualModule(layers.Layer):
         h = ops.reshape(q, (-1, self.frame_size // self.stride, self.code_dim))
         for layer in self.decoder_layers:
             h = layer(h)
-        return h
+        return h if self.front_end == "conv" else ops.reshape(h, (-1, self.frame_size, 1))
 
     def call(self, x, training=None):
         z = self.encode_latent(x)
@@ -118,5 +136,6 @@ class ResidualModule(layers.Layer):
         cfg.update(channels=self.channels, bottleneck=self.bottleneck, num_resnets=self.num_resnets,
                    kernel_and_dilation=list(self.kernel_and_dilation), stride=self.stride,
                    block_type=self.block_type, code_dim=self.code_dim, vector_dim=self.vector_dim,
-                   quantizer=self.quantizer_config, frame_size=self.frame_size)
+                   quantizer=self.quantizer_config, frame_size=self.frame_size,
+                   front_end=self.front_end)
         return cfg

@@ -81,7 +81,7 @@ def module_configs(cfg: Config) -> list[dict]:
     vector_dim = 1 if cfg.quantizer == "softmax" else cfg.embedding_dim
     return [dict(channels=cfg.channels, bottleneck=cfg.bottleneck, num_resnets=cfg.num_resnets,
                  kernel_and_dilation=list(cfg.bottleneck_kernel_and_dilation), stride=cfg.stride(i),
-                 block_type=cfg.block_type, code_dim=1, vector_dim=vector_dim,
+                 block_type=cfg.block_type, front_end=cfg.front_end, code_dim=1, vector_dim=vector_dim,
                  quantizer=quantizer_config(cfg, i)) for i in range(cfg.num_modules)]
 
 
@@ -182,7 +182,7 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
             anneal,
             PretrainBypass(trained if stage.name != "finetune" else [], stage.pretrain),
             TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
-                          tau_init=cfg.tau_init),
+                          tau_init=cfg.tau_init, calibrate=cfg.rate_calibration),
             EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(exp, "metrics.csv")),
             keras.callbacks.TensorBoard(os.path.join(exp, "tensorboard", stage.name), write_graph=False),
             *extra_callbacks,
