@@ -39,7 +39,7 @@ DEFAULTS = {
     "target_kbps": 7.0,
     "learning_rate": 3e-4,
     "tau_step": 0.2,
-    "validation_steps": 5,
+    "validation_steps": 10,
     "max_train_minutes": 0.0,
     "max_clips": 12,
     "data_dir": "data/demo",
@@ -89,7 +89,7 @@ def make_config(quantizer: str, seed: int, work: str, **budget) -> Config:
                   max_train_minutes=budget["max_train_minutes"], training_mode=1, num_modules=1,
                   channels=budget["channels"], bottleneck=max(2, budget["channels"] // 4), quantizer=quantizer,
                   epoch_tanh=epochs, pretrain_step=1, steps_per_epoch=steps // epochs,
-                  validation_steps=int(budget.get("validation_steps", 5)), tau_step=float(budget.get("tau_step", 0.2)),
+                  validation_steps=int(budget.get("validation_steps", 10)), tau_step=float(budget.get("tau_step", 0.2)),
                   batch_size=budget["batch_size"], target_entropy=(budget["target_kbps"],),
                   target_unit="kbps", learning_rate_tanh=(budget["learning_rate"],),
                   **QUANTIZER_KWARGS[quantizer]).validate()
@@ -198,6 +198,7 @@ def run(opts) -> None:
         target_bits = bits_per_symbol_target(cfg.target_entropy[0], cfg.target_unit,
                                              mod.num_positions * mod.quantizer.num_streams)
         val_bits = float(hist[-1]["val_Hh_1"])
+        stats["code_error_pct"] = 100.0 * (stats["bits_per_code"] / target_bits - 1.0)
         mean.update(stats, params=int(codec.model.count_params()), target_bits=target_bits, val_bits=val_bits,
                     train_bits=float(hist[-1]["Hh_1"]), entropy_error_pct=100.0 * (val_bits / target_bits - 1.0), train_seconds=trained["train_seconds"],
                     steps=cfg.steps_per_epoch * cfg.epoch_tanh, final_val_loss=float(hist[-1]["val_loss"]),
@@ -211,7 +212,8 @@ def run(opts) -> None:
                 logging.warning("RVQ stage sweep failed for %s: %s: %s", cfg.name, type(e).__name__, e)
         studies.write_csv(per_seed, os.path.join(opts.out, "quantizers.csv"))   # partial results survive a kill
     studies.write_csv(per_clip, os.path.join(opts.out, "per_clip.csv"))
-    keys = ["kbps", "payload_kbps", "target_bits", "val_bits", "train_bits", "entropy_error_pct", "bits_per_code", "utilisation", "perplexity", "pesq_wb", "stoi", "si_sdr",
+    keys = ["kbps", "payload_kbps", "target_bits", "val_bits", "train_bits", "entropy_error_pct", "bits_per_code",
+            "code_error_pct", "utilisation", "perplexity", "pesq_wb", "stoi", "si_sdr",
             "encode_ms_per_s", "decode_ms_per_s", "params", "train_seconds", "final_val_loss", "operating_points"]
     summary = studies.mean_rows(per_seed, ["quantizer"], keys)
     for s in summary:
@@ -237,14 +239,16 @@ def run(opts) -> None:
              "(see rvq_stages.csv for the RVQ stage sweep, an entropy estimate). "
              "target_bits: the module's entropy target per code symbol; val_bits / train_bits: the hard codes' "
              "(Miller-Madow corrected) entropy per symbol on the validation / training batches of the last epoch; "
-             "entropy_error_pct = val_bits / target_bits - 1 (the rate controller calibrates on validation).\n\n"
+             "entropy_error_pct = val_bits / target_bits - 1 (the rate controller calibrates on validation); "
+             "bits_per_code: the plug-in entropy of the codes the codec makes on the test clips (per stream), "
+             "code_error_pct = bits_per_code / target_bits - 1: the measured rate against the target.\n\n"
              f"Command: `python scripts/compare_quantizers.py --steps {opts.steps} --epochs {opts.epochs} "
              f"--batch_size {opts.batch_size} --channels {opts.channels} --seeds {opts.seeds} "
              f"--target_kbps {opts.target_kbps:g} --tau_step {opts.tau_step:g} --validation_steps {opts.validation_steps} "
              f"--max_clips {opts.max_clips}`")
     studies.write_markdown(table_rows, os.path.join(opts.out, "summary.md"),
                            ["quantizer", "kbps", "payload_kbps", "target_bits", "val_bits", "train_bits",
-                            "entropy_error_pct", "bits_per_code", "utilisation", "perplexity", "pesq",
+                            "entropy_error_pct", "bits_per_code", "code_error_pct", "utilisation", "perplexity", "pesq",
                             "stoi_", "si_sdr", "encode_ms_per_s", "decode_ms_per_s", "params", "train_seconds",
                             "final_val_loss", "operating_points", "collapsed_seeds"],
                            "Quantizer comparison", notes)
