@@ -38,7 +38,7 @@ DEFAULTS = {
     "channels": 32,
     "target_kbps": 7.0,
     "learning_rate": 3e-4,
-    "tau_step": 0.2,
+    "tau_step": 0.05,
     "validation_steps": 10,
     "max_train_minutes": 0.0,
     "max_clips": 12,
@@ -57,7 +57,7 @@ _HELP = {
     "channels": ("integer", "channels of the residual module"),
     "target_kbps": ("float", "entropy target per module, kbps (same for every quantizer)"),
     "learning_rate": ("float", "learning rate"),
-    "tau_step": ("float", "gain of the entropy-weight controller (same for every quantizer)"),
+    "tau_step": ("float", "gain of the entropy-weight controller (Gumbel's own is in QUANTIZER_KWARGS)"),
     "validation_steps": ("integer", "validation batches per epoch (they also calibrate the rate controller)"),
     "max_train_minutes": ("float", "cap on training audio (0 = the whole training split)"),
     "max_clips": ("integer", "test clips scored per codec"),
@@ -89,10 +89,10 @@ def make_config(quantizer: str, seed: int, work: str, **budget) -> Config:
                   max_train_minutes=budget["max_train_minutes"], training_mode=1, num_modules=1,
                   channels=budget["channels"], bottleneck=max(2, budget["channels"] // 4), quantizer=quantizer,
                   epoch_tanh=epochs, pretrain_step=1, steps_per_epoch=steps // epochs,
-                  validation_steps=int(budget.get("validation_steps", 10)), tau_step=float(budget.get("tau_step", 0.2)),
+                  validation_steps=int(budget.get("validation_steps", 10)),
                   batch_size=budget["batch_size"], target_entropy=(budget["target_kbps"],),
                   target_unit="kbps", learning_rate_tanh=(budget["learning_rate"],),
-                  **QUANTIZER_KWARGS[quantizer]).validate()
+                  **{"tau_step": float(budget.get("tau_step", 0.05)), **QUANTIZER_KWARGS[quantizer]}).validate()
 
 
 def _history(exp: str) -> list[dict]:
@@ -239,7 +239,7 @@ def run(opts) -> None:
              "(see rvq_stages.csv for the RVQ stage sweep, an entropy estimate). "
              "target_bits: the module's entropy target per code symbol; val_bits / train_bits: the hard codes' "
              "(Miller-Madow corrected) entropy per symbol on the validation / training batches of the last epoch; "
-             "entropy_error_pct = val_bits / target_bits - 1 (the rate controller calibrates on validation); "
+             "entropy_error_pct = val_bits / target_bits - 1; "
              "bits_per_code: the plug-in entropy of the codes the codec makes on the test clips (per stream), "
              "code_error_pct = bits_per_code / target_bits - 1: the measured rate against the target.\n\n"
              f"Command: `python scripts/compare_quantizers.py --steps {opts.steps} --epochs {opts.epochs} "
