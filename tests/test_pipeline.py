@@ -1,5 +1,6 @@
 """Preprocessing, the frame cache and the tf.data pipeline on a generated corpus."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -80,6 +81,32 @@ def test_cache_reused_then_rebuilt_when_stale(built, corpus):
     rebuilt = cache_lib.build_cache(fewer, cache.directory)
     assert rebuilt.key != cache.key and rebuilt.build_seconds > 0
     assert rebuilt.splits["val"]["utterances"] == 1
+
+
+def test_cache_rebuild_keeps_readers_and_symlinked_corpora_share_it(built, corpus, tmp_path):
+    parts, cache = built
+    root, _ = corpus
+    arrays = cache.arrays("train")                 # a running job's memory-mapped view
+    before = np.array(arrays["lsf"])
+    rebuilt = cache_lib.build_cache(parts, cache.directory, force=True)
+    np.testing.assert_array_equal(np.array(arrays["lsf"]), before)   # still readable, unchanged
+    assert rebuilt.key == cache.key
+    assert not [n for n in os.listdir(os.path.dirname(cache.directory)) if ".building-" in n or ".old-" in n]
+    # The same files through a symlinked root: same key, no rebuild.
+    link = tmp_path / "linked"
+    os.symlink(root, link)
+    via_link = {s: [dataclasses.replace(u, path=os.path.join(str(link), os.path.relpath(u.path, root))) for u in utts]
+                for s, utts in parts.items()}
+    assert cache_lib.cache_key(via_link) == cache_lib.cache_key(parts)
+    assert cache_lib.build_cache(via_link, cache.directory).build_seconds == 0.0
+
+
+def test_failed_cache_build_leaves_nothing_behind(corpus, tmp_path):
+    _, parts = corpus
+    with pytest.raises(ValueError, match="silent|readable"):
+        cache_lib.build_cache({"train": [dataclasses.replace(u, path=str(tmp_path / "missing.wav")) for u in parts["train"][:1]]},
+                              str(tmp_path / "c"))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("c")]   # neither c/ nor c.building-*
 
 
 def test_cache_needs_train_or_std(corpus, tmp_path):

@@ -36,13 +36,16 @@ _MANIFEST = "manifest.json"
 
 
 def cache_key(splits: Mapping[str, Sequence[Utterance]], std: float | None = None) -> str:
-    """sha256 of the file lists (path, size), the preprocessing constants and `std`."""
+    """sha256 of the file lists (real path, size), the preprocessing constants and `std`.
+
+    Real paths: the same corpus reached through a symlink or another working directory has the
+    same key (two runs must not keep rebuilding a shared cache from under each other)."""
     desc = {
         "version": CACHE_VERSION, "std": std,
         "constants": [C.SAMPLE_RATE, C.FRAME_SIZE, C.HOP_SIZE, C.PREEMPHASIS,
                       C.HIGHPASS_CUTOFF_HZ, C.LPC_ORDER, C.LPC_WINDOW, C.LPC_WINDOW_RISE,
                       C.LAG_WINDOW_BANDWIDTH_HZ, C.WHITE_NOISE_CORRECTION, C.LSF_MIN_GAP],
-        "splits": {s: [(u.path, os.path.getsize(u.path) if os.path.exists(u.path) else -1)
+        "splits": {s: [(os.path.realpath(u.path), os.path.getsize(u.path) if os.path.exists(u.path) else -1)
                        for u in sorted(utts)] for s, utts in sorted(splits.items())},
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
@@ -148,30 +151,44 @@ def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
             log.info("frame cache %s is stale: rebuilding", cache_dir)
         except (FileNotFoundError, ValueError):
             pass
+    # Built in a sibling directory and swapped in by renames: a job reading the old cache keeps
+    # its open (memory-mapped) files, and a killed build leaves the old cache (or none) whole.
     t0 = time.perf_counter()
+    final_dir = cache_dir
+    cache_dir = f"{os.path.normpath(final_dir)}.building-{os.getpid()}"
     if os.path.isdir(cache_dir):
         shutil.rmtree(cache_dir)
     os.makedirs(cache_dir)
-    info = {}
-    order = sorted(splits, key=lambda s: s != "train")  # train first: it gives the std
-    stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
-    for split in order:
-        log.info("building frame cache: %s (%d files)", split, len(splits[split]))
-        info[split] = _build_split(splits[split], os.path.join(cache_dir, split),
-                                   stats if split == "train" and std is None else None)
-    if std is None:
-        if stats["n"] == 0:
-            raise ValueError("the train split has no readable audio: cannot compute the std")
-        mean = stats["sum"] / stats["n"]
-        std = float(np.sqrt(max(stats["sumsq"] / stats["n"] - mean * mean, 0.0)))
-        if not std > 0:
-            raise ValueError("the train split is silent (std 0): cannot normalise")
-    for split in order:  # rms was stored unnormalised
-        path = os.path.join(cache_dir, split, "rms.npy")
-        np.save(path, (np.load(path) / std).astype(np.float32))
-    seconds = time.perf_counter() - t0
-    manifest = {"key": key, "version": CACHE_VERSION, "std": std, "splits": info,
-                "example_size": EXAMPLE_SIZE, "build_seconds": round(seconds, 3)}
-    with open(os.path.join(cache_dir, _MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
+    try:
+        info = {}
+        order = sorted(splits, key=lambda s: s != "train")  # train first: it gives the std
+        stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
+        for split in order:
+            log.info("building frame cache: %s (%d files)", split, len(splits[split]))
+            info[split] = _build_split(splits[split], os.path.join(cache_dir, split),
+                                       stats if split == "train" and std is None else None)
+        if std is None:
+            if stats["n"] == 0:
+                raise ValueError("the train split has no readable audio: cannot compute the std")
+            mean = stats["sum"] / stats["n"]
+            std = float(np.sqrt(max(stats["sumsq"] / stats["n"] - mean * mean, 0.0)))
+            if not std > 0:
+                raise ValueError("the train split is silent (std 0): cannot normalise")
+        for split in order:  # rms was stored unnormalised
+            path = os.path.join(cache_dir, split, "rms.npy")
+            np.save(path, (np.load(path) / std).astype(np.float32))
+        seconds = time.perf_counter() - t0
+        manifest = {"key": key, "version": CACHE_VERSION, "std": std, "splits": info,
+                    "example_size": EXAMPLE_SIZE, "build_seconds": round(seconds, 3)}
+        with open(os.path.join(cache_dir, _MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+    except BaseException:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
+    old_dir = f"{os.path.normpath(final_dir)}.old-{os.getpid()}"
+    if os.path.isdir(final_dir):
+        os.rename(final_dir, old_dir)
+    os.rename(cache_dir, final_dir)
+    shutil.rmtree(old_dir, ignore_errors=True)
+    cache_dir = final_dir
     return FrameCache(cache_dir, key, std, info, seconds)
