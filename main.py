@@ -59,6 +59,7 @@ _HELP = {
     "target_unit": "bits (per symbol) or kbps (per module)",
     "tau_init": "entropy weight when a stream's rate control starts",
     "lsf_target_entropy": "entropy target of the LSF codes in bits per LSF (0 = no LSF rate control)",
+    "tau_signed": "let tau turn negative (reward entropy) when the codes stay under target with no penalty",
     "rate_calibration": "calibrate the rate controller on the validation split each epoch, so the held-out "
                         "codes' entropy (not the training batches') meets the target",
     "tau_step": "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps",

@@ -100,6 +100,7 @@ class Config:
     lsf_target_entropy: float = 2.5      # bits per LSF symbol (16 per frame); 0 = no LSF rate control
     tau_init: float = 0.5                # entropy weight when a stream's control starts
     tau_step: float = 0.05               # gain of the multiplicative tau controller
+    tau_signed: bool = False             # tau may turn negative (reward entropy under target)
     rate_calibration: bool = False       # steer so the validation entropy meets the target
     # Loss weights: time RMSE, mel, sparsity. The paper used 60, 10, 10; with the tau controller
     # setting the rate, the sparsity term only pushes codes toward collapse (measured), so 0.

@@ -48,6 +48,23 @@ def test_validation_calibration_steers_held_out_entropy_to_the_target():
     assert ctrl.scale[1] <= 2.0 and ctrl.scale[1] == pytest.approx(2.0, rel=1e-3)
 
 
+def test_signed_control_rewards_entropy_when_the_codes_stay_under_target():
+    tau = tf.Variable([0.0, 0.0])
+    ctrl = TauController(tau, {1: ("H_1", 2.0)}, gain=0.2, every=5, tau_init=0.5, signed=True)
+    _drive(ctrl, 1.0, 400)                       # far under target with any penalty
+    assert tau.numpy()[1] < 0                    # tau crossed zero: entropy is rewarded
+    ctrl.on_epoch_begin(1)                       # a negative tau is kept, not re-initialised
+    assert tau.numpy()[1] < 0
+    plain = TauController(tf.Variable([0.0, 0.0]), {1: ("H_1", 2.0)}, gain=0.2, every=5, tau_init=0.5)
+    _drive(plain, 1.0, 400)
+    assert plain.tau.numpy()[1] == pytest.approx(1e-3)   # the multiplicative rule stops at tau_min
+    # Far from zero the signed rule is the multiplicative one.
+    a, b = tf.Variable([0.0, 5.0]), tf.Variable([0.0, 5.0])
+    TauController(a, {1: ("H_1", 2.0)}, gain=0.1, every=1, signed=True).on_train_batch_end(0, {"H_1": 3.0})
+    TauController(b, {1: ("H_1", 2.0)}, gain=0.1, every=1).on_train_batch_end(0, {"H_1": 3.0})
+    assert a.numpy()[1] == pytest.approx(b.numpy()[1], rel=1e-3)
+
+
 def test_tau_is_clipped_and_waits_for_pretrain():
     tau = tf.Variable([0.0, 0.0])
     ctrl = TauController(tau, {1: ("H_1", 1.0)}, gain=5.0, every=1, tau_max=10.0, active_from_epoch=1)

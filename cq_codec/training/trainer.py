@@ -182,7 +182,7 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
             anneal,
             PretrainBypass(trained if stage.name != "finetune" else [], stage.pretrain),
             TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
-                          tau_init=cfg.tau_init, calibrate=cfg.rate_calibration),
+                          tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed),
             EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(exp, "metrics.csv")),
             keras.callbacks.TensorBoard(os.path.join(exp, "tensorboard", stage.name), write_graph=False),
             *extra_callbacks,
