@@ -135,6 +135,9 @@ def test_compare_quantizers_script(tmp_path, corpus):
         assert col in summary[0]
     assert float(summary[0]["operating_points"]) == 2      # 2 RVQ stages
     assert not list(out.glob("*.keras")) and (tmp_path / "work" / "rvq_s1" / "model.keras").exists()
+    # Training seconds persist, so a rerun that re-scores finished models reports the real cost.
+    seconds = float((tmp_path / "work" / "rvq_s1" / "train_seconds.txt").read_text())
+    assert seconds == pytest.approx(float(summary[0]["train_seconds"]), rel=1e-3)
     with pytest.raises(ValueError, match="unknown quantizer"):
         compare_quantizers.make_config("nope", 1, "w", **{k: compare_quantizers.DEFAULTS[k] for k in (
             "steps", "epochs", "batch_size", "channels", "target_kbps", "learning_rate", "max_train_minutes",

@@ -110,7 +110,8 @@ def train_codec(cfg, noisy_examples: Callable | None = None) -> dict:
     (a `FrameNoiser`-like callable, see cq_codec.data.pipeline), fits the entropy tables on
     training utterances and saves `<experiment>/model.keras`.
 
-    Returns {"model", "parts", "cache", "train_seconds", "model_path"}.
+    Returns {"model", "parts", "cache", "train_seconds", "model_path"}. A resumed run (killed, or
+    rerun to re-score) reports the training seconds of all its sessions (`train_seconds.txt`).
     """
     import keras
     import tensorflow as tf
@@ -129,7 +130,13 @@ def train_codec(cfg, noisy_examples: Callable | None = None) -> dict:
     steps = cfg.steps_per_epoch or max(1, cache.num_frames("train") // cfg.batch_size)
     t0 = time.perf_counter()
     trainer.train(cfg, model, train_ds, val_ds, steps)
+    timing = os.path.join(cfg.experiment_dir, "train_seconds.txt")
     seconds = time.perf_counter() - t0
+    if os.path.exists(timing):
+        with open(timing, encoding="utf-8") as fh:
+            seconds += float(fh.read().strip() or 0.0)
+    with open(timing, "w", encoding="utf-8") as fh:
+        fh.write(f"{seconds:.3f}\n")
     ensure_entropy_tables(model, parts["train"], seed=cfg.seed)
     path = os.path.join(cfg.experiment_dir, "model.keras")
     model.save(path)
