@@ -136,6 +136,9 @@ class ResidualModule(layers.Layer):
         cfg.update(channels=self.channels, bottleneck=self.bottleneck, num_resnets=self.num_resnets,
                    kernel_and_dilation=list(self.kernel_and_dilation), stride=self.stride,
                    block_type=self.block_type, code_dim=self.code_dim, vector_dim=self.vector_dim,
-                   quantizer=self.quantizer_config, frame_size=self.frame_size,
-                   front_end=self.front_end)
+                   quantizer=self.quantizer_config, frame_size=self.frame_size)
+        if self.front_end != "conv":
+            # Only when not the default: a model's identity (the .nac header's model hash, over
+            # its config) stays what it was before the option existed, so its files still decode.
+            cfg["front_end"] = self.front_end
         return cfg

@@ -81,8 +81,12 @@ def module_configs(cfg: Config) -> list[dict]:
     vector_dim = 1 if cfg.quantizer == "softmax" else cfg.embedding_dim
     return [dict(channels=cfg.channels, bottleneck=cfg.bottleneck, num_resnets=cfg.num_resnets,
                  kernel_and_dilation=list(cfg.bottleneck_kernel_and_dilation), stride=cfg.stride(i),
-                 block_type=cfg.block_type, front_end=cfg.front_end, code_dim=1, vector_dim=vector_dim,
-                 quantizer=quantizer_config(cfg, i)) for i in range(cfg.num_modules)]
+                 block_type=cfg.block_type, code_dim=1, vector_dim=vector_dim,
+                 quantizer=quantizer_config(cfg, i),
+                 # Only when not the default, so a conv model's config (its identity in .nac
+                 # headers) is what it was before the option existed.
+                 **({"front_end": cfg.front_end} if cfg.front_end != "conv" else {}))
+            for i in range(cfg.num_modules)]
 
 
 def data_statistics(sample: dict) -> tuple[np.ndarray, float]:
