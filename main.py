@@ -59,6 +59,8 @@ _HELP = {
     "target_unit": "bits (per symbol) or kbps (per module)",
     "tau_init": "entropy weight when a stream's rate control starts",
     "lsf_target_entropy": "entropy target of the LSF codes in bits per LSF (0 = no LSF rate control)",
+    "gumbel_entropy_temperature": "softmax temperature of the Gumbel quantizer's training entropy estimate "
+                                  "(1.0 = the plain soft assignments; 0.1 tracks the argmax codes)",
     "tau_signed": "let tau turn negative (reward entropy) when the codes stay under target with no penalty",
     "rate_calibration": "calibrate the rate controller on the validation split each epoch, so the held-out "
                         "codes' entropy (not the training batches') meets the target",

@@ -86,6 +86,7 @@ class Config:
     stage_dims: tuple = ()
     codebook_sizes: tuple = ()
     lsf_bins: int = 16
+    gumbel_entropy_temperature: float = 0.1   # softmax temperature of Gumbel's entropy estimate
     # Softness of the softmax quantizer, annealed geometrically from alpha_start to alpha_end over
     # the first `anneal_fraction` of each stage's quantized epochs (Agustsson et al. 2017).
     # Training forward pass of the softmax quantizer: "soft" (the paper's sum_k p_k b_k), "hard"
@@ -188,6 +189,8 @@ class Config:
              f"needs 0 < alpha_start ({self.alpha_start}) <= alpha_end ({self.alpha_end})")
         need(0 <= self.anneal_fraction <= 1, "anneal_fraction", f"must be in [0, 1]; got {self.anneal_fraction}")
         need(self.lsf_target_entropy >= 0, "lsf_target_entropy", f"must be >= 0; got {self.lsf_target_entropy}")
+        need(self.gumbel_entropy_temperature > 0, "gumbel_entropy_temperature",
+             f"must be > 0; got {self.gumbel_entropy_temperature}")
         need(self.tau_init > 0, "tau_init", f"must be > 0; got {self.tau_init}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",

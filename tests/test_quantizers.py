@@ -358,3 +358,22 @@ def test_softmax_identity_straight_through_passes_gradient_even_when_collapsed()
     assert np.any(tape.gradient(loss, q.bins).numpy() != 0)
     with pytest.raises(ValueError, match="straight_through"):
         SoftmaxQuantizer(straight_through="sideways")
+
+
+def test_gumbel_sharp_entropy_estimate_tracks_the_argmax_codes():
+    """With entropy_temperature 0.1 the training estimate follows the argmax codes' histogram
+    (what inference codes), where the plain soft assignments overstate it."""
+    z = tf.random.stateless_normal([8, 64, 4], seed=[3, 4])
+    est = {}
+    for t in (1.0, 0.1):
+        q = Q.GumbelQuantizer(codebook_size=64, seed=0, entropy_temperature=t)
+        q.build(z.shape)
+        out = q(z, training=True)
+        est[t] = float(out.bits) / (8 * 64)
+        hard = float(out.metrics["hard_bits_per_code"])
+    assert abs(est[0.1] - hard) < abs(est[1.0] - hard)
+    assert "entropy_temperature" not in Q.GumbelQuantizer(codebook_size=4).get_config()   # identity kept
+    cfg = Q.GumbelQuantizer(codebook_size=4, entropy_temperature=0.1).get_config()
+    assert Q.GumbelQuantizer.from_config(cfg).entropy_temperature == 0.1
+    with pytest.raises(ValueError, match="entropy_temperature"):
+        Q.GumbelQuantizer(codebook_size=4, entropy_temperature=0.0)

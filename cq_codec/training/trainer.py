@@ -69,7 +69,8 @@ def quantizer_config(cfg: Config, i: int) -> dict:
         size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
         return {"name": "rvq", "num_stages": cfg.num_stages, "codebook_size": int(size), "seed": cfg.seed + i}
     if name == "gumbel":
-        return {"name": "gumbel", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i}
+        return {"name": "gumbel", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i,
+                "entropy_temperature": cfg.gumbel_entropy_temperature}
     if name == "pq":
         size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
         groups = len(cfg.stage_dims) if cfg.stage_dims else 2
