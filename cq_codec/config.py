@@ -18,7 +18,7 @@ __all__ = ["Config", "ConfigError", "parse_int_list", "parse_float_list", "QUANT
 
 QUANTIZERS = ("softmax", "vq", "rvq", "gumbel", "pq")
 BLOCK_TYPES = ("gln", "bottleneck", "separable")
-FRONT_ENDS = ("conv", "patch")   # cq_codec.models.residual_module.FRONT_ENDS
+FRONT_ENDS = ("conv", "patch")   # ResidualModule front ends
 CORPORA = ("auto", "demo", "timit", "vctk", "librispeech", "folder")
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 

@@ -89,18 +89,11 @@ def _lsf_codes(model, lsf: np.ndarray) -> np.ndarray:
 
 
 def _quantized_lsf(model, lsf_codes: np.ndarray) -> np.ndarray:
-    """int32 LSF codes [T, 16] -> repaired quantized LSFs float64 [T, 16]: `repair_lsf_tf` of the
-    bins in float32 numpy, operation for operation (element-wise, so independent of T)."""
+    """int32 LSF codes [T, 16] -> repaired quantized LSFs float64 [T, 16] (the bins through
+    `repair_lsf_float32`, bit-identical to the graph's `repair_lsf_tf`; independent of T)."""
+    from cq_codec.models.cq import repair_lsf_float32
     bins = _lsf_bins(model)
-    lsf = np.sort(bins[np.arange(C.LPC_ORDER), np.asarray(lsf_codes)], axis=-1)
-    gap = np.float32(C.LSF_MIN_GAP)
-    prev = np.zeros(lsf.shape[0], np.float32)
-    out = np.empty_like(lsf)
-    for k in range(C.LPC_ORDER):
-        prev = np.maximum(lsf[:, k], prev + gap)
-        out[:, k] = prev
-    hi = (np.pi - C.LSF_MIN_GAP * np.arange(C.LPC_ORDER, 0, -1)).astype(np.float32)
-    return np.minimum(out, hi).astype(np.float64)
+    return repair_lsf_float32(bins[np.arange(C.LPC_ORDER), np.asarray(lsf_codes)]).astype(np.float64)
 
 
 def _check_chunk_size(frames_per_chunk) -> int:

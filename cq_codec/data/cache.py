@@ -154,18 +154,17 @@ def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
     # Built in a sibling directory and swapped in by renames: a job reading the old cache keeps
     # its open (memory-mapped) files, and a killed build leaves the old cache (or none) whole.
     t0 = time.perf_counter()
-    final_dir = cache_dir
-    cache_dir = f"{os.path.normpath(final_dir)}.building-{os.getpid()}"
-    if os.path.isdir(cache_dir):
-        shutil.rmtree(cache_dir)
-    os.makedirs(cache_dir)
+    build_dir = f"{os.path.normpath(cache_dir)}.building-{os.getpid()}"
+    if os.path.isdir(build_dir):
+        shutil.rmtree(build_dir)
+    os.makedirs(build_dir)
     try:
         info = {}
         order = sorted(splits, key=lambda s: s != "train")  # train first: it gives the std
         stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
         for split in order:
             log.info("building frame cache: %s (%d files)", split, len(splits[split]))
-            info[split] = _build_split(splits[split], os.path.join(cache_dir, split),
+            info[split] = _build_split(splits[split], os.path.join(build_dir, split),
                                        stats if split == "train" and std is None else None)
         if std is None:
             if stats["n"] == 0:
@@ -175,20 +174,19 @@ def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
             if not std > 0:
                 raise ValueError("the train split is silent (std 0): cannot normalise")
         for split in order:  # rms was stored unnormalised
-            path = os.path.join(cache_dir, split, "rms.npy")
+            path = os.path.join(build_dir, split, "rms.npy")
             np.save(path, (np.load(path) / std).astype(np.float32))
         seconds = time.perf_counter() - t0
         manifest = {"key": key, "version": CACHE_VERSION, "std": std, "splits": info,
                     "example_size": EXAMPLE_SIZE, "build_seconds": round(seconds, 3)}
-        with open(os.path.join(cache_dir, _MANIFEST), "w", encoding="utf-8") as f:
+        with open(os.path.join(build_dir, _MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
     except BaseException:
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        shutil.rmtree(build_dir, ignore_errors=True)
         raise
-    old_dir = f"{os.path.normpath(final_dir)}.old-{os.getpid()}"
-    if os.path.isdir(final_dir):
-        os.rename(final_dir, old_dir)
-    os.rename(cache_dir, final_dir)
+    old_dir = f"{os.path.normpath(cache_dir)}.old-{os.getpid()}"
+    if os.path.isdir(cache_dir):
+        os.rename(cache_dir, old_dir)
+    os.rename(build_dir, cache_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
-    cache_dir = final_dir
     return FrameCache(cache_dir, key, std, info, seconds)

@@ -17,12 +17,11 @@ import keras
 from keras import layers, ops
 
 import constants as C
+from cq_codec.config import FRONT_ENDS
 from cq_codec.nn.blocks import SubPixelUpsample1D, make_block
 from cq_codec.quantizers import get_quantizer
 
 __all__ = ["ResidualModule", "FRONT_ENDS"]
-
-FRONT_ENDS = ("conv", "patch")
 
 
 @keras.saving.register_keras_serializable(package="cq_codec")
