@@ -57,7 +57,7 @@ _HELP = {
     "lsf_bins": "bins per LSF in the LSF codebook",
     "target_entropy": "entropy target per module (last reused), in --target_unit",
     "target_unit": "bits (per symbol) or kbps (per module)",
-    "tau_init": "entropy weight when a stream's rate control starts",
+    "tau_init": "entropy weight when a stream's rate control starts (0 allowed with --tau_signed: start from no penalty)",
     "lsf_target_entropy": "entropy target of the LSF codes in bits per LSF (0 = no LSF rate control)",
     "gumbel_entropy_temperature": "softmax temperature of the Gumbel quantizer's training entropy estimate "
                                   "(1.0 = the plain soft assignments; 0.1 tracks the argmax codes)",

@@ -191,7 +191,9 @@ class Config:
         need(self.lsf_target_entropy >= 0, "lsf_target_entropy", f"must be >= 0; got {self.lsf_target_entropy}")
         need(self.gumbel_entropy_temperature > 0, "gumbel_entropy_temperature",
              f"must be > 0; got {self.gumbel_entropy_temperature}")
-        need(self.tau_init > 0, "tau_init", f"must be > 0; got {self.tau_init}")
+        # Signed control (tau a Lagrange multiplier) may start from no penalty at all.
+        need(self.tau_init > 0 or (self.tau_signed and self.tau_init == 0), "tau_init",
+             f"must be > 0 (or 0 with --tau_signed); got {self.tau_init}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
              f"expected 3 non-negative weights 'time,mel,sparsity'; got {list(self.coeff_term)}")

@@ -96,3 +96,16 @@ def test_pretrain_bypass_switches_off_after_pretrain():
     assert float(m.bypass.numpy()) == 1.0
     cb.on_epoch_begin(2)
     assert float(m.bypass.numpy()) == 0.0
+
+
+@pytest.mark.parametrize("h, sign", [(1.0, -1), (3.0, 1)])
+def test_signed_control_from_zero_moves_either_way(h, sign):
+    # tau_init 0: no penalty until the codes' entropy says which way to push.
+    tau = tf.Variable([0.0, 0.0])
+    ctrl = TauController(tau, {1: ("H_1", 2.0)}, gain=0.2, every=5, tau_init=0.0, signed=True)
+    ctrl.on_epoch_begin(0)
+    assert tau.numpy()[1] == 0.0
+    _drive(ctrl, 2.0, 20)                        # on target: tau stays at zero
+    assert tau.numpy()[1] == 0.0
+    _drive(ctrl, h, 20)
+    assert np.sign(tau.numpy()[1]) == sign

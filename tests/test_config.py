@@ -20,6 +20,8 @@ from cq_codec.config import Config, ConfigError, parse_int_list
     ({"quantizer": "vq", "embedding_dim": 3}, "embedding_dim"),
     ({"learning_rate_tanh": (2.0,)}, "learning_rate_tanh"),
     ({"name": "a/b"}, "name"),
+    ({"tau_init": 0.0}, "tau_init"),                       # 0 only under signed control
+    ({"tau_init": -0.5, "tau_signed": True}, "tau_init"),
 ])
 def test_bad_values_name_their_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=f"--{flag}"):
@@ -32,6 +34,10 @@ def test_defaults_are_valid_and_roundtrip(tmp_path):
     cfg.save(str(path))
     assert Config.load(str(path)) == cfg
     assert cfg.per_module("target_entropy", 5) == cfg.target_entropy[-1]
+
+
+def test_signed_control_may_start_without_a_penalty():
+    assert Config(tau_init=0.0, tau_signed=True).validate().tau_init == 0.0
 
 
 def test_list_parsing():
