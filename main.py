@@ -66,6 +66,8 @@ _HELP = {
                         "codes' entropy (not the training batches') meets the target",
     "tau_step": "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps",
     "coeff_term": "loss weights time,mel,sparsity",
+    "weighting_gamma": "perceptual weighting of the time loss: error through 1/A(z/gamma) (W(z) = A(z)/A(z/gamma); "
+                       "1 = the plain signal error)",
     "learning_rate_tanh": "learning rate of the first module",
     "learning_rate_greedy_followers": "learning rates of the followers (last reused)",
     "learning_rate_finetune": "learning rate of joint fine-tuning",

@@ -106,6 +106,10 @@ class Config:
     # Loss weights: time RMSE, mel, sparsity. The paper used 60, 10, 10; with the tau controller
     # setting the rate, the sparsity term only pushes codes toward collapse (measured), so 0.
     coeff_term: tuple = (60.0, 10.0, 0.0)
+    # Perceptual noise shaping of the time loss: the error is taken through 1/A(z/gamma) instead
+    # of 1/A(z) (weighting W(z) = A(z) / A(z/gamma)), so the coding noise may follow the formants.
+    # 1 = the plain signal error (the original).
+    weighting_gamma: float = 1.0
     # Schedule.
     learning_rate_tanh: tuple = (1e-4,)           # first module
     learning_rate_greedy_followers: tuple = (1e-4,)  # followers; the last entry is reused
@@ -194,6 +198,7 @@ class Config:
         # Signed control (tau a Lagrange multiplier) may start from no penalty at all.
         need(self.tau_init > 0 or (self.tau_signed and self.tau_init == 0), "tau_init",
              f"must be > 0 (or 0 with --tau_signed); got {self.tau_init}")
+        need(0 < self.weighting_gamma <= 1, "weighting_gamma", f"must be in (0, 1]; got {self.weighting_gamma}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
              f"expected 3 non-negative weights 'time,mel,sparsity'; got {list(self.coeff_term)}")

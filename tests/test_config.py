@@ -20,6 +20,8 @@ from cq_codec.config import Config, ConfigError, parse_int_list
     ({"quantizer": "vq", "embedding_dim": 3}, "embedding_dim"),
     ({"learning_rate_tanh": (2.0,)}, "learning_rate_tanh"),
     ({"name": "a/b"}, "name"),
+    ({"weighting_gamma": 0.0}, "weighting_gamma"),
+    ({"weighting_gamma": 1.5}, "weighting_gamma"),
     ({"tau_init": 0.0}, "tau_init"),                       # 0 only under signed control
     ({"tau_init": -0.5, "tau_signed": True}, "tau_init"),
 ])

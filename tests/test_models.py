@@ -234,6 +234,38 @@ def test_prefix_loss_scores_every_operating_point(tiny):
     assert abs(float(with_prefix) - float(without)) > 1e-6
 
 
+def test_weighted_time_loss_is_the_signal_error_through_a_over_a_gamma(tiny):
+    """weighting_gamma < 1: the time term is the RMS of the signal error filtered by
+    A(z) / A(z/gamma) (noise shaping); gamma -> 1 gives the plain time RMSE back."""
+    from lpc import tf_ops
+    _, model, sample = tiny
+    batch = {k: tf.constant(v[:4]) for k, v in sample.items()}
+    plain = model.forward(batch, training=False)
+    try:
+        model.weighting_gamma = 0.9
+        shaped = model.forward(batch, training=False)
+        model.weighting_gamma = 1.0 - 1e-7
+        almost = model.forward(batch, training=False)
+    finally:
+        model.weighting_gamma = 1.0
+    assert "loss_err_w" not in plain
+    np.testing.assert_allclose(shaped["x_hat"].numpy(), plain["x_hat"].numpy())   # decoding unchanged
+    lsf_q, _ = model.quantize_lsf(batch["lsf"], training=False)
+    a = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1]).numpy().astype(np.float64)
+    err = plain["err_sig"].numpy().astype(np.float64)
+    for i in range(4):
+        want = lfilter(a[i], a[i] * 0.9 ** np.arange(C.LPC_ORDER + 1), err[i])
+        np.testing.assert_allclose(shaped["loss_err_w"][i].numpy(), want, atol=1e-4 * np.abs(want).max())
+    t_plain, t_shaped = (float(model.compute_terms(f)["time"]) for f in (plain, shaped))
+    assert abs(t_shaped - t_plain) > 1e-4 * t_plain
+    assert float(model.compute_terms(almost)["time"]) == pytest.approx(t_plain, rel=1e-4)
+
+
+def test_weighting_gamma_comes_from_the_config():
+    cfg = Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1, weighting_gamma=0.92).validate()
+    assert build_model(cfg).weighting_gamma == 0.92
+
+
 def test_compiled_inference_serves_every_prefix(tiny):
     """encode_frames / decode_frames run traced functions; any prefix decodes, bad prefixes are refused."""
     _, model, sample = tiny

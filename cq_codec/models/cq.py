@@ -106,6 +106,9 @@ class CQCodec(keras.Model):
         self.num_active = n if num_active is None else int(num_active)
         # Training-time switch (set by the trainer per stage, not saved): loss over every prefix.
         self.prefix_loss = False
+        # Training-time loss setting (from the Config, not saved): the time loss's error passes
+        # through 1/A(z/gamma) (perceptual weighting A(z)/A(z/gamma) of the signal error); 1 = off.
+        self.weighting_gamma = 1.0
         if not 1 <= self.num_active <= n:
             raise ValueError(f"num_active must be in 1..{n}; got {num_active}")
         # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
@@ -160,6 +163,9 @@ class CQCodec(keras.Model):
         if k > 1:
             out["loss_x"] = tf.tile(x_w, [k, 1])
             out["loss_x_hat"] = out["loss_x"] - sig
+        if self.weighting_gamma < 1.0:
+            shrink = tf.constant(self.weighting_gamma ** np.arange(C.LPC_ORDER + 1), tf.float32)
+            out["loss_err_w"] = tf_ops.synthesis_error_tf(tf.concat(errs[-k:], 0), tf.tile(a_centre * shrink, [k, 1]))
         return out
 
     def call(self, inputs, training=None):
@@ -174,7 +180,9 @@ class CQCodec(keras.Model):
         w_time, w_mel, w_sparse = self.loss_weights
         b = tf.cast(tf.shape(fwd["x"])[0], tf.float32)
         x, x_hat = fwd.get("loss_x", fwd["x"]), fwd.get("loss_x_hat", fwd["x_hat"])
-        t = {"time": L.time_rmse(x, x_hat), "mel": L.multiscale_mel_loss(x, x_hat)}
+        # The time term: the (perceptually weighted, when weighting_gamma < 1) error's RMS.
+        time = (L.time_rmse(fwd["loss_err_w"], 0.0) if "loss_err_w" in fwd else L.time_rmse(x, x_hat))
+        t = {"time": time, "mel": L.multiscale_mel_loss(x, x_hat)}
         loss = w_time * t["time"] + w_mel * t["mel"]
         lsf = fwd["lsf"]
         lsf_bits = lsf.bits / (3.0 * b)                                # bits per frame (16 LSFs)

@@ -106,6 +106,7 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     model = CQCodec(module_configs(cfg), is_cq=cfg.is_cq, lsf_grid=default_lsf_grid(cfg.lsf_bins, lsf_samples),
                     residual_scale=scale * cfg.res_scalar, signal_std=signal_std,
                     loss_weights=cfg.coeff_term, name="cq_codec")
+    model.weighting_gamma = cfg.weighting_gamma
     model.build()
     return model
 
