@@ -4,8 +4,8 @@ and the baselines (Opus 6-32 kbps, every AMR-WB mode, Speex-WB) on the same test
     python scripts/bitrate_scaling.py --models results/main                 # one or more model folders
     python scripts/bitrate_scaling.py --models "results/_work/quantizers/*" --max_clips 30
 
-Clips: up to --max_clips utterances of the corpus's test split, spread round-robin over every
-test speaker/language (deterministic). kbps = bytes * 8 / seconds of real compressed data: the
+Clips: up to --max_clips utterances of the corpus's --split (default test), spread round-robin over every
+speaker/language (deterministic). kbps = bytes * 8 / seconds of real compressed data: the
 `.nac` file of `Codec.compress` (and its payload without the container header) and each
 baseline's packets. Writes <out>/bitrate_scaling.csv (per clip), summary.csv, summary.md and
 bitrate_scaling.png (PESQ-WB, STOI, SI-SDR against kbps, all codecs on the same axes).
@@ -25,6 +25,7 @@ from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
 DEFAULTS = {
     "models": "results/*",
     "max_clips": 30,
+    "split": "test",
     "max_seconds": 8.0,
     "baselines": "opus,amrwb,speex",
     "baseline_kbps": "",
@@ -36,7 +37,9 @@ DEFAULTS = {
 }
 _HELP = {
     "models": ("string", "comma-separated model folders (results/<name>/model.keras) or globs"),
-    "max_clips": ("integer", "test clips (spread over all test speakers/languages)"),
+    "max_clips": ("integer", "clips (spread over all speakers/languages of --split)"),
+    "split": ("string", "which split's clips: test (unseen speakers), val or train (the speakers the "
+                        "models were trained on: the generalisation gap)"),
     "max_seconds": ("float", "each clip is cut to this many seconds"),
     "baselines": ("string", "baseline codecs ('' for none)"),
     "baseline_kbps": ("string", "override the rates of every baseline, e.g. '8,16,24' (default: BASELINE_POINTS)"),
@@ -78,8 +81,10 @@ def run(opts) -> None:
     from cq_codec.data import corpora, splits
     from cq_codec.evaluation import studies
     logging.set_verbosity(logging.INFO)
+    if opts.split not in ("train", "val", "test"):
+        raise ValueError(f"--split must be train, val or test; got {opts.split!r}")
     parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
-    utts = studies.select_clips(parts["test"], opts.max_clips)
+    utts = studies.select_clips(parts[opts.split], opts.max_clips)
     clips = studies.load_clips(utts, opts.max_seconds)
     logging.info("%d clips from %d speakers", len(clips), len({u.speaker for u in utts}))
     rows = []
@@ -107,13 +112,14 @@ def run(opts) -> None:
     plot_rows = list(summary) + [dict(r, codec=r["codec"] + " (payload only)", kbps=r["payload_kbps"])
                                  for r in summary if r["codec"].startswith("cq ")]
     studies.plot_metric_vs_kbps(plot_rows, os.path.join(opts.out, "bitrate_scaling.png"),
-                                title=f"Quality against measured bitrate ({len(clips)} test clips)")
-    notes = (f"{len(clips)} clips of the {opts.corpus} corpus's test split ({len({u.speaker for u in utts})} speakers), "
+                                title=f"Quality against measured bitrate ({len(clips)} {opts.split} clips)")
+    notes = (f"{len(clips)} clips of the {opts.corpus} corpus's {opts.split} split ({len({u.speaker for u in utts})} speakers), "
              f"each at most {opts.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
              "(its compact header included), payload_kbps = its entropy-coded chunks only; for the baselines "
              "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
              "payload_kbps is the like-for-like comparison.\n\n"
-             f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}`")
+             f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}"
+             + (f" --split {opts.split}" if opts.split != "test" else "") + "`")
     studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr", "clips"],
                            "Bitrate scaling", notes)

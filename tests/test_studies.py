@@ -120,6 +120,21 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
         assert {"pesq_wb", "stoi", "si_sdr"} <= set(r)
     with pytest.raises(FileNotFoundError, match="no model.keras"):
         bitrate_scaling.model_dirs(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="--split must be train, val or test"):
+        bitrate_scaling.run(bitrate_scaling.options(models=cfg.experiment_dir, split="dev", data_dir=corpus,
+                                                    corpus="librispeech", out=str(tmp_path / "bs_dev")))
+    assert not (tmp_path / "bs_dev").exists()
+
+
+def test_bitrate_scaling_on_the_training_split(tmp_path, trained, corpus):
+    cfg, _ = trained
+    out = tmp_path / "bs_train"
+    bitrate_scaling.run(bitrate_scaling.options(
+        models=cfg.experiment_dir, max_clips=1, baselines="", split="train", data_dir=corpus,
+        corpus="librispeech", processes=1, out=str(out)))
+    text = (out / "summary.md").read_text()
+    assert "train split" in text and "--split train" in text
+    assert {r["codec"] for r in _read(out / "bitrate_scaling.csv")} == {"cq tiny_vq"}
 
 
 def test_compare_quantizers_script(tmp_path, corpus):
