@@ -81,8 +81,8 @@ def run(opts) -> None:
     from cq_codec.data import corpora, splits
     from cq_codec.evaluation import studies
     logging.set_verbosity(logging.INFO)
-    if opts.split not in ("train", "val", "test"):
-        raise ValueError(f"--split must be train, val or test; got {opts.split!r}")
+    if opts.split not in splits.SPLITS:
+        raise ValueError(f"--split must be {', '.join(splits.SPLITS[:-1])} or {splits.SPLITS[-1]}; got {opts.split!r}")
     parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
     utts = studies.select_clips(parts[opts.split], opts.max_clips)
     clips = studies.load_clips(utts, opts.max_seconds)

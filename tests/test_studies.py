@@ -105,12 +105,16 @@ import compare_quantizers  # noqa: E402
 import denoise_study  # noqa: E402
 
 
+def _bitrate_scaling(tmp_path, cfg, corpus, name, **kw):
+    out = tmp_path / name
+    bitrate_scaling.run(bitrate_scaling.options(models=cfg.experiment_dir, data_dir=corpus, corpus="librispeech",
+                                                processes=1, out=str(out), **kw))
+    return out
+
+
 def test_bitrate_scaling_script(tmp_path, trained, corpus):
     cfg, _ = trained
-    out = tmp_path / "bs"
-    bitrate_scaling.run(bitrate_scaling.options(
-        models=cfg.experiment_dir, max_clips=2, baselines="opus", baseline_kbps="12", data_dir=corpus,
-        corpus="librispeech", processes=1, out=str(out)))
+    out = _bitrate_scaling(tmp_path, cfg, corpus, "bs", max_clips=2, baselines="opus", baseline_kbps="12")
     for f in ("bitrate_scaling.csv", "summary.csv", "summary.md", "bitrate_scaling.png"):
         assert (out / f).exists(), f
     rows = _read(out / "bitrate_scaling.csv")
@@ -121,17 +125,13 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
     with pytest.raises(FileNotFoundError, match="no model.keras"):
         bitrate_scaling.model_dirs(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="--split must be train, val or test"):
-        bitrate_scaling.run(bitrate_scaling.options(models=cfg.experiment_dir, split="dev", data_dir=corpus,
-                                                    corpus="librispeech", out=str(tmp_path / "bs_dev")))
+        _bitrate_scaling(tmp_path, cfg, corpus, "bs_dev", split="dev")
     assert not (tmp_path / "bs_dev").exists()
 
 
 def test_bitrate_scaling_on_the_training_split(tmp_path, trained, corpus):
     cfg, _ = trained
-    out = tmp_path / "bs_train"
-    bitrate_scaling.run(bitrate_scaling.options(
-        models=cfg.experiment_dir, max_clips=1, baselines="", split="train", data_dir=corpus,
-        corpus="librispeech", processes=1, out=str(out)))
+    out = _bitrate_scaling(tmp_path, cfg, corpus, "bs_train", max_clips=1, baselines="", split="train")
     text = (out / "summary.md").read_text()
     assert "train split" in text and "--split train" in text
     assert {r["codec"] for r in _read(out / "bitrate_scaling.csv")} == {"cq tiny_vq"}
