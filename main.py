@@ -30,6 +30,8 @@ _HELP = {
     "data_dir": "corpus root (the demo corpus is built there when --corpus demo and it is missing)",
     "cache_dir": "on-disk frame cache",
     "max_train_minutes": "cap on training audio in minutes (0 = all)",
+    "speed_perturb": "extra speed factors of the training audio, e.g. 0.9,1.1 (one resampled copy per factor: "
+                     "pitch and formants move with it; empty = the recordings only)",
     "eval_clips": "test clips scored and written as audio after training and in mode 0",
     "num_modules": "modules in the cascade",
     "channels": "channels of each module",

@@ -64,6 +64,9 @@ class Config:
     data_dir: str = "data/demo"
     cache_dir: str = "cache"
     max_train_minutes: float = 0.0   # 0 = use everything
+    # Speed perturbation of the training split: one extra copy per factor, pitch and formants
+    # moved by the factor (cq_codec.data.cache); empty = the recordings only.
+    speed_perturb: tuple = ()
     eval_clips: int = 8
     # Architecture (one module; the cascade repeats it).
     num_modules: int = 2
@@ -219,6 +222,11 @@ class Config:
         need(self.validation_steps >= 1, "validation_steps", f"must be >= 1; got {self.validation_steps}")
         need(len(self.train_snr) in (0, 2) and (not self.train_snr or self.train_snr[0] <= self.train_snr[1]),
              "train_snr", f"expects 'lo,hi' in dB with lo <= hi (or nothing for clean training); got {list(self.train_snr)}")
+        from cq_codec.data.cache import check_speeds  # numpy / soxr: only when validating
+        try:
+            check_speeds(self.speed_perturb)
+        except ValueError as e:
+            need(False, "speed_perturb", str(e))
         need(self.noise_dir == "" or os.path.isdir(self.noise_dir), "noise_dir",
              f"{self.noise_dir!r} is not a folder of noise recordings")
         need(self.res_scalar > 0, "res_scalar", f"must be > 0; got {self.res_scalar}")

@@ -24,6 +24,9 @@ from cq_codec.config import Config, ConfigError, parse_int_list
     ({"weighting_gamma": 1.5}, "weighting_gamma"),
     ({"tau_init": 0.0}, "tau_init"),                       # 0 only under signed control
     ({"tau_init": -0.5, "tau_signed": True}, "tau_init"),
+    ({"speed_perturb": (1.0,)}, "speed_perturb"),          # the recording is always kept
+    ({"speed_perturb": (0.5,)}, "speed_perturb"),
+    ({"speed_perturb": (0.9, 0.9)}, "speed_perturb"),
 ])
 def test_bad_values_name_their_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=f"--{flag}"):

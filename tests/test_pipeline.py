@@ -71,6 +71,42 @@ def test_cache_contents_and_std(built):
     assert reopened.std == cache.std and reopened.splits == cache.splits
 
 
+def test_speed_perturbation_adds_analysed_copies_of_training_audio_only(built, tmp_path):
+    parts, plain = built
+    sped = cache_lib.build_cache(parts, str(tmp_path / "sped"), speeds=(0.9, 1.1))
+    assert sped.key != plain.key and sped.std == plain.std  # std of the recordings only
+    assert cache_lib.cache_key(parts, None, ()) == plain.key  # no speeds: the old key
+    for split in ("val", "test"):
+        assert sped.splits[split] == plain.splits[split]
+        np.testing.assert_array_equal(sped.arrays(split)["signal"], plain.arrays(split)["signal"])
+    train = [audio.load_audio(u.path) for u in parts["train"] if not u.path.endswith("0009.flac")]
+    lengths = [[len(a), len(cache_lib.speed_perturb(a, 0.9)), len(cache_lib.speed_perturb(a, 1.1))]
+               for a in train]
+    assert sped.num_frames("train") == sum(preprocess.num_frames(n) for row in lengths for n in row)
+    # Each recording is stored first as recorded, then its 0.9 and 1.1 copies, each with its own LPC.
+    first, slow = lengths[0][0], lengths[0][1]
+    a = sped.arrays("train")
+    n0 = preprocess.num_frames(first)
+    np.testing.assert_array_equal(a["lsf"][:n0], plain.arrays("train")["lsf"][:n0])
+    y_slow = preprocess.preprocess_audio(cache_lib.speed_perturb(train[0], 0.9))
+    np.testing.assert_allclose(a["lsf"][n0:n0 + preprocess.num_frames(slow)],
+                               preprocess.analyze_utterance(y_slow), rtol=1e-6)
+    assert sped.splits["train"]["seconds"] > 2.9 * plain.splits["train"]["seconds"]
+    with pytest.raises(ValueError, match="differ from 1"):
+        cache_lib.build_cache(parts, str(tmp_path / "bad"), speeds=(1.0,))
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_speed_perturb_moves_pitch_by_the_factor():
+    t = np.arange(C.SAMPLE_RATE) / C.SAMPLE_RATE
+    x = np.sin(2 * np.pi * 200.0 * t).astype(np.float32)
+    for factor in (0.9, 1.1):
+        y = cache_lib.speed_perturb(x, factor)
+        assert y.dtype == np.float32 and abs(len(y) - len(x) / factor) <= 1
+        spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+        assert np.argmax(spectrum) * C.SAMPLE_RATE / len(y) == pytest.approx(200.0 * factor, abs=2.0)
+
+
 def test_cache_reused_then_rebuilt_when_stale(built, corpus):
     parts, cache = built
     stamp = os.path.getmtime(os.path.join(cache.directory, "train", "lsf.npy"))

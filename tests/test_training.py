@@ -133,3 +133,21 @@ def test_denoising_run_writes_noisy_and_denoised_audio(tmp_path, corpus):
     noisy = [r for r in rows if r["modules"] == "0"]
     assert len(noisy) == 1 and abs(float(noisy[0]["snr"]) - 5.0) < 0.2
     assert {r["snr_db"] for r in rows} == {"5.0"}
+
+
+def test_speed_perturbed_training_uses_its_own_cache(tmp_path, corpus):
+    """--speed_perturb trains on a cache of its own (three times the training frames) and leaves
+    the plain corpus's cache, validation and evaluation as they were."""
+    plain = _cfg(tmp_path, corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, num_modules=1, eval_clips=0)
+    sped = _cfg(tmp_path, corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, num_modules=1, eval_clips=0,
+                name="sped", speed_perturb=(0.9, 1.1))
+    _, plain_cache = modes.load_data(plain)
+    modes.run(sped)
+    _, sped_cache = modes.load_data(sped)
+    assert sped_cache.directory != plain_cache.directory
+    assert sped_cache.std == plain_cache.std
+    assert sped_cache.splits["val"] == plain_cache.splits["val"]
+    assert 2.5 * plain_cache.num_frames("train") < sped_cache.num_frames("train") < 3.5 * plain_cache.num_frames("train")
+    assert _stages(os.path.join(sped.experiment_dir, "metrics.csv")) == [("m1", 1)]
+    with open(os.path.join(sped.experiment_dir, "config.json")) as fh:
+        assert json.load(fh)["speed_perturb"] == [0.9, 1.1]

@@ -7,6 +7,12 @@ segments of all utterances end to end), ``starts.npy`` int64 [F] (sample offset 
 (rows of lsf.npy for hops t-1, t, t+1), ``rms.npy`` float32 [F] (frame RMS / std, for
 dropping silence). The key hashes the file lists (path and size) and the preprocessing
 constants: a cache whose key differs is stale and rebuilt.
+
+Speed perturbation (`speeds`, training split only): each training utterance is stored once as
+recorded and once per extra factor f, resampled by soxr to 1/f of its length and played at
+16 kHz, so pitch and formants both move by f (a shorter or longer vocal tract: new "speakers"
+from the same recordings). The copies are analysed like any utterance (their own LPC); the
+corpus std is taken on the recorded audio only, so it does not depend on `speeds`.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import soxr
 
 import constants as C
 from cq_codec.data.corpora import AudioReader, Utterance
 from cq_codec.data.preprocess import (EXAMPLE_SIZE, HISTORY, analyze_utterance, lsf_neighbours,
                                       padded_segment, preprocess_audio)
 
-__all__ = ["CACHE_VERSION", "FrameCache", "cache_key", "build_cache", "load_cache"]
+__all__ = ["CACHE_VERSION", "FrameCache", "cache_key", "build_cache", "load_cache",
+           "check_speeds", "speed_perturb"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +43,35 @@ CACHE_VERSION = 1
 _MANIFEST = "manifest.json"
 
 
-def cache_key(splits: Mapping[str, Sequence[Utterance]], std: float | None = None) -> str:
-    """sha256 of the file lists (real path, size), the preprocessing constants and `std`.
+MAX_SPEED_DEVIATION = 0.25  # speed factors must lie in [0.75, 1.25]
+
+
+def check_speeds(speeds: Sequence[float]) -> tuple[float, ...]:
+    """The extra speed-perturbation factors, validated: each in [0.75, 1.25], not 1, no repeats."""
+    out = tuple(float(f) for f in speeds)
+    for f in out:
+        if not (np.isfinite(f) and abs(f - 1.0) <= MAX_SPEED_DEVIATION) or f == 1.0:
+            raise ValueError(f"speed factors must lie in [{1 - MAX_SPEED_DEVIATION:g}, "
+                             f"{1 + MAX_SPEED_DEVIATION:g}] and differ from 1 (the recording "
+                             f"itself is always kept); got {f:g}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"speed factors repeat: {list(out)}")
+    return out
+
+
+def speed_perturb(audio: np.ndarray, factor: float) -> np.ndarray:
+    """`audio` (16 kHz) played `factor` times faster: resampled to len/factor samples, so pitch
+    and formants scale by `factor`. float32 [round(len / factor)]."""
+    if factor == 1.0:
+        return np.asarray(audio, np.float32)
+    rate_out = C.SAMPLE_RATE / factor
+    return soxr.resample(np.asarray(audio, np.float32), C.SAMPLE_RATE, rate_out).astype(np.float32)
+
+
+def cache_key(splits: Mapping[str, Sequence[Utterance]], std: float | None = None,
+              speeds: Sequence[float] = ()) -> str:
+    """sha256 of the file lists (real path, size), the preprocessing constants, `std` and the
+    speed factors (absent from the hash when there are none: older caches stay valid).
 
     Real paths: the same corpus reached through a symlink or another working directory has the
     same key (two runs must not keep rebuilding a shared cache from under each other)."""
@@ -48,6 +83,8 @@ def cache_key(splits: Mapping[str, Sequence[Utterance]], std: float | None = Non
         "splits": {s: [(os.path.realpath(u.path), os.path.getsize(u.path) if os.path.exists(u.path) else -1)
                        for u in sorted(utts)] for s, utts in sorted(splits.items())},
     }
+    if speeds:
+        desc["speeds"] = sorted(float(f) for f in speeds)
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -91,32 +128,35 @@ def load_cache(cache_dir: str) -> FrameCache:
         raise ValueError(f"{path}: unreadable cache manifest ({e})") from e
 
 
-def _build_split(utts: Sequence[Utterance], out_dir: str, stats: dict | None) -> dict:
+def _build_split(utts: Sequence[Utterance], out_dir: str, stats: dict | None,
+                 speeds: Sequence[float] = ()) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     starts, lsfs, index, energy = [], [], [], []
     offset = hop_offset = 0
     seconds = 0.0
     reader = AudioReader(utts)
     with open(os.path.join(out_dir, "signal.f32"), "wb") as f:
-        for _, audio in reader:
-            y = preprocess_audio(audio)
-            lsf = analyze_utterance(y)
-            seg = padded_segment(y)
-            seg.tofile(f)
-            t = len(lsf)
-            frame_starts = np.arange(t, dtype=np.int64) * C.HOP_SIZE
-            frames = seg[frame_starts[:, None] + HISTORY + np.arange(C.FRAME_SIZE)]
-            energy.append(np.mean(np.square(frames, dtype=np.float64), axis=1))
-            starts.append(offset + frame_starts)
-            index.append(hop_offset + lsf_neighbours(t))
-            lsfs.append(lsf)
-            offset += len(seg)
-            hop_offset += t
-            seconds += len(audio) / C.SAMPLE_RATE
-            if stats is not None:
-                stats["sum"] += float(np.sum(y))
-                stats["sumsq"] += float(np.sum(np.square(y)))
-                stats["n"] += len(y)
+        for _, recorded in reader:
+            for factor in (1.0, *speeds):
+                audio = recorded if factor == 1.0 else speed_perturb(recorded, factor)
+                y = preprocess_audio(audio)
+                lsf = analyze_utterance(y)
+                seg = padded_segment(y)
+                seg.tofile(f)
+                t = len(lsf)
+                frame_starts = np.arange(t, dtype=np.int64) * C.HOP_SIZE
+                frames = seg[frame_starts[:, None] + HISTORY + np.arange(C.FRAME_SIZE)]
+                energy.append(np.mean(np.square(frames, dtype=np.float64), axis=1))
+                starts.append(offset + frame_starts)
+                index.append(hop_offset + lsf_neighbours(t))
+                lsfs.append(lsf)
+                offset += len(seg)
+                hop_offset += t
+                seconds += len(audio) / C.SAMPLE_RATE
+                if stats is not None and factor == 1.0:  # the std of the recordings only
+                    stats["sum"] += float(np.sum(y))
+                    stats["sumsq"] += float(np.sum(np.square(y)))
+                    stats["n"] += len(y)
     cat = (lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt))
     np.save(os.path.join(out_dir, "starts.npy"), cat(starts, (0,), np.int64))
     np.save(os.path.join(out_dir, "lsf.npy"), cat(lsfs, (0, C.LPC_ORDER), np.float32))
@@ -127,12 +167,16 @@ def _build_split(utts: Sequence[Utterance], out_dir: str, stats: dict | None) ->
 
 
 def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
-                std: float | None = None, force: bool = False) -> FrameCache:
+                std: float | None = None, force: bool = False,
+                speeds: Sequence[float] = ()) -> FrameCache:
     """Builds (or reuses, if its key matches) the frame cache of `splits` in `cache_dir`.
 
     The corpus std is computed on the 'train' split after pre-emphasis unless `std` is given
     (then 'train' is optional). Unreadable files are logged and skipped (see AudioReader).
+    `speeds`: extra speed-perturbation factors of the 'train' split (module docstring); its
+    'seconds' then count the copies too.
     """
+    speeds = check_speeds(speeds)
     if not splits:
         raise ValueError("no splits given")
     if std is None and not splits.get("train"):
@@ -140,7 +184,7 @@ def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
                          "(or pass std=)")
     if std is not None and not std > 0:
         raise ValueError(f"std must be positive, got {std}")
-    key = cache_key(splits, std)
+    key = cache_key(splits, std, speeds)
     if not force:
         try:
             cache = load_cache(cache_dir)
@@ -165,7 +209,8 @@ def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
         for split in order:
             log.info("building frame cache: %s (%d files)", split, len(splits[split]))
             info[split] = _build_split(splits[split], os.path.join(build_dir, split),
-                                       stats if split == "train" and std is None else None)
+                                       stats if split == "train" and std is None else None,
+                                       speeds if split == "train" else ())
         if std is None:
             if stats["n"] == 0:
                 raise ValueError("the train split has no readable audio: cannot compute the std")
@@ -178,6 +223,7 @@ def build_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str,
             np.save(path, (np.load(path) / std).astype(np.float32))
         seconds = time.perf_counter() - t0
         manifest = {"key": key, "version": CACHE_VERSION, "std": std, "splits": info,
+                    **({"speeds": list(speeds)} if speeds else {}),
                     "example_size": EXAMPLE_SIZE, "build_seconds": round(seconds, 3)}
         with open(os.path.join(build_dir, _MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)

@@ -33,7 +33,7 @@ NoisyExamplesFn = Callable[[dict, np.ndarray, np.random.Generator], dict]
 
 def prepare_cache(splits: Mapping[str, Sequence[Utterance]], cache_dir: str | os.PathLike,
                   **kwargs) -> FrameCache:
-    """`build_cache` (reused when up to date); kwargs: std, force."""
+    """`build_cache` (reused when up to date); kwargs: std, force, speeds."""
     return build_cache(splits, os.fspath(cache_dir), **kwargs)
 
 

@@ -54,13 +54,14 @@ def load_data(cfg: Config):
     if cfg.max_train_minutes > 0:
         parts["train"] = _cap_minutes(parts["train"], cfg.max_train_minutes, cfg.seed)
     cache_dir = os.path.join(cfg.cache_dir, _cache_name(cfg))
-    cache = pipeline.prepare_cache(parts, cache_dir)
+    cache = pipeline.prepare_cache(parts, cache_dir, speeds=cfg.speed_perturb)
     return parts, cache
 
 
 def _cache_name(cfg: Config) -> str:
     tag = os.path.basename(os.path.normpath(cfg.data_dir)) or "data"
-    return f"{tag}-{cfg.corpus}" + (f"-{cfg.max_train_minutes:g}min-s{cfg.seed}" if cfg.max_train_minutes > 0 else "")
+    return (f"{tag}-{cfg.corpus}" + (f"-{cfg.max_train_minutes:g}min-s{cfg.seed}" if cfg.max_train_minutes > 0 else "")
+            + ("-speed" + "_".join(f"{f:g}" for f in cfg.speed_perturb) if cfg.speed_perturb else ""))
 
 
 def _cap_minutes(utts, minutes: float, seed: int):
