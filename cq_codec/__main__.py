@@ -1,7 +1,7 @@
 """The cq-codec command line: a thin layer over `cq_codec.api` (argparse, for the subcommands).
 
     python -m cq_codec encode IN.wav OUT.nac [--model PATH] [--bitrate KBPS]
-    python -m cq_codec decode IN.nac OUT.wav [--model PATH]
+    python -m cq_codec decode IN.nac OUT.wav [--model PATH] [--no-postfilter]
     python -m cq_codec info FILE.nac
 
 `-` reads stdin / writes stdout. Outputs are written to a temporary file in the destination's
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input", help=".nac file, or - for stdin")
     d.add_argument("output", help="audio file, or - for stdout (WAV)")
     d.add_argument("--model", default=None, help=model_help)
+    d.add_argument("--no-postfilter", dest="postfilter", action="store_false",
+                   help="skip the decoder's adaptive pitch + formant postfilter (lpc/postfilter.py)")
     i = sub.add_parser("info", help="print a .nac file's header and metadata (no model needed)")
     i.add_argument("input", help=".nac file, or - for stdin")
     return p
@@ -109,7 +111,7 @@ def _decode(args) -> None:
     import numpy as np
     import soundfile as sf
     from cq_codec import api
-    codec = api.load(args.model)
+    codec = api.load(args.model, postfilter=args.postfilter)
     with _open_input(args.input) as src:
         _, blocks = codec.decompress_blocks(src)
         ext = os.path.splitext(args.output)[1].lstrip(".").upper()

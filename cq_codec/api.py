@@ -5,6 +5,7 @@
     wav16 = codec.decode(codes)              # float32 [N] at 16 kHz
     data = codec.compress(wav, sr, bitrate=6.0)   # .nac bytes at the operating point nearest 6 kbps
     wav16, sr = codec.decompress(data)
+    codec.postfilter = False                 # decode without the adaptive postfilter (default on)
     codec.operating_points                  # [(num_modules, expected kbps), ...]
 
 Files go through `compress_file` / `decompress_file`, which stream in chunks (bounded memory).
@@ -120,8 +121,11 @@ class Codec:
     """A loaded CQ codec with its entropy tables. `frames_per_chunk` hops per `.nac` chunk."""
 
     def __init__(self, model, name: str = "cq_codec",
-                 frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK):
+                 frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK, postfilter: bool = True):
         self.model, self.name = model, str(name)
+        if not isinstance(postfilter, bool):
+            raise TypeError(f"postfilter must be True or False; got {postfilter!r}")
+        self.postfilter = postfilter  # decoder-side only: the .nac bytes do not depend on it
         self.frames_per_chunk = int(frames_per_chunk)
         self.sha256 = cs.model_sha256(model)
         self._fns = None
@@ -157,7 +161,7 @@ class Codec:
 
     def decode(self, codes: inference.Codes) -> np.ndarray:
         """Codes -> float32 wav [num_samples] at 16 kHz."""
-        return inference.decode(self.model, codes, self.frames_per_chunk)
+        return inference.decode(self.model, codes, self.frames_per_chunk, self.postfilter)
 
     # ------------------------------------------------------------------ bytes
     def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
@@ -187,7 +191,7 @@ class Codec:
         models = cs.entropy_models(self.model)
 
         def blocks():
-            dec = inference.StreamDecoder(self.model, info["num_samples"])
+            dec = inference.StreamDecoder(self.model, info["num_samples"], self.postfilter)
             for i, data in enumerate(reader):
                 n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
                 yield dec.push(cs.decode_chunk(data, n, info["num_active"], models, info["layout"]))
@@ -222,8 +226,10 @@ class Codec:
         return str(directory)
 
 
-def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK) -> Codec:
-    """Load a `.keras` CQ model (with entropy tables) as a `Codec`; None: the default model."""
+def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK,
+         postfilter: bool = True) -> Codec:
+    """Load a `.keras` CQ model (with entropy tables) as a `Codec`; None: the default model.
+    `postfilter`: decode through the adaptive postfilter (`lpc.postfilter`; no effect on the bytes)."""
     import keras
     import cq_codec.models.cq  # noqa: F401  (registers the serializable classes)
     path = DEFAULT_MODEL_PATH if path is None else str(path)
@@ -238,4 +244,4 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
     cs.entropy_models(model)     # fail now, with a clear message, if the tables are missing
     name = os.path.splitext(os.path.basename(path))[0]
-    return Codec(model, name=name, frames_per_chunk=frames_per_chunk)
+    return Codec(model, name=name, frames_per_chunk=frames_per_chunk, postfilter=postfilter)

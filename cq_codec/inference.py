@@ -213,10 +213,13 @@ class StreamDecoder:
     """Streaming decoder: `push(chunk)` -> float32 16 kHz samples of the chunk's hops.
 
     With `num_samples` given, the output stops there (the encoder's zero padding is dropped).
+    `postfilter`: True (the default `lpc.Postfilter`), False / None (the synthesis as it is), or
+    a `lpc.Postfilter` (fresh: it carries the stream's state).
     """
 
-    def __init__(self, model, num_samples: int | None = None):
+    def __init__(self, model, num_samples: int | None = None, postfilter=True):
         self.model = model
+        self.postfilter = make_postfilter(postfilter)
         self.num_samples = None if num_samples is None else int(num_samples)
         self.emitted = 0
         self._lsf_prev = None
@@ -239,6 +242,8 @@ class StreamDecoder:
         e[1:, : C.OVERLAP] += frames[:-1, C.HOP_SIZE:]
         self._tail = frames[-1, C.HOP_SIZE:].copy()
         y, self._syn = lpc.synthesis(e.reshape(-1), a_sub, self._syn)
+        if self.postfilter is not None:
+            y = self.postfilter(y, a_sub)
         y, self._de = lpc.deemphasis(y * self.model.signal_std, self._de)
         if self.num_samples is not None:
             y = y[: max(0, self.num_samples - self.emitted)]
@@ -259,7 +264,20 @@ def encode(model, wav: np.ndarray, num_active: int | None = None,
                  num_samples=int(wav.size))
 
 
-def decode(model, codes: Codes, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> np.ndarray:
-    """Codes -> float32 wav [num_samples] at 16 kHz (any prefix of the modules)."""
-    dec = StreamDecoder(model, codes.num_samples)
+def make_postfilter(postfilter):
+    """True -> a default `lpc.Postfilter`, False / None -> None, a Postfilter -> itself."""
+    from lpc.postfilter import Postfilter
+    if postfilter is True:
+        return Postfilter()
+    if postfilter is None or postfilter is False:
+        return None
+    if isinstance(postfilter, Postfilter):
+        return postfilter
+    raise TypeError(f"postfilter must be True, False or an lpc.postfilter.Postfilter; got {type(postfilter).__name__}")
+
+
+def decode(model, codes: Codes, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, postfilter=True) -> np.ndarray:
+    """Codes -> float32 wav [num_samples] at 16 kHz (any prefix of the modules); `postfilter`
+    as in `StreamDecoder`."""
+    dec = StreamDecoder(model, codes.num_samples, postfilter)
     return np.concatenate([dec.push(c) for c in codes.chunks(frames_per_chunk)])

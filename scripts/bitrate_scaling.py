@@ -33,8 +33,10 @@ DEFAULTS = {
     "corpus": "demo",
     "seed": 1234,
     "processes": 2,
+    "postfilter": "on",
     "out": "results/bitrate_scaling",
 }
+POSTFILTER_CHOICES = ("on", "off", "both")
 _HELP = {
     "models": ("string", "comma-separated model folders (results/<name>/model.keras) or globs"),
     "max_clips": ("integer", "clips (spread over all speakers/languages of --split)"),
@@ -45,6 +47,8 @@ _HELP = {
     "baseline_kbps": ("string", "override the rates of every baseline, e.g. '8,16,24' (default: BASELINE_POINTS)"),
     "seed": ("integer", "split seed (corpora without their own split)"),
     "processes": ("integer", "scoring processes"),
+    "postfilter": ("string", "decoder postfilter of the CQ models: on, off, or both (rows without it "
+                             "labelled 'no postfilter'; the bytes are the same)"),
     **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "out",)},
 }
 
@@ -83,6 +87,8 @@ def run(opts) -> None:
     logging.set_verbosity(logging.INFO)
     if opts.split not in splits.SPLITS:
         raise ValueError(f"--split must be {', '.join(splits.SPLITS[:-1])} or {splits.SPLITS[-1]}; got {opts.split!r}")
+    if opts.postfilter not in POSTFILTER_CHOICES:
+        raise ValueError(f"--postfilter must be on, off or both; got {opts.postfilter!r}")
     parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
     utts = studies.select_clips(parts[opts.split], opts.max_clips)
     clips = studies.load_clips(utts, opts.max_seconds)
@@ -90,13 +96,16 @@ def run(opts) -> None:
     rows = []
     for d in model_dirs(opts.models):
         codec = studies.load_codec(d, parts["train"])
-        label = os.path.basename(os.path.normpath(d))
-        for n in range(1, codec.num_modules + 1):
-            got = studies.codec_rows(codec, clips, label, num_modules=n, processes=opts.processes)
-            for r in got:
-                r["codec"] = f"cq {label}"
-                r["label"] = f"cq {label} {n} module{'s' if n > 1 else ''}"
-            rows += got
+        name = os.path.basename(os.path.normpath(d))
+        for post in {"on": (True,), "off": (False,), "both": (True, False)}[opts.postfilter]:
+            codec.postfilter = post
+            label = name + ("" if post else " (no postfilter)")
+            for n in range(1, codec.num_modules + 1):
+                got = studies.codec_rows(codec, clips, label, num_modules=n, processes=opts.processes)
+                for r in got:
+                    r["codec"] = f"cq {label}"
+                    r["label"] = f"cq {label} {n} module{'s' if n > 1 else ''}"
+                rows += got
     override = parse_float_list(opts.baseline_kbps, "baseline_kbps") if opts.baseline_kbps else None
     for name in (b.strip() for b in opts.baselines.split(",") if b.strip()):
         for kbps in override or studies.BASELINE_POINTS[name]:
@@ -119,7 +128,8 @@ def run(opts) -> None:
              "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
              "payload_kbps is the like-for-like comparison.\n\n"
              f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}"
-             + (f" --split {opts.split}" if opts.split != "test" else "") + "`")
+             + (f" --split {opts.split}" if opts.split != "test" else "")
+             + (f" --postfilter {opts.postfilter}" if opts.postfilter != "on" else "") + "`")
     studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr", "clips"],
                            "Bitrate scaling", notes)

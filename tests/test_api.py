@@ -79,6 +79,25 @@ def test_compress_decompress_equals_decode_of_codes(codec):
     np.testing.assert_array_equal(y, codec.decode(codec.encode(wav, 16000)))
 
 
+def test_postfilter_is_decoder_side_only(codec):
+    wav = ar_signal(1.3, 4)
+    data = codec.compress(wav, 16000)
+    codes = codec.encode(wav, 16000)
+    y_post, _ = codec.decompress(data)
+    plain = api.Codec(codec.model, name=codec.name, frames_per_chunk=codec.frames_per_chunk, postfilter=False)
+    assert plain.compress(wav, 16000) == data                       # same bytes either way
+    y_plain, _ = plain.decompress(data)
+    assert y_plain.shape == y_post.shape and not np.allclose(y_plain, y_post)
+    np.testing.assert_array_equal(y_plain, inference.decode(codec.model, codes, postfilter=False))
+    np.testing.assert_array_equal(y_post, inference.decode(codec.model, codes))
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    assert rms(y_post) == pytest.approx(rms(y_plain), rel=0.15)   # the gain control keeps loudness
+    with pytest.raises(TypeError, match="postfilter"):
+        api.Codec(codec.model, postfilter="yes")
+    with pytest.raises(TypeError, match="postfilter"):
+        inference.StreamDecoder(codec.model, postfilter="yes")
+
+
 def test_resampled_and_stereo_input(codec):
     wav = np.stack([ar_signal(1.5, 1), ar_signal(1.5, 2)], 1)     # 24000 samples "at 48 kHz"
     codes = codec.encode(wav, 48000)

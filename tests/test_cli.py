@@ -48,6 +48,12 @@ def test_round_trip_in_process(models, wav16, tmp_path, capsys):
     assert code == 0
     y, sr = sf.read(out)
     assert sr == 16000 and len(y) == sf.info(wav16).frames
+    plain = str(tmp_path / "plain.wav")
+    assert run(capsys, "decode", nac, plain, "--model", models[0], "--no-postfilter")[0] == 0
+    want, _ = api.load(models[0], postfilter=False).decompress(open(nac, "rb").read())
+    got, _ = sf.read(plain, dtype="float32")
+    np.testing.assert_allclose(got, np.clip(want, -1, 1), atol=1.5 / 32768)   # PCM_16 rounding
+    assert not np.allclose(got, y.astype(np.float32), atol=1.5 / 32768)    # the default postfilters
     assert cli.main(["info", nac]) == 0
     printed = capsys.readouterr().out
     assert '"num_samples": 9600' in printed and "version: 2" in printed and '"name": "a"' in printed

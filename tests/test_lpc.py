@@ -405,3 +405,76 @@ def test_gradients_wrt_lsf_are_finite_and_non_zero(chain):
 def test_tf_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------- decoder postfilter
+from lpc.postfilter import Postfilter  # noqa: E402
+
+
+def test_postfilter_streams_exactly(speech):
+    lsf = lpc.analyze(speech[:40 * C.HOP_SIZE])
+    a_sub = lpc.subframe_lpc(lsf)
+    y = speech[:40 * C.HOP_SIZE]
+    whole = Postfilter()(y, a_sub)
+    pf = Postfilter()
+    parts = [pf(y[s * C.HOP_SIZE:e * C.HOP_SIZE], a_sub[s:e]) for s, e in ((0, 7), (7, 8), (8, 40))]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-12)
+    assert whole.shape == y.shape and not np.allclose(whole, y)
+
+
+def test_postfilter_off_settings_are_the_identity(speech):
+    y = speech[:10 * C.HOP_SIZE]
+    a_sub = lpc.subframe_lpc(lpc.analyze(y))
+    out = Postfilter(gamma_num=0.8, gamma_den=0.8, pitch_gain=0.0)(y, a_sub)
+    np.testing.assert_allclose(out, y, rtol=1e-9, atol=1e-12)
+
+
+def test_postfilter_keeps_loudness_and_deepens_formant_valleys(speech):
+    y = speech[:60 * C.HOP_SIZE]
+    a_sub = lpc.subframe_lpc(lpc.analyze(y))
+    out = Postfilter(pitch_gain=0.0)(y, a_sub)
+    assert np.sqrt(np.mean(out ** 2)) == pytest.approx(np.sqrt(np.mean(y ** 2)), rel=0.1)
+    # Per hop, the envelope's spectrum over the coded band: peaks kept, valleys lowered, so the
+    # spread (dB) of the output spectrum exceeds the input's on average.
+    f_in = np.abs(np.fft.rfft(y.reshape(-1, C.HOP_SIZE) * np.hanning(C.HOP_SIZE), axis=1))
+    f_out = np.abs(np.fft.rfft(out.reshape(-1, C.HOP_SIZE) * np.hanning(C.HOP_SIZE), axis=1))
+    loud = np.sum(f_in ** 2, axis=1) > np.median(np.sum(f_in ** 2, axis=1))
+    spread = lambda f: np.std(20 * np.log10(f[loud] + 1e-9), axis=1).mean()
+    assert spread(f_out) > spread(f_in) + 1.0
+
+
+def test_postfilter_pitch_comb_raises_harmonic_to_noise_ratio():
+    rng = np.random.default_rng(0)
+    hops, period = 20, 100                       # 160 Hz pulse train + white noise
+    n = hops * C.HOP_SIZE
+    pulses = np.zeros(n)
+    pulses[::period] = 1.0
+    y = pulses + 0.05 * rng.standard_normal(n)
+    a_sub = np.zeros((hops, C.NUM_SUBFRAMES, C.LPC_ORDER + 1))
+    a_sub[..., 0] = 1.0                          # flat envelope: only the pitch stage acts
+    out = Postfilter(gamma_num=1.0, gamma_den=1.0, pitch_gain=0.5)(y, a_sub)
+
+    def hnr(x):
+        spec = np.abs(np.fft.rfft(x[C.HOP_SIZE * 2:])) ** 2
+        freqs = np.fft.rfftfreq(len(x) - 2 * C.HOP_SIZE, 1 / C.SAMPLE_RATE)
+        k = (freqs / (C.SAMPLE_RATE / period)) % 1.0
+        return spec[(k < 0.05) | (k > 0.95)].mean() / spec[(k > 0.3) & (k < 0.7)].mean()
+    assert hnr(out) > 1.5 * hnr(y)   # 1.7x measured with g = 0.5 * correlation
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"gamma_num": 0.9, "gamma_den": 0.8}, "gamma_num <= gamma_den"),
+    ({"pitch_gain": 1.5}, "pitch_gain"),
+    ({"pitch_threshold": 1.0}, "pitch_threshold"),
+    ({"agc": 1.0}, "agc"),
+])
+def test_postfilter_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Postfilter(**kwargs)
+
+
+def test_postfilter_length_must_match_the_filters():
+    a_sub = np.zeros((2, C.NUM_SUBFRAMES, C.LPC_ORDER + 1))
+    a_sub[..., 0] = 1.0
+    with pytest.raises(ValueError, match="samples"):
+        Postfilter()(np.zeros(C.HOP_SIZE), a_sub)

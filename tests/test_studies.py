@@ -129,12 +129,22 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
     assert not (tmp_path / "bs_dev").exists()
 
 
-def test_bitrate_scaling_on_the_training_split(tmp_path, trained, corpus):
+def test_bitrate_scaling_on_the_training_split_with_and_without_postfilter(tmp_path, trained, corpus):
     cfg, _ = trained
-    out = _bitrate_scaling(tmp_path, cfg, corpus, "bs_train", max_clips=1, baselines="", split="train")
+    out = _bitrate_scaling(tmp_path, cfg, corpus, "bs_train", max_clips=1, baselines="", split="train",
+                           postfilter="both")
     text = (out / "summary.md").read_text()
-    assert "train split" in text and "--split train" in text
-    assert {r["codec"] for r in _read(out / "bitrate_scaling.csv")} == {"cq tiny_vq"}
+    assert "train split" in text and "--split train" in text and "--postfilter both" in text
+    rows = _read(out / "bitrate_scaling.csv")
+    assert {r["codec"] for r in rows} == {"cq tiny_vq", "cq tiny_vq (no postfilter)"}
+    by = {(r["codec"], r["modules"]): r for r in rows}
+    for (codec, n), r in by.items():   # the postfilter is decoder-side: same bytes, other audio
+        if codec == "cq tiny_vq":
+            other = by[("cq tiny_vq (no postfilter)", n)]
+            assert r["bytes"] == other["bytes"] and r["si_sdr"] != other["si_sdr"]
+    with pytest.raises(ValueError, match="--postfilter must be on, off or both"):
+        _bitrate_scaling(tmp_path, cfg, corpus, "bs_pf", postfilter="yes")
+    assert not (tmp_path / "bs_pf").exists()
 
 
 def test_compare_quantizers_script(tmp_path, corpus):
