@@ -9,7 +9,7 @@ quantized LPC filters, so it costs no bits and needs no look-ahead:
    exceeds `pitch_threshold`, x <- (x + g x[n - T]) / (1 + g) with g = `pitch_gain` * c, which
    deepens the valleys between the harmonics where the coding noise is heard;
 2. short-term (formant): H(z) = A(z / gamma_num) / A(z / gamma_den), attenuating the formant
-   valleys (the same sub-frame filters as the synthesis);
+   valleys, with one A(z) per hop (the synthesis's mid-hop sub-frame filter);
 3. gain control: per sub-frame gain G = rms(input) / rms(output), smoothed sample by sample
    (g[n] = agc * g[n-1] + (1 - agc) * G), so the loudness is kept.
 
@@ -20,10 +20,10 @@ Parameters were chosen on the demo corpus's validation split (docs/DESIGN.md, "P
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 import scipy.signal
 
 import constants as C
-from lpc.filters import residual, synthesis
 
 __all__ = ["PITCH_MIN", "PITCH_MAX", "Postfilter"]
 
@@ -31,6 +31,9 @@ PITCH_MIN = 32    # 500 Hz
 PITCH_MAX = 320   # 50 Hz
 _SUB = C.SUBFRAME_SIZE
 _HIST = PITCH_MAX + _SUB
+_P = C.LPC_ORDER
+_MID = C.NUM_SUBFRAMES // 2 - 1   # the sub-frame filter half way between the hops' LSFs
+_NFFT = 448       # > (PITCH_MAX - PITCH_MIN) + SUB - 1 = 407: the needed lags see no wrap-around
 
 
 class Postfilter:
@@ -56,7 +59,8 @@ class Postfilter:
         self.gamma_num, self.gamma_den = float(gamma_num), float(gamma_den)
         self.pitch_gain, self.pitch_threshold, self.agc = float(pitch_gain), float(pitch_threshold), float(agc)
         self._hist = np.zeros(_HIST)      # last decoded samples (pitch search)
-        self._fir = self._iir = None      # formant filter states
+        self._xh = np.zeros(_P)           # formant filter: last inputs / outputs
+        self._yh = np.zeros(_P)
         self._gain = 1.0
 
     def __call__(self, y, a_sub) -> np.ndarray:
@@ -65,30 +69,56 @@ class Postfilter:
         if y.ndim != 1 or len(y) != a_sub.shape[0] * C.HOP_SIZE:
             raise ValueError(f"y must be 1-D with {a_sub.shape[0]} * {C.HOP_SIZE} samples; got {y.shape}")
         x = self._pitch(y)
-        k = np.arange(C.LPC_ORDER + 1)
-        r, self._fir = residual(x, a_sub * self.gamma_num ** k, self._fir)
-        z, self._iir = synthesis(r, a_sub * self.gamma_den ** k, self._iir)
+        z = self._formant(x, a_sub[:, _MID])
         return self._gain_control(x, z)
+
+    def _formant(self, x: np.ndarray, a_hop: np.ndarray) -> np.ndarray:
+        """A(z / gamma_num) / A(z / gamma_den), one filter per hop (the mid-hop interpolation:
+        one scipy call per hop), direct-form history carried across hops and calls."""
+        if self.gamma_num == self.gamma_den:
+            return x
+        k = np.arange(_P + 1)
+        xin = np.concatenate([self._xh, x])
+        out = np.concatenate([self._yh, np.zeros(len(x))])
+        for t, a in enumerate(a_hop):
+            b, d = a * self.gamma_num ** k, a * self.gamma_den ** k
+            s = t * C.HOP_SIZE                                    # x[s] is xin[s + P]
+            # Transposed-DF-II state reproducing the direct-form history (scipy.signal.lfiltic):
+            # zi[m] = sum_j b[m+1+j] x[n-1-j] - d[m+1+j] y[n-1-j]
+            zi = (np.correlate(b[1:], xin[s:s + _P][::-1], mode="full")[_P - 1:]
+                  - np.correlate(d[1:], out[s:s + _P][::-1], mode="full")[_P - 1:])
+            out[s + _P:s + _P + C.HOP_SIZE], _ = scipy.signal.lfilter(
+                b, d, xin[s + _P:s + _P + C.HOP_SIZE], zi=zi)
+        self._xh, self._yh = xin[-_P:].copy(), out[-_P:].copy()
+        return out[_P:]
 
     def _pitch(self, y: np.ndarray) -> np.ndarray:
         buf = np.concatenate([self._hist, y])
         self._hist = buf[-_HIST:].copy()
-        if self.pitch_gain == 0.0:
+        n_sub = len(y) // _SUB
+        if self.pitch_gain == 0.0 or n_sub == 0:
             return y
-        windows = np.lib.stride_tricks.sliding_window_view(buf, _SUB)
-        lags = np.arange(PITCH_MIN, PITCH_MAX + 1)
-        out = y.copy()
-        for s in range(len(y) // _SUB):
-            start = _HIST + s * _SUB
-            cur = buf[start:start + _SUB]
-            past = windows[start - lags]                                  # [lags, SUB]
-            energy = np.einsum("ij,ij->i", past, past) * np.dot(cur, cur)
-            corr = (past @ cur) / np.sqrt(np.maximum(energy, 1e-30))
-            j = int(np.argmax(corr))
-            if corr[j] > self.pitch_threshold:
-                g = self.pitch_gain * min(float(corr[j]), 1.0)
-                out[s * _SUB:(s + 1) * _SUB] = (cur + g * past[j]) / (1.0 + g)
-        return out
+        # All sub-frames at once. Sub-frame s starts at buf[start_s]; candidate i (lag
+        # PITCH_MAX - i) is buf[first_s + i : + SUB] with first_s = start_s - PITCH_MAX.
+        starts = _HIST + _SUB * np.arange(n_sub)
+        firsts = starts - PITCH_MAX
+        n_lags = PITCH_MAX - PITCH_MIN + 1
+        view = np.lib.stride_tricks.sliding_window_view
+        segs = view(buf, n_lags + _SUB - 1)[firsts]                       # [n_sub, span]
+        cur = buf[starts[:, None] + np.arange(_SUB)]                       # [n_sub, SUB]
+        # cross-correlations by FFT, in float32 (only compared with each other and a threshold)
+        spec = scipy.fft.rfft(segs.astype(np.float32), _NFFT) * np.conj(scipy.fft.rfft(cur.astype(np.float32), _NFFT))
+        num = scipy.fft.irfft(spec, _NFFT)[:, :n_lags].astype(np.float64)
+        # candidate energies from each segment's own running sum (chunking-exact)
+        run = np.concatenate([np.zeros((n_sub, 1)), np.cumsum(np.square(segs), axis=1)], axis=1)
+        den = (run[:, _SUB:] - run[:, :-_SUB]) * np.sum(np.square(cur), axis=1)[:, None]
+        corr = num / np.sqrt(np.maximum(den, 1e-30))
+        best = n_lags - 1 - np.argmax(corr[:, ::-1], axis=1)               # ties: shortest lag
+        c = corr[np.arange(n_sub), best]
+        g = np.where(c > self.pitch_threshold, self.pitch_gain * np.minimum(c, 1.0), 0.0)
+        past = buf[(firsts + best)[:, None] + np.arange(_SUB)]
+        out = (cur + g[:, None] * past) / (1.0 + g[:, None])
+        return np.concatenate([out.reshape(-1), y[n_sub * _SUB:]])
 
     def _gain_control(self, ref: np.ndarray, z: np.ndarray) -> np.ndarray:
         n_sub = len(z) // _SUB
