@@ -32,6 +32,7 @@ flags.DEFINE_integer("train_steps", 100, "steps for the tiny stand-in model")
 flags.DEFINE_float("hours", 1.0, "length of the generated input for the memory test (0: skip)")
 flags.DEFINE_integer("repeats", 3, "timed repetitions per operating point (the best is reported)")
 flags.DEFINE_string("workdir", None, "where to put generated files (default: a temp dir)")
+flags.DEFINE_bool("postfilter", True, "decode through the adaptive postfilter (--nopostfilter: without)")
 
 
 def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
@@ -123,9 +124,9 @@ def main(_):
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cq_bench_")
     os.makedirs(workdir, exist_ok=True)
     model_path = FLAGS.model or tiny_model(wav, FLAGS.train_steps, os.path.join(workdir, "tiny.keras"))
-    codec = api.load(model_path)
+    codec = api.load(model_path, postfilter=FLAGS.postfilter)
     print(f"model {model_path}; {len(wav) / C.SAMPLE_RATE:.2f} s of {FLAGS.wav}; "
-          f"operating points {[(n, round(k, 2)) for n, k in codec.operating_points]}")
+          f"operating points {[(n, round(k, 2)) for n, k in codec.operating_points]}; postfilter {'on' if codec.postfilter else 'off'}")
     print("entropy model kinds:", {k: v["kind"] for k, v in codec.model.entropy_tables["report"].items()})
     measure(codec, wav)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
