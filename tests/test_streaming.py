@@ -6,6 +6,7 @@ import soundfile as sf
 
 import constants as C
 import lpc
+from lpc.postfilter import Postfilter
 from cq_codec import api, inference
 from test_api import ar_signal, make_model
 
@@ -86,14 +87,19 @@ def test_streamed_decode_equals_whole_signal_synthesis(model):
     wav = ar_signal(0.9, 5)
     codes = inference.encode(model, wav, frames_per_chunk=6)
     with Recorder(model) as rec:
-        y = inference.decode(model, codes, frames_per_chunk=6)
+        y = inference.decode(model, codes, frames_per_chunk=6, postfilter=False)
     frames = np.concatenate(rec.outputs)
     hops = codes.lsf.shape[0]
     a_sub = lpc.subframe_lpc(inference._quantized_lsf(model, codes.lsf))
     e = lpc.overlap_add(frames)[: hops * C.HOP_SIZE]
-    ref, _ = lpc.synthesis(e, a_sub)
-    ref, _ = lpc.deemphasis(ref * model.signal_std)
+    syn, _ = lpc.synthesis(e, a_sub)
+    ref, _ = lpc.deemphasis(syn * model.signal_std)
     np.testing.assert_array_equal(y, ref[: wav.size].astype(np.float32))
+    # With the postfilter (the default), chunk by chunk equals the whole signal postfiltered.
+    post = inference.decode(model, codes, frames_per_chunk=6)
+    ref_post, _ = lpc.deemphasis(Postfilter()(syn, a_sub) * model.signal_std)
+    np.testing.assert_allclose(post, ref_post[: wav.size].astype(np.float32), rtol=0, atol=1e-6)
+    assert not np.allclose(post, y, atol=1e-4)
 
 
 def test_state_stays_bounded(model):
