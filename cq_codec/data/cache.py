@@ -138,7 +138,7 @@ def _build_split(utts: Sequence[Utterance], out_dir: str, stats: dict | None,
     with open(os.path.join(out_dir, "signal.f32"), "wb") as f:
         for _, recorded in reader:
             for factor in (1.0, *speeds):
-                audio = recorded if factor == 1.0 else speed_perturb(recorded, factor)
+                audio = speed_perturb(recorded, factor)   # factor 1: the recording itself
                 y = preprocess_audio(audio)
                 lsf = analyze_utterance(y)
                 seg = padded_segment(y)
