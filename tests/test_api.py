@@ -76,6 +76,7 @@ def test_compress_decompress_equals_decode_of_codes(codec):
     wav = ar_signal(1.3, 4)
     y, sr = codec.decompress(codec.compress(wav, 16000))
     assert sr == 16000 and y.dtype == np.float32 and y.shape == wav.shape
+    # Same path (the codec's chunking on both sides, the codes are the bytes' codes): bit-exact.
     np.testing.assert_array_equal(y, codec.decode(codec.encode(wav, 16000)))
 
 
@@ -88,8 +89,17 @@ def test_postfilter_is_decoder_side_only(codec):
     assert plain.compress(wav, 16000) == data                       # same bytes either way
     y_plain, _ = plain.decompress(data)
     assert y_plain.shape == y_post.shape and not np.allclose(y_plain, y_post)
-    np.testing.assert_array_equal(y_plain, inference.decode(codec.model, codes, postfilter=False))
-    np.testing.assert_array_equal(y_post, inference.decode(codec.model, codes))
+    # Bit-exact only along the same path: decode in the codec's own chunks, so the model sees the
+    # same batch shapes (oneDNN may pick other kernels for other shapes, and float32 results then
+    # differ in the last bits from CPU to CPU).
+    fpc = codec.frames_per_chunk
+    np.testing.assert_array_equal(y_plain, inference.decode(codec.model, codes, fpc, postfilter=False))
+    np.testing.assert_array_equal(y_post, inference.decode(codec.model, codes, fpc))
+    # Other chunking is another path: equal within float32 rounding carried through 1/A(z) (on an
+    # AMD EPYC 111 of 20800 samples differed, by <= 1.5e-8 on this signal of std 0.1; the bound is 1e-5 x peak).
+    peak = float(np.max(np.abs(y_plain)))
+    np.testing.assert_allclose(inference.decode(codec.model, codes, postfilter=False), y_plain,
+                               rtol=0, atol=1e-5 * peak)
     rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     assert rms(y_post) == pytest.approx(rms(y_plain), rel=0.15)   # the gain control keeps loudness
     with pytest.raises(TypeError, match="postfilter"):

@@ -91,16 +91,34 @@ def test_inference_values_are_codebook_entries(kind):
     assert codes.shape == (B, T, q.num_streams) and out.quantized.shape == z.shape
     assert np.all(codes >= 0) and np.all(codes < np.array(q.codebook_sizes))
     np.testing.assert_allclose(out.quantized.numpy(), _expected_hard(q, codes), atol=1e-6)
-    if isinstance(q, (Q.SoftmaxQuantizer, Q.VectorQuantizer)):  # nearest-neighbour codes
-        if isinstance(q, Q.SoftmaxQuantizer):
-            dist = np.abs(z.numpy()[..., None] - q.bins.numpy())
-        else:
-            dist = ((z.numpy()[..., None, :] - q.codebook.numpy()) ** 2).sum(-1)[..., None, :]
-        np.testing.assert_array_equal(codes, dist.argmin(-1))
+    if isinstance(q, Q.SoftmaxQuantizer):
+        # float32 |z - b| is one correctly rounded subtraction: the same bits on every CPU, so the
+        # codes are the numpy argmin exactly (first index on ties, as tf.argmin).
+        np.testing.assert_array_equal(codes, np.abs(z.numpy()[..., None] - q.bins.numpy()).argmin(-1))
+    elif isinstance(q, Q.VectorQuantizer):
+        dist = ((z.numpy()[..., None, :] - q.codebook.numpy()) ** 2).sum(-1)[..., None, :]
+        assert_nearest(codes, dist)
+
+
+def assert_nearest(codes, dist, rtol=1e-5):
+    """codes [..., S] pick a nearest entry of dist [..., S, K]. The quantizer's distances are
+    |z|^2 - 2 z.c + |c|^2 (a matmul whose kernel depends on the CPU), the reference's (z - c)^2
+    summed: the two may order near-ties differently, so a code may differ from the reference's
+    argmin only where another entry is within float32 rounding (rtol x the distance scale)."""
+    dist = np.asarray(dist, np.float64)
+    chosen = np.take_along_axis(dist, np.asarray(codes)[..., None], -1)[..., 0]
+    tol = rtol * (1.0 + np.abs(dist).max())
+    assert np.all(chosen <= dist.min(-1) + tol)
+    order = np.sort(dist, -1)
+    clear = order[..., 1] - order[..., 0] > tol          # no near-tie: the code is pinned exactly
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(np.asarray(codes)[clear], dist.argmin(-1)[clear])
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_decode_equals_inference_output(kind):
+    # Bit-exact by construction: inference output and decode are the same gathers (summed in the
+    # same order for RVQ), not two float computations.
     q, z = _ready(kind)
     out = q(z)
     np.testing.assert_array_equal(q.decode(out.codes).numpy(), out.quantized.numpy())
@@ -179,7 +197,7 @@ def test_vq_ema_step_moves_codes_to_cluster_means():
     out = vq(z, training=True)
     codes = out.codes.numpy().reshape(-1)
     flat = z.numpy().reshape(-1, 3)
-    np.testing.assert_array_equal(codes, ((flat[:, None] - before) ** 2).sum(-1).argmin(1))
+    assert_nearest(codes, ((flat[:, None] - before) ** 2).sum(-1))
     after = vq.codebook.numpy()
     for k in np.unique(codes):
         np.testing.assert_allclose(after[k], flat[codes == k].mean(0), rtol=1e-4, atol=1e-5)
@@ -208,9 +226,7 @@ def test_graph_mode_training_and_switches_without_retracing():
     z = _latents(4, seed=6)
     step(z)
     assert float(vq.initialized.numpy()) == 1.0  # k-means ran inside the graph
-    np.testing.assert_array_equal(vq(z).codes.numpy(),
-                                  ((z.numpy()[..., None, :] - vq.codebook.numpy()) ** 2
-                                   ).sum(-1).argmin(-1)[..., None])
+    assert_nearest(vq(z).codes.numpy(), ((z.numpy()[..., None, :] - vq.codebook.numpy()) ** 2).sum(-1)[..., None, :])
     sq = Q.SoftmaxQuantizer(num_bins=4)
     infer = tf.function(lambda z: sq(z, training=False).quantized)
     z1 = _latents(1)

@@ -68,7 +68,10 @@ def test_streamed_frames_equal_whole_signal_frames(model, seconds):
     with Recorder(model) as rec:
         chunks = push_all(inference.StreamEncoder(model, frames_per_chunk=7), wav, [1, 479, 481, 3000, 17])
     got = np.concatenate(rec.inputs)
-    assert got.shape == want.shape and np.array_equal(got, want)      # bit-exact DSP state carry
+    # Bit-exact: the numpy DSP is the same arithmetic either way (filters run sample by sample with
+    # carried state, each hop's LPC is computed from its own window row), which the streaming
+    # encoder promises (codes independent of push sizes).
+    assert got.shape == want.shape and np.array_equal(got, want)
     assert np.array_equal(np.concatenate([c.lsf for c in chunks]), lsf_codes)
     assert all(len(c.lsf) == 7 for c in chunks[:-1])
 
@@ -94,6 +97,8 @@ def test_streamed_decode_equals_whole_signal_synthesis(model):
     e = lpc.overlap_add(frames)[: hops * C.HOP_SIZE]
     syn, _ = lpc.synthesis(e, a_sub)
     ref, _ = lpc.deemphasis(syn * model.signal_std)
+    # Bit-exact: the reference re-synthesises the very frames the decoder produced (recorded), so
+    # only the numpy overlap-add / 1/A(z) / de-emphasis state carry is compared: same arithmetic.
     np.testing.assert_array_equal(y, ref[: wav.size].astype(np.float32))
     # With the postfilter (the default), chunk by chunk equals the whole signal postfiltered.
     post = inference.decode(model, codes, frames_per_chunk=6)
