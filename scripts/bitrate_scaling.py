@@ -8,7 +8,10 @@ Clips: up to --max_clips utterances of the corpus's --split (default test), spre
 speaker/language (deterministic). kbps = bytes * 8 / seconds of real compressed data: the
 `.nac` file of `Codec.compress` (and its payload without the container header) and each
 baseline's packets. Writes <out>/bitrate_scaling.csv (per clip), summary.csv, summary.md and
-bitrate_scaling.png (PESQ-WB, STOI, SI-SDR against kbps, all codecs on the same axes).
+bitrate_scaling.png (PESQ-WB, STOI, SI-SDR against kbps, all codecs on the same axes). With
+--diagnostics on (default), every row also gets the error-allocation diagnostics of
+cq_codec/evaluation/diagnostics.py (per-band SNR, segmental SNR, oracle PESQ-WB) and
+error_spectra.png shows each row's error spectrum against the speech spectrum.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ DEFAULTS = {
     "seed": 1234,
     "processes": 2,
     "postfilter": "on",
+    "diagnostics": "on",
     "out": "results/bitrate_scaling",
 }
 POSTFILTER_CHOICES = ("on", "off", "both")
@@ -49,6 +53,8 @@ _HELP = {
     "processes": ("integer", "scoring processes"),
     "postfilter": ("string", "decoder postfilter of the CQ models: on, off, or both (rows without it "
                              "labelled 'no postfilter'; the bytes are the same)"),
+    "diagnostics": ("string", "on: per-band SNR, segmental SNR, oracle PESQ-WB (one more PESQ per clip) and "
+                              "error_spectra.png; off: skip them"),
     **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "out",)},
 }
 
@@ -83,12 +89,15 @@ def run(opts) -> None:
     """The study with options `opts` (absl FLAGS or `options(...)`)."""
     from cq_codec.config import parse_float_list
     from cq_codec.data import corpora, splits
-    from cq_codec.evaluation import studies
+    from cq_codec.evaluation import diagnostics, studies
     logging.set_verbosity(logging.INFO)
     if opts.split not in splits.SPLITS:
         raise ValueError(f"--split must be {', '.join(splits.SPLITS[:-1])} or {splits.SPLITS[-1]}; got {opts.split!r}")
     if opts.postfilter not in POSTFILTER_CHOICES:
         raise ValueError(f"--postfilter must be on, off or both; got {opts.postfilter!r}")
+    if opts.diagnostics not in ("on", "off"):
+        raise ValueError(f"--diagnostics must be on or off; got {opts.diagnostics!r}")
+    diag = opts.diagnostics == "on"
     parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
     utts = studies.select_clips(parts[opts.split], opts.max_clips)
     clips = studies.load_clips(utts, opts.max_seconds)
@@ -101,7 +110,8 @@ def run(opts) -> None:
             codec.postfilter = post
             label = name + ("" if post else " (no postfilter)")
             for n in range(1, codec.num_modules + 1):
-                got = studies.codec_rows(codec, clips, label, num_modules=n, processes=opts.processes)
+                got = studies.codec_rows(codec, clips, label, num_modules=n, processes=opts.processes,
+                                         diagnostics=diag)
                 for r in got:
                     r["codec"] = f"cq {label}"
                     r["label"] = f"cq {label} {n} module{'s' if n > 1 else ''}"
@@ -110,12 +120,15 @@ def run(opts) -> None:
     for name in (b.strip() for b in opts.baselines.split(",") if b.strip()):
         for kbps in override or studies.BASELINE_POINTS[name]:
             logging.info("baseline %s at %g kbps", name, kbps)
-            rows += studies.baseline_rows(name, kbps, clips, processes=opts.processes)
+            rows += studies.baseline_rows(name, kbps, clips, processes=opts.processes, diagnostics=diag)
     if not rows:
         raise ValueError("nothing to evaluate: no --models found and no --baselines")
     os.makedirs(opts.out, exist_ok=True)
+    if diag:
+        diagnostics.plot_error_spectra(diagnostics.pop_spectra(rows), os.path.join(opts.out, "error_spectra.png"),
+                                       title=f"Speech and error long-term spectra ({len(clips)} {opts.split} clips)")
     studies.write_csv(rows, os.path.join(opts.out, "bitrate_scaling.csv"))
-    values = ["kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr"]
+    values = ["kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr"] + (list(diagnostics.COLUMNS) if diag else [])
     summary = studies.mean_rows(rows, ["codec", "label"], values)
     studies.write_csv(summary, os.path.join(opts.out, "summary.csv"))
     plot_rows = list(summary) + [dict(r, codec=r["codec"] + " (payload only)", kbps=r["payload_kbps"])
@@ -129,9 +142,11 @@ def run(opts) -> None:
              "payload_kbps is the like-for-like comparison.\n\n"
              f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}"
              + (f" --split {opts.split}" if opts.split != "test" else "")
-             + (f" --postfilter {opts.postfilter}" if opts.postfilter != "on" else "") + "`")
+             + (f" --postfilter {opts.postfilter}" if opts.postfilter != "on" else "")
+             + (" --diagnostics off" if not diag else "") + "`" + ("\n\n" + diagnostics.NOTES if diag else ""))
     studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
-                           ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr", "clips"],
+                           ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr"]
+                           + (list(diagnostics.COLUMNS) if diag else []) + ["clips"],
                            "Bitrate scaling", notes)
     logging.info("wrote %s", opts.out)
 

@@ -121,7 +121,11 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
     assert {r["codec"] for r in rows} == {"cq tiny_vq", "opus"}
     for r in rows:
         assert float(r["kbps"]) == pytest.approx(int(r["bytes"]) * 8 / float(r["seconds"]) / 1000, rel=1e-6)
-        assert {"pesq_wb", "stoi", "si_sdr"} <= set(r)
+        assert {"pesq_wb", "stoi", "si_sdr", "snr_0_05", "snr_6_8", "seg_snr", "oracle_pesq_wb"} <= set(r)
+        assert not any(k.startswith("_") for k in r)           # the per-clip spectra went to the plot only
+    summary = (out / "summary.md").read_text()
+    assert "| snr_0_05 | snr_05_1 | snr_1_2 | snr_2_4 | snr_4_6 | snr_6_8 | seg_snr | oracle_pesq_wb |" in summary
+    assert "seg_snr" in _read(out / "summary.csv")[0] and (out / "error_spectra.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="no model.keras"):
         bitrate_scaling.model_dirs(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="--split must be train, val or test"):
@@ -132,9 +136,10 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
 def test_bitrate_scaling_on_the_training_split_with_and_without_postfilter(tmp_path, trained, corpus):
     cfg, _ = trained
     out = _bitrate_scaling(tmp_path, cfg, corpus, "bs_train", max_clips=1, baselines="", split="train",
-                           postfilter="both")
+                           postfilter="both", diagnostics="off")
     text = (out / "summary.md").read_text()
     assert "train split" in text and "--split train" in text and "--postfilter both" in text
+    assert "--diagnostics off" in text and "seg_snr" not in text and not (out / "error_spectra.png").exists()
     rows = _read(out / "bitrate_scaling.csv")
     assert {r["codec"] for r in rows} == {"cq tiny_vq", "cq tiny_vq (no postfilter)"}
     by = {(r["codec"], r["modules"]): r for r in rows}
@@ -145,6 +150,9 @@ def test_bitrate_scaling_on_the_training_split_with_and_without_postfilter(tmp_p
     with pytest.raises(ValueError, match="--postfilter must be on, off or both"):
         _bitrate_scaling(tmp_path, cfg, corpus, "bs_pf", postfilter="yes")
     assert not (tmp_path / "bs_pf").exists()
+    with pytest.raises(ValueError, match="--diagnostics must be on or off"):
+        _bitrate_scaling(tmp_path, cfg, corpus, "bs_diag", diagnostics="no")
+    assert not (tmp_path / "bs_diag").exists()
 
 
 def test_compare_quantizers_script(tmp_path, corpus):

@@ -188,12 +188,14 @@ def _payload_kbps(data: bytes, seconds: float) -> float:
 
 
 def codec_rows(codec, clips: Sequence[tuple[str, np.ndarray]], label: str, num_modules: int | None = None,
-               inputs: Sequence[np.ndarray] | None = None, processes: int = 2) -> list[dict]:
+               inputs: Sequence[np.ndarray] | None = None, processes: int = 2,
+               diagnostics: bool = False) -> list[dict]:
     """Compress -> decompress every clip at one operating point and score it against the clip.
 
     `inputs` (default: the clips themselves) is what gets coded, e.g. noisy versions of the clean
     clips. Rows: codec, label, modules, clip, seconds, kbps (file bytes), payload_kbps,
-    encode_ms_per_s, decode_ms_per_s and the metrics of `score`.
+    encode_ms_per_s, decode_ms_per_s and the metrics of `score`; with `diagnostics`, those of
+    `diagnostics.diagnose` too (per-clip spectra included: `diagnostics.pop_spectra` them).
     """
     from cq_codec.evaluation.metrics import measured_kbps, score_many
     n = num_modules or codec.num_modules
@@ -213,11 +215,16 @@ def codec_rows(codec, clips: Sequence[tuple[str, np.ndarray]], label: str, num_m
         pairs.append((np.asarray(clean, np.float32), decoded[: len(clean)]))
     for row, s in zip(rows, score_many(pairs, processes=processes, names=[r["clip"] for r in rows])):
         row.update(s)
+    if diagnostics:
+        from cq_codec.evaluation import diagnostics as diag
+        diag.add_to_rows(rows, pairs, processes)
     return rows
 
 
-def baseline_rows(name: str, kbps: float, clips: Sequence[tuple[str, np.ndarray]], processes: int = 2) -> list[dict]:
-    """One baseline codec at one nominal rate on every clip (measured kbps from its bytes)."""
+def baseline_rows(name: str, kbps: float, clips: Sequence[tuple[str, np.ndarray]], processes: int = 2,
+                  diagnostics: bool = False) -> list[dict]:
+    """One baseline codec at one nominal rate on every clip (measured kbps from its bytes); with
+    `diagnostics` as in `codec_rows`."""
     from cq_codec.evaluation.baselines import get_baseline
     from cq_codec.evaluation.metrics import measured_kbps, score_many
     codec = get_baseline(name, kbps)
@@ -232,6 +239,9 @@ def baseline_rows(name: str, kbps: float, clips: Sequence[tuple[str, np.ndarray]
         pairs.append((np.asarray(wav, np.float32), decoded))
     for row, s in zip(rows, score_many(pairs, processes=processes, names=[r["clip"] for r in rows])):
         row.update(s)
+    if diagnostics:
+        from cq_codec.evaluation import diagnostics as diag
+        diag.add_to_rows(rows, pairs, processes)
     return rows
 
 
