@@ -152,12 +152,8 @@ class Codec:
     # ------------------------------------------------------------------ codes
     def encode(self, wav, sr: int, num_modules: int | None = None) -> inference.Codes:
         """wav [N] or [N, channels] at `sr` -> Codes (16 kHz hops)."""
-        enc = inference.StreamEncoder(self.model, num_modules or self.num_modules, self.frames_per_chunk)
-        chunks = [c for b in _array_blocks(wav, sr) for c in enc.push(b)]
-        chunks += enc.finish()
-        return inference.Codes(np.concatenate([c.lsf for c in chunks]),
-                               [np.concatenate([c.modules[i] for c in chunks]) for i in range(enc.num_active)],
-                               enc.num_samples)
+        return inference.encode_blocks(self.model, _array_blocks(wav, sr), num_modules or self.num_modules,
+                                       self.frames_per_chunk)
 
     def decode(self, codes: inference.Codes) -> np.ndarray:
         """Codes -> float32 wav [num_samples] at 16 kHz."""

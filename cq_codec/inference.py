@@ -18,50 +18,21 @@ bounded by one chunk plus about two hops of look-ahead, whatever the input lengt
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple
+from typing import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 import constants as C
 import lpc
+from lpc.postfilter import Postfilter
+from cq_codec.bitstream import codec_stream as cs
+from cq_codec.codes import DEFAULT_FRAMES_PER_CHUNK, CodeChunk, Codes, num_hops_for
 
-__all__ = ["Codes", "CodeChunk", "StreamEncoder", "StreamDecoder", "encode", "decode",
-           "preprocess", "num_hops_for", "DEFAULT_FRAMES_PER_CHUNK"]
+__all__ = ["Codes", "CodeChunk", "StreamEncoder", "StreamDecoder", "encode", "encode_blocks", "decode",
+           "fit_entropy_tables", "preprocess", "num_hops_for", "DEFAULT_FRAMES_PER_CHUNK"]
 
-DEFAULT_FRAMES_PER_CHUNK = 250      # 7.5 s of audio per chunk
 _LEFT = C.LPC_WINDOW // 2 - C.HOP_SIZE // 2        # 272: LPC window start before its hop
-
-
-@dataclasses.dataclass
-class Codes:
-    """What the bitstream carries for one utterance.
-
-    lsf: int32 [T, 16] LSF codes, one row per hop; modules: list (one per module used) of int32
-    [T, positions, S]; num_samples: the length of the original signal at 16 kHz.
-    """
-
-    lsf: np.ndarray
-    modules: list
-    num_samples: int
-
-    def chunks(self, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> list["CodeChunk"]:
-        """Split into consecutive `CodeChunk`s of `frames_per_chunk` hops (the last may be shorter)."""
-        n = self.lsf.shape[0]
-        return [CodeChunk(self.lsf[s:s + frames_per_chunk], [m[s:s + frames_per_chunk] for m in self.modules])
-                for s in range(0, n, frames_per_chunk)]
-
-
-class CodeChunk(NamedTuple):
-    """Codes of consecutive hops: lsf int32 [n, 16], modules list of int32 [n, positions, S]."""
-
-    lsf: np.ndarray
-    modules: list
-
-
-def num_hops_for(num_samples: int) -> int:
-    return max(1, -(-int(num_samples) // C.HOP_SIZE))
 
 
 def preprocess(wav: np.ndarray, signal_std: float) -> np.ndarray:
@@ -71,29 +42,16 @@ def preprocess(wav: np.ndarray, signal_std: float) -> np.ndarray:
     return y / signal_std
 
 
-def _lsf_bins(model) -> np.ndarray:
-    """The LSF codebook [16, K] float32 (cached per model; it is fixed after training)."""
-    cached = model.__dict__.get("_cq_lsf_bins")
-    if cached is None:
-        cached = np.asarray(model.lsf_quantizer.bins.numpy(), np.float32)
-        model.__dict__["_cq_lsf_bins"] = cached
-    return cached
-
-
 def _lsf_codes(model, lsf: np.ndarray) -> np.ndarray:
-    """LSFs [T, 16] -> int32 codes [T, 16]: the nearest bin, as `SoftmaxQuantizer` at inference
-    (float32 |z - b|, first index on ties), in numpy: the quantizer's eager call also computes
-    its training terms, which cost ~10 % of encoding."""
-    z = np.asarray(lsf, np.float32)
-    return np.argmin(np.abs(z[..., None] - _lsf_bins(model)), axis=-1).astype(np.int32)
+    """LSFs [T, 16] -> int32 codes [T, 16]: the LSF quantizer's nearest bins, in numpy (its eager
+    call would also compute its training terms, ~10 % of encoding)."""
+    return model.lsf_quantizer.encode_numpy(lsf)
 
 
 def _quantized_lsf(model, lsf_codes: np.ndarray) -> np.ndarray:
-    """int32 LSF codes [T, 16] -> repaired quantized LSFs float64 [T, 16] (the bins through
-    `repair_lsf_float32`, bit-identical to the graph's `repair_lsf_tf`; independent of T)."""
-    from cq_codec.models.cq import repair_lsf_float32
-    bins = _lsf_bins(model)
-    return repair_lsf_float32(bins[np.arange(C.LPC_ORDER), np.asarray(lsf_codes)]).astype(np.float64)
+    """int32 LSF codes [T, 16] -> repaired quantized LSFs float64 [T, 16]: the bins through the
+    float32 `lpc.repair_lsf`, bit-identical to the graph's `repair_lsf_tf`; independent of T."""
+    return lpc.repair_lsf(model.lsf_quantizer.decode_numpy(lsf_codes)).astype(np.float64)
 
 
 def _check_chunk_size(frames_per_chunk) -> int:
@@ -251,22 +209,38 @@ class StreamDecoder:
         return y.astype(np.float32)
 
 
+def encode_blocks(model, blocks: Iterable[np.ndarray], num_active: int | None = None,
+                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Codes:
+    """16 kHz mono float blocks (any sizes) -> Codes: the whole signal through one StreamEncoder."""
+    enc = StreamEncoder(model, num_active, frames_per_chunk)
+    chunks = [c for b in blocks for c in enc.push(b)]
+    chunks += enc.finish()
+    return Codes.join(chunks, enc.num_samples)
+
+
 def encode(model, wav: np.ndarray, num_active: int | None = None,
            frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Codes:
     """Float wav [N] at 16 kHz -> Codes (hard codes of the first `num_active` modules)."""
     wav = np.asarray(wav, np.float64)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"encode expects a non-empty 1-D 16 kHz signal; got shape {wav.shape}")
-    enc = StreamEncoder(model, num_active, frames_per_chunk)
-    chunks = enc.push(wav) + enc.finish()
-    return Codes(lsf=np.concatenate([c.lsf for c in chunks]),
-                 modules=[np.concatenate([c.modules[i] for c in chunks]) for i in range(enc.num_active)],
-                 num_samples=int(wav.size))
+    return encode_blocks(model, [wav], num_active, frames_per_chunk)
+
+
+def fit_entropy_tables(model, wavs: Sequence[np.ndarray], held_out_every: int = 5,
+                       kinds: Sequence[str] = ("categorical", "context")) -> dict:
+    """Encode 16 kHz training utterances with every module and fit the bitstream's tables on
+    their codes (`codec_stream.fit_tables`, which stores them in `model.entropy_tables`)."""
+    wavs = [np.asarray(w) for w in wavs]
+    if not wavs or any(w.ndim != 1 or w.size == 0 for w in wavs):
+        raise ValueError("fit_entropy_tables needs a non-empty list of non-empty 1-D 16 kHz signals")
+    cs.check_kinds(kinds)
+    codes = [encode(model, w, num_active=len(model.codec_modules)) for w in wavs]
+    return cs.fit_tables(model, codes, held_out_every, kinds)
 
 
 def make_postfilter(postfilter):
     """True -> a default `lpc.Postfilter`, False / None -> None, a Postfilter -> itself."""
-    from lpc.postfilter import Postfilter
     if postfilter is True:
         return Postfilter()
     if postfilter is None or postfilter is False:

@@ -11,7 +11,7 @@ from lpc.dsp import (deemphasis, frame_signal, frame_window, highpass, highpass_
 from lpc.filters import residual, synthesis
 from lpc.lsf import lpc_to_lsf, lsf_to_lpc, repair_lsf
 
-_TF_NAMES = ("lsf_to_lpc_tf", "subframe_lsf_tf", "per_sample_filters_tf", "residual_tf",
+_TF_NAMES = ("repair_lsf_tf", "lsf_to_lpc_tf", "subframe_lsf_tf", "per_sample_filters_tf", "residual_tf",
              "synthesis_error_tf")
 
 __all__ = [

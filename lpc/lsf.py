@@ -16,7 +16,7 @@ import numpy as np
 import constants as C
 from lpc._validate import as_float_array, check_shape_tail
 
-__all__ = ["lpc_to_lsf", "lsf_to_lpc", "repair_lsf"]
+__all__ = ["lpc_to_lsf", "lsf_to_lpc", "repair_lsf", "lsf_ceiling"]
 
 _P = C.LPC_ORDER
 _H = _P // 2
@@ -115,27 +115,41 @@ def lsf_to_lpc(lsf):
     return 0.5 * (p_full + q_full)[..., :_P + 1]
 
 
+def lsf_ceiling(min_gap=C.LSF_MIN_GAP, n=_P):
+    """[n] float64: the largest value LSF i may take, pi - (n - i) * min_gap (room for the
+    min_gap steps above it)."""
+    return np.pi - min_gap * np.arange(n, 0, -1)
+
+
 def repair_lsf(lsf, min_gap=C.LSF_MIN_GAP):
     """Sorts LSFs and enforces min_gap between neighbours and to 0 and pi.
 
-    Moves each value as little as a forward pass (push up) then a backward pass (push down)
-    allow; values already min_gap apart are unchanged.
+    One algorithm, twinned in TensorFlow by `lpc.tf_ops.repair_lsf_tf`: a forward pass pushes
+    each value up to at least its lower neighbour + min_gap (the first to min_gap), then every
+    value is clipped to its ceiling pi - (16 - i) min_gap. (The same result, in exact
+    arithmetic, as a forward push-up followed by a backward push-down.) Values already min_gap
+    apart and under their ceilings are unchanged.
+
+    Computes in float32 for float32 input (operation for operation what `repair_lsf_tf` does,
+    so the two agree bit for bit: the codec's decoder runs this one, training the graph's),
+    otherwise in float64.
 
     Args:
       lsf: [..., LPC_ORDER] radians.
       min_gap: minimum distance (rad), 0 <= min_gap < pi / (LPC_ORDER + 1).
     Returns:
-      [..., LPC_ORDER] float64, increasing, in [min_gap, pi - min_gap].
+      [..., LPC_ORDER] (float32 or float64), increasing, in [min_gap, pi - min_gap].
     """
+    dtype = np.float32 if np.asarray(lsf).dtype == np.float32 else np.float64
     lsf = as_float_array(lsf, "lsf")
     check_shape_tail(lsf, (_P,), "lsf")
     if not 0.0 <= min_gap < np.pi / (_P + 1):
         raise ValueError(f"min_gap must be in [0, pi / {_P + 1}), got {min_gap}")
-    out = np.sort(lsf, axis=-1)
-    out[..., 0] = np.maximum(out[..., 0], min_gap)
-    for i in range(1, _P):
-        out[..., i] = np.maximum(out[..., i], out[..., i - 1] + min_gap)
-    out[..., -1] = np.minimum(out[..., -1], np.pi - min_gap)
-    for i in range(_P - 2, -1, -1):
-        out[..., i] = np.minimum(out[..., i], out[..., i + 1] - min_gap)
-    return out
+    lsf = np.sort(lsf.astype(dtype), axis=-1)
+    gap = dtype(min_gap)
+    prev = np.zeros(lsf.shape[:-1], dtype)
+    out = np.empty_like(lsf)
+    for k in range(_P):
+        prev = np.maximum(lsf[..., k], prev + gap)
+        out[..., k] = prev
+    return np.minimum(out, lsf_ceiling(min_gap).astype(dtype))

@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 import constants as C
+from lpc.lsf import lsf_ceiling
 
-__all__ = ["lsf_to_lpc_tf", "subframe_lsf_tf", "per_sample_filters_tf", "residual_tf",
+__all__ = ["repair_lsf_tf", "lsf_to_lpc_tf", "subframe_lsf_tf", "per_sample_filters_tf", "residual_tf",
            "synthesis_error_tf"]
 
 _P = C.LPC_ORDER
@@ -49,6 +50,20 @@ def _sections_product(cos_w):
         pad = lambda t, left, right: tf.pad(t, [[0, 0]] * (rank - 1) + [[left, right]])
         poly = pad(poly, 0, 2) + c * pad(poly, 1, 1) + pad(poly, 2, 0)
     return poly
+
+
+def repair_lsf_tf(lsf, min_gap: float = C.LSF_MIN_GAP):
+    """`lpc.repair_lsf` in TensorFlow (differentiable almost everywhere): sort, push each value up
+    to its lower neighbour + min_gap, clip to pi - (16 - i) min_gap. [..., 16] -> [..., 16];
+    bit-identical to the numpy version on float32 input (same operations in the same order)."""
+    lsf = tf.sort(lsf, axis=-1)
+    cols = tf.unstack(lsf, axis=-1)
+    prev = tf.zeros_like(cols[0])
+    out = []
+    for c in cols:
+        prev = tf.maximum(c, prev + min_gap)
+        out.append(prev)
+    return tf.minimum(tf.stack(out, axis=-1), tf.constant(lsf_ceiling(min_gap, len(cols)), lsf.dtype))
 
 
 def lsf_to_lpc_tf(lsf):

@@ -39,9 +39,8 @@ def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
     import keras
     import tensorflow as tf
     import lpc
-    from cq_codec.bitstream.codec_stream import fit_entropy_tables
     from cq_codec.config import Config
-    from cq_codec.inference import preprocess
+    from cq_codec.inference import fit_entropy_tables, preprocess
     from cq_codec.training.trainer import build_model
     keras.utils.set_random_seed(0)
     x = preprocess(wav, 1.0)
@@ -82,8 +81,7 @@ def measure(codec, wav: np.ndarray) -> None:
         _, _, chunks = read_nac(data)
         codes = codec.encode(wav, C.SAMPLE_RATE, num_modules=n)
         estimate = sum(cs.chunk_bits(c, models) for c in codes.chunks(codec.frames_per_chunk))
-        empirical = cs.empirical_entropy_bits(codes.lsf) + sum(
-            cs.empirical_entropy_bits(m.reshape(-1, m.shape[-1])) for m in codes.modules)
+        empirical = codes.entropy_bits()
         kbps = lambda bits: bits / seconds / 1000.0  # noqa: E731
         payload = 8 * sum(len(c) for c in chunks)
         snr = 10 * np.log10(np.sum(wav ** 2) / max(np.sum((wav - y) ** 2), 1e-20))

@@ -105,7 +105,6 @@ def rvq_stage_rows(codec, clips, label) -> list[dict]:
     always carries every stage, so this rate is the zeroth-order entropy of the codes used
     (LSF + first n stages), not bytes; the table marks it as such."""
     from cq_codec import inference
-    from cq_codec.bitstream.codec_stream import empirical_entropy_bits
     from cq_codec.evaluation.metrics import score_many
     q = codec.model.codec_modules[0].quantizer
     rows = []
@@ -114,8 +113,7 @@ def rvq_stage_rows(codec, clips, label) -> list[dict]:
         pairs, bits, secs = [], 0.0, 0.0
         for _, wav in clips:
             codes = inference.encode(codec.model, wav)
-            m = codes.modules[0]
-            bits += empirical_entropy_bits(codes.lsf) + empirical_entropy_bits(m.reshape(-1, m.shape[-1]))
+            bits += codes.entropy_bits()   # LSFs + module 1 (its first n stages)
             secs += len(wav) / C.SAMPLE_RATE
             decoded = inference.decode(codec.model, codes)
             pairs.append((wav, decoded))

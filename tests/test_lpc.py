@@ -205,6 +205,28 @@ def test_repair_lsf_orders_and_spaces():
     np.testing.assert_array_equal(lpc.repair_lsf(good), good)
 
 
+def test_repair_lsf_numpy_and_tf_twins_agree():
+    """One algorithm, two twins: float32 numpy (the decoder's) equals the TF graph's bit for bit
+    (the same elementwise max / add / min, each correctly rounded, in the same order), and the
+    float64 numpy version agrees to float32 rounding."""
+    import tensorflow as tf
+    rng = np.random.default_rng(8)
+    raw = rng.uniform(-0.5, 3.8, (300, P)).astype(np.float32)
+    raw[:30] = 1.0                                      # collapsed
+    raw[30:60] = np.linspace(3.1, 3.14, P)              # crowded under pi: the ceilings bind
+    raw[60:] = np.sort(raw[60:], -1)
+    got32 = lpc.repair_lsf(raw)
+    assert got32.dtype == np.float32
+    np.testing.assert_array_equal(got32, lpc.tf_ops.repair_lsf_tf(tf.constant(raw)).numpy())
+    got64 = lpc.repair_lsf(raw.astype(np.float64))
+    assert got64.dtype == np.float64
+    np.testing.assert_allclose(got32, got64, rtol=0, atol=4e-7)   # float32 ulp near pi: 2.4e-7
+    for out in (got32, got64):
+        assert np.all(np.diff(out, axis=-1) >= C.LSF_MIN_GAP * (1 - 1e-4))
+        assert np.all(out[:, 0] >= C.LSF_MIN_GAP) and np.all(out[:, -1] <= np.pi - C.LSF_MIN_GAP + 1e-6)
+    np.testing.assert_array_equal(lpc.repair_lsf(got64), got64)      # a fixed point
+
+
 def test_quantized_lsfs_give_minimum_phase_filters(chain):
     rng = np.random.default_rng(6)
     lsf = np.concatenate([chain["lsf"], _random_lsf(rng, (300,))])

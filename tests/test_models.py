@@ -12,7 +12,7 @@ import constants as C
 import lpc
 from cq_codec import inference
 from cq_codec.config import Config
-from cq_codec.models.cq import CQCodec, repair_lsf_tf
+from cq_codec.models.cq import CQCodec
 from cq_codec.models.residual_module import ResidualModule
 from cq_codec.nn.blocks import SubPixelUpsample1D, make_block
 from cq_codec.training.trainer import build_model, module_configs
@@ -136,13 +136,6 @@ def test_reference_module_parameter_count():
     m = ResidualModule()
     m.build((None, C.FRAME_SIZE, 1))
     assert 0.2e6 < m.count_params() < 0.5e6
-
-
-def test_repair_lsf_tf_orders_and_spaces():
-    lsf = tf.constant([[0.5, 0.2, 0.2001, 3.2] + list(np.linspace(0.6, 3.0, 12))], tf.float32)
-    out = repair_lsf_tf(lsf).numpy()[0]
-    assert np.all(np.diff(out) >= C.LSF_MIN_GAP - 1e-6)
-    assert out[0] > 0 and out[-1] < np.pi
 
 
 def test_forward_shapes_and_gradients_reach_everything(tiny):

@@ -124,6 +124,18 @@ def test_decode_equals_inference_output(kind):
     np.testing.assert_array_equal(q.decode(out.codes).numpy(), out.quantized.numpy())
 
 
+@pytest.mark.parametrize("kind", ["softmax", "softmax_lsf"])
+def test_softmax_numpy_encode_decode_equal_the_layer(kind):
+    """The numpy twins the codec's LSF path uses: codes and values equal the layer's (float32
+    |z - b| is the same correctly rounded arithmetic in numpy and TensorFlow)."""
+    q, z = _ready(kind)
+    out = q(z)
+    codes = q.encode_numpy(z.numpy())
+    assert codes.dtype == np.int32
+    np.testing.assert_array_equal(codes, out.codes.numpy())
+    np.testing.assert_array_equal(q.decode_numpy(codes), q.decode(out.codes).numpy())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_reach_the_encoder(kind):
     q, z = _ready(kind)

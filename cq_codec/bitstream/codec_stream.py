@@ -1,6 +1,7 @@
 """Glue between the codec's codes and the `.nac` bytes: entropy tables, chunks, metadata.
 
-- `fit_entropy_tables(model, wavs)`: after training, encode some utterances, fit per code group
+- `fit_tables(model, codes)`: after training, from the codes of some utterances
+  (`cq_codec.inference.fit_entropy_tables(model, wavs)` encodes them), fit per code group
   (the 16 LSF streams; each module's S streams) a `CategoricalModel` and a `ContextModel`, keep
   the one with fewer bits on held-out utterances, refit it on everything and store the tables
   (with the expected bits per frame of each group) in `model.entropy_tables`, so they are saved
@@ -25,10 +26,11 @@ import numpy as np
 import constants as C
 from cq_codec.bitstream import entropy
 from cq_codec.bitstream.container import NacError, NacFormatError, build_metadata, stream_counts
+from cq_codec.codes import CodeChunk, Codes
 
 __all__ = ["STREAM_FORMAT", "ModelMismatchError", "EntropyModels", "model_sha256", "code_layout",
-           "fit_entropy_tables", "entropy_models", "operating_points", "encode_chunk",
-           "decode_chunk", "chunk_bits", "stream_metadata", "check_metadata", "empirical_entropy_bits"]
+           "fit_tables", "check_kinds", "entropy_models", "operating_points", "encode_chunk",
+           "decode_chunk", "chunk_bits", "stream_metadata", "check_metadata"]
 
 STREAM_FORMAT = 1            # layout of a chunk payload (header byte / metadata key "stream_format")
 _TABLES_FORMAT = "cq_codec.entropy_tables"
@@ -78,17 +80,6 @@ def _rows(module_codes: np.ndarray) -> np.ndarray:
     return c.reshape(-1, c.shape[-1])
 
 
-def empirical_entropy_bits(codes) -> float:
-    """Zeroth-order empirical entropy of codes [N, S] (each stream's own histogram), in bits."""
-    c = np.asarray(codes).reshape(len(codes), -1)
-    total = 0.0
-    for s in range(c.shape[1]):
-        counts = np.bincount(c[:, s]).astype(np.float64)
-        p = counts[counts > 0] / len(c)
-        total -= len(c) * float(np.sum(p * np.log2(p)))
-    return total
-
-
 def _fit_group(fit_rows: list, held_rows: list, all_rows: list, sizes: list, kinds: Sequence[str]) -> tuple:
     """Best entropy model kind on held-out rows -> (model refit on all rows, report)."""
     classes = {"categorical": entropy.CategoricalModel, "context": entropy.ContextModel}
@@ -104,25 +95,29 @@ def _fit_group(fit_rows: list, held_rows: list, all_rows: list, sizes: list, kin
     return classes[best].fit(np.concatenate(all_rows), sizes), {"kind": best, "held_out_bits_per_row": report}
 
 
-def fit_entropy_tables(model, wavs: Sequence[np.ndarray], held_out_every: int = 5,
-                       kinds: Sequence[str] = ("categorical", "context")) -> dict:
-    """Fit the bitstream's probability tables from 16 kHz training utterances and store them.
+def check_kinds(kinds: Sequence[str]) -> None:
+    unknown = set(kinds) - {"categorical", "context"}
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a subset of ('categorical', 'context'), got {list(kinds)}")
+
+
+def fit_tables(model, codes: Sequence[Codes], held_out_every: int = 5,
+               kinds: Sequence[str] = ("categorical", "context")) -> dict:
+    """Fit the bitstream's probability tables on the codes of training utterances (every
+    module's) and store them (`cq_codec.inference.fit_entropy_tables` encodes the utterances).
 
     Every `held_out_every`-th utterance (at least one when there are two or more) is held out to
     choose, per group, between the kinds; the chosen kind is then refit on all utterances.
     Returns the tables dict (also assigned to `model.entropy_tables`), whose "report" holds the
     held-out bits per row of each kind.
     """
-    from cq_codec import inference
-    wavs = [np.asarray(w) for w in wavs]
-    if not wavs or any(w.ndim != 1 or w.size == 0 for w in wavs):
-        raise ValueError("fit_entropy_tables needs a non-empty list of non-empty 1-D 16 kHz signals")
-    unknown = set(kinds) - {"categorical", "context"}
-    if unknown or not kinds:
-        raise ValueError(f"kinds must be a subset of ('categorical', 'context'), got {list(kinds)}")
+    check_kinds(kinds)
+    if not codes:
+        raise ValueError("fit_tables needs the codes of at least one utterance")
     layout = code_layout(model)
     n_mod = len(model.codec_modules)
-    codes = [inference.encode(model, w, num_active=n_mod) for w in wavs]
+    if any(len(c.modules) != n_mod for c in codes):
+        raise ValueError(f"fit_tables needs the codes of all {n_mod} modules of every utterance")
     held = {i for i in range(len(codes)) if len(codes) > 1 and i % held_out_every == held_out_every - 1}
     held = held or ({len(codes) - 1} if len(codes) > 1 else set())
     groups = [("lsf", [c.lsf for c in codes], layout["lsf"])]
@@ -148,7 +143,7 @@ def entropy_models(model) -> EntropyModels:
     tables = getattr(model, "entropy_tables", None)
     if not tables:
         raise ValueError("this model has no entropy tables: run "
-                         "cq_codec.bitstream.codec_stream.fit_entropy_tables(model, wavs) after training")
+                         "cq_codec.inference.fit_entropy_tables(model, wavs) after training")
     cached = getattr(model, "_cq_entropy_cache", None)
     key = id(tables)
     if cached is not None and cached[0] == key:
@@ -190,7 +185,6 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
     """Payload bytes -> CodeChunk with `num_frames` hops of the first `num_active` modules.
 
     Raises NacFormatError when the payload does not decode to exactly that (damaged data)."""
-    from cq_codec.inference import CodeChunk
     data = bytes(data)
     if len(data) % 4:
         raise NacFormatError(f"chunk payload length {len(data)} is not a multiple of 4 bytes")

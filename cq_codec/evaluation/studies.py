@@ -150,15 +150,15 @@ def ensure_entropy_tables(model, train_utterances: Sequence, max_utterances: int
                           force: bool = False) -> None:
     """Fits the bitstream's entropy tables on a seeded subset of training utterances unless the
     model already has them."""
-    from cq_codec.bitstream import codec_stream as cs
     from cq_codec.data.audio import load_audio
+    from cq_codec.inference import fit_entropy_tables
     if getattr(model, "entropy_tables", None) and not force:
         return
     if not train_utterances:
         raise ValueError("fitting entropy tables needs training utterances")
     order = np.random.default_rng(seed).permutation(len(train_utterances))[:max_utterances]
     wavs = [np.asarray(load_audio(train_utterances[i].path), np.float64) for i in sorted(order)]
-    cs.fit_entropy_tables(model, wavs)
+    fit_entropy_tables(model, wavs)
 
 
 def load_codec(model_dir_or_path: str, train_utterances: Sequence | None = None):

@@ -17,11 +17,12 @@ import tensorflow as tf
 import constants as C
 import lpc
 from lpc import tf_ops
+from lpc.tf_ops import repair_lsf_tf
 from cq_codec import losses as L
 from cq_codec.models.residual_module import ResidualModule
 from cq_codec.quantizers.softmax import SoftmaxQuantizer, uniform_grids
 
-__all__ = ["CQCodec", "default_lsf_grid", "repair_lsf_tf", "repair_lsf_float32"]
+__all__ = ["CQCodec", "default_lsf_grid"]
 
 # Typical LSF ranges (rad) of the first and last LSF (REFERENCE.md); the others are interpolated.
 _LSF_LOW = np.linspace(0.03, 2.55, C.LPC_ORDER)
@@ -36,36 +37,6 @@ def default_lsf_grid(num_bins: int = 16, lsf_samples: np.ndarray | None = None) 
         hi = np.maximum(hi, lo + 1e-3)
         return uniform_grids(lo, hi, num_bins)
     return uniform_grids(_LSF_LOW, _LSF_HIGH, num_bins)
-
-
-def _lsf_ceiling(min_gap: float, n: int) -> np.ndarray:
-    return np.pi - min_gap * np.arange(n, 0, -1)
-
-
-def repair_lsf_tf(lsf, min_gap: float = C.LSF_MIN_GAP):
-    """Differentiable stability repair: sort, then keep `min_gap` between neighbours and from
-    0 and pi. [..., 16] -> [..., 16]."""
-    lsf = tf.sort(lsf, axis=-1)
-    cols = tf.unstack(lsf, axis=-1)
-    prev = tf.zeros_like(cols[0])
-    out = []
-    for c in cols:
-        prev = tf.maximum(c, prev + min_gap)
-        out.append(prev)
-    return tf.minimum(tf.stack(out, axis=-1), tf.constant(_lsf_ceiling(min_gap, len(cols)), lsf.dtype))
-
-
-def repair_lsf_float32(lsf, min_gap: float = C.LSF_MIN_GAP) -> np.ndarray:
-    """`repair_lsf_tf` in float32 numpy, operation for operation (bit-identical; the inference
-    path uses it to avoid eager TensorFlow calls). [T, 16] -> float32 [T, 16]."""
-    lsf = np.sort(np.asarray(lsf, np.float32), axis=-1)
-    gap = np.float32(min_gap)
-    prev = np.zeros(lsf.shape[:-1], np.float32)
-    out = np.empty_like(lsf)
-    for k in range(lsf.shape[-1]):
-        prev = np.maximum(lsf[..., k], prev + gap)
-        out[..., k] = prev
-    return np.minimum(out, _lsf_ceiling(min_gap, lsf.shape[-1]).astype(np.float32))
 
 
 @keras.saving.register_keras_serializable(package="cq_codec")

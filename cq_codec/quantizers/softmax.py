@@ -186,6 +186,27 @@ class SoftmaxQuantizer(Quantizer):
         offsets = tf.range(self.num_groups, dtype=tf.int32) * self.num_bins
         return tf.gather(tf.reshape(bins, [-1]), codes + offsets)
 
+    # ---- numpy inference (no eager TensorFlow calls: the codec's LSF path, chunk by chunk) ----
+    def bins_numpy(self) -> np.ndarray:
+        """The bins `[G, K]` as float32 numpy."""
+        return np.asarray(keras.ops.convert_to_numpy(self.bins), np.float32)
+
+    def encode_numpy(self, z) -> np.ndarray:
+        """z `[..., D]` -> int32 codes `[..., D]`: the nearest bin, as `call` at inference
+        (float32 |z - b|, the first index on ties), so the codes are the graph's exactly."""
+        z = np.asarray(z, np.float32)
+        return np.argmin(np.abs(z[..., None] - self.bins_numpy()), axis=-1).astype(np.int32)
+
+    def decode_numpy(self, codes) -> np.ndarray:
+        """int codes `[..., D]` -> float32 bin values `[..., D]` (`decode` in numpy)."""
+        codes = np.asarray(codes)
+        bins = self.bins_numpy()
+        if bins.shape[0] == 1:
+            return bins[0][codes]
+        if codes.shape[-1] != bins.shape[0]:
+            raise ValueError(f"{self.name}: codes have {codes.shape[-1]} streams, the bins {bins.shape[0]} rows")
+        return bins[np.arange(bins.shape[0]), codes]
+
     def get_config(self):
         config = super().get_config()
         config.update(

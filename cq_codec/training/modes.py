@@ -108,7 +108,7 @@ def _first_batch(cache, n: int = 512) -> dict:
 
 def fit_tables(cfg: Config, model, utterances, minutes: float = 10.0) -> dict:
     """Fits the bitstream's entropy tables on up to `minutes` of training utterances."""
-    from cq_codec.bitstream.codec_stream import fit_entropy_tables
+    from cq_codec.inference import fit_entropy_tables
     from cq_codec.data.audio import load_audio
     order = np.random.default_rng(cfg.seed).permutation(len(utterances))
     wavs, total = [], 0.0
@@ -133,7 +133,6 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[
     `entropy_kbps` is the zeroth-order entropy of the same codes."""
     import csv
     from cq_codec.api import Codec
-    from cq_codec.bitstream.codec_stream import empirical_entropy_bits
     from cq_codec.bitstream.container import read_nac
     from cq_codec.data.audio import load_audio, write_wav
     from cq_codec.evaluation.metrics import score
@@ -166,7 +165,7 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[
                 row = {"clip": base, **({"snr_db": snr} if cfg.eval_snr else {}), "modules": n, "seconds": seconds,
                        "kbps": payload * 8 / seconds / C.BITS_PER_KBIT,
                        "file_kbps": len(data) * 8 / seconds / C.BITS_PER_KBIT,
-                       "entropy_kbps": _codes_entropy_bits(codes, empirical_entropy_bits) / seconds / C.BITS_PER_KBIT}
+                       "entropy_kbps": codes.entropy_bits() / seconds / C.BITS_PER_KBIT}
                 row.update(score(wav, decoded, name=base))  # always against the clean clip
                 rows.append(row)
                 log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k != "clip"})
@@ -177,14 +176,6 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[
             w.writerows(rows)
         _write_summary(rows, os.path.join(out_dir, "eval.md"))
     return rows
-
-
-def _codes_entropy_bits(codes, entropy_bits) -> float:
-    """Zeroth-order entropy of every stream of an utterance's Codes (LSFs and modules), in bits."""
-    total = entropy_bits(codes.lsf)
-    for c in codes.modules:
-        total += entropy_bits(c.reshape(-1, c.shape[-1]))
-    return total
 
 
 def _write_summary(rows: list[dict], path: str) -> None:

@@ -1,0 +1,93 @@
+"""What the bitstream carries, independent of how it was made: `Codes` (one utterance) and
+`CodeChunk` (consecutive hops), and the zeroth-order entropy of code streams.
+
+numpy only. It sits below both `cq_codec.inference` (which makes codes) and
+`cq_codec.bitstream` (which entropy-codes them), so neither needs the other for the types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+import constants as C
+
+__all__ = ["Codes", "CodeChunk", "DEFAULT_FRAMES_PER_CHUNK", "num_hops_for", "stream_entropy_bits",
+           "entropy_bits"]
+
+DEFAULT_FRAMES_PER_CHUNK = 250      # 7.5 s of audio per chunk
+
+
+@dataclasses.dataclass
+class Codes:
+    """What the bitstream carries for one utterance.
+
+    lsf: int32 [T, 16] LSF codes, one row per hop; modules: list (one per module used) of int32
+    [T, positions, S]; num_samples: the length of the original signal at 16 kHz.
+    """
+
+    lsf: np.ndarray
+    modules: list
+    num_samples: int
+
+    def chunks(self, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> list["CodeChunk"]:
+        """Split into consecutive `CodeChunk`s of `frames_per_chunk` hops (the last may be shorter)."""
+        n = self.lsf.shape[0]
+        return [CodeChunk(self.lsf[s:s + frames_per_chunk], [m[s:s + frames_per_chunk] for m in self.modules])
+                for s in range(0, n, frames_per_chunk)]
+
+    @classmethod
+    def join(cls, chunks: list["CodeChunk"], num_samples: int) -> "Codes":
+        """Consecutive chunks (all with the same modules) -> one utterance's Codes."""
+        if not chunks:
+            raise ValueError("Codes.join needs at least one chunk")
+        return cls(np.concatenate([c.lsf for c in chunks]),
+                   [np.concatenate([c.modules[i] for c in chunks]) for i in range(len(chunks[0].modules))],
+                   int(num_samples))
+
+    def entropy_bits(self) -> float:
+        """Zeroth-order entropy of every stream (LSFs and each module's), in bits: what an ideal
+        coder with the utterance's own histograms would spend."""
+        return entropy_bits(self.lsf) + sum(entropy_bits(m) for m in self.modules)
+
+
+class CodeChunk(NamedTuple):
+    """Codes of consecutive hops: lsf int32 [n, 16], modules list of int32 [n, positions, S]."""
+
+    lsf: np.ndarray
+    modules: list
+
+
+def num_hops_for(num_samples: int) -> int:
+    """Hops (= codec frames) that cover `num_samples` 16 kHz samples (at least one)."""
+    return max(1, -(-int(num_samples) // C.HOP_SIZE))
+
+
+def stream_entropy_bits(codes, alphabet_sizes=None) -> np.ndarray:
+    """Codes [..., S] (S parallel streams; leading axes are occurrences) -> float64 [S]: each
+    stream's plug-in zeroth-order entropy in bits per code (its own histogram).
+    `alphabet_sizes` only checks the codes' range."""
+    c = np.asarray(codes)
+    if c.ndim < 1 or not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"codes must be an integer array [..., S]; got {c.dtype} {c.shape}")
+    c = c.reshape(-1, c.shape[-1]) if c.ndim > 1 else c.reshape(-1, 1)
+    out = np.zeros(c.shape[1])
+    if len(c) == 0:
+        return out
+    if c.min() < 0 or (alphabet_sizes is not None and np.any(c.max(0) >= np.asarray(alphabet_sizes))):
+        raise ValueError("codes outside their alphabet")
+    for s in range(c.shape[1]):
+        counts = np.bincount(c[:, s]).astype(np.float64)
+        p = counts[counts > 0] / len(c)
+        out[s] = -float(np.sum(p * np.log2(p)))
+    return out
+
+
+def entropy_bits(codes) -> float:
+    """Total zeroth-order entropy of codes [N, S] or [N, P, S] (streams along the last axis), in
+    bits: sum over streams of (number of codes x bits per code)."""
+    c = np.asarray(codes)
+    n = c.size // max(c.shape[-1], 1) if c.ndim > 1 else c.size
+    return float(n * stream_entropy_bits(c).sum())
