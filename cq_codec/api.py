@@ -180,16 +180,19 @@ class Codec:
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
         """A `.nac` stream -> (metadata, generator of float32 16 kHz blocks, one per chunk).
 
-        The header, metadata and model identity are checked before this returns; a damaged chunk
-        raises `NacError` when the generator reaches it."""
+        The header, metadata, model identity and (for a seekable stream) the file's size against
+        the hops it declares are checked before this returns; a damaged chunk, or one whose size
+        cannot hold its hops, raises `NacError` when the generator reaches it, before decoding it."""
         reader = NacReader(fileobj)
         info = cs.check_metadata(reader.metadata, self.model, self.sha256)
         models = cs.entropy_models(self.model)
+        bounds = cs.check_stream_size(reader.bytes_left, info, models)   # before any decoding work
 
         def blocks():
             dec = inference.StreamDecoder(self.model, info["num_samples"], self.postfilter)
             for i, data in enumerate(reader):
                 n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
+                bounds.check(len(data), n, f"chunk {i}")
                 yield dec.push(cs.decode_chunk(data, n, info["num_active"], models, info["layout"]))
         return reader.metadata, blocks()
 

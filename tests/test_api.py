@@ -17,7 +17,7 @@ import cq_codec.api
 import lpc
 from cq_codec import api, inference
 from cq_codec.bitstream import codec_stream as cs
-from cq_codec.bitstream.container import NacError, NacVersionError, read_nac, write_nac, write_nac_v1
+from cq_codec.bitstream.container import NacError, NacVersionError, read_nac, write_nac, write_nac_v1, write_nac_v2
 from cq_codec.codes import entropy_bits
 from cq_codec.config import Config
 from cq_codec.training.trainer import build_model
@@ -177,8 +177,8 @@ def test_file_overhead_is_a_few_tens_of_bytes(codec):
     one_chunk = api.Codec(codec.model, name=codec.name)          # 250 hops per chunk
     data = one_chunk.compress(ar_signal(3.0, 9), 16000)
     header, meta, chunks = read_nac(data)
-    assert header.version == 2 and meta["num_chunks"] == len(chunks) == 1
-    assert len(data) - len(chunks[0]) == 27 + len("tiny") + 8 < 64
+    assert header.version == 3 and meta["num_chunks"] == len(chunks) == 1
+    assert len(data) - len(chunks[0]) == 31 + 2 + len("tiny") + 8 < 64     # 2 modules
 
 
 def test_model_mismatch_and_unknown_version_are_refused(codec, small_nac, tmp_path):
@@ -241,9 +241,11 @@ def v1_nac(codec, wav):
 
 # Golden file: a seeded tiny model and a fixed input. If this fails after an intentional format
 # or model change, regenerate with the printed sha256; a failure otherwise means the bitstream,
-# the DSP or the model's numerics changed. GOLDEN_V1_SHA256 is the same input in the version-1
-# format (the file the writer made before version 2): it must still decode, to the same audio.
-GOLDEN_SHA256 = "611bdc998936887b7d725c5f98b44d950107a612908e4e9858301966ad7cb2ab"
+# the DSP or the model's numerics changed. GOLDEN_V2_SHA256 / GOLDEN_V1_SHA256 are the same input
+# in the version-2 / version-1 formats (the files the writers made before version 3 / 2): they
+# must still decode, to the same audio. Version 3 changed only the header (seed 001's prefix).
+GOLDEN_SHA256 = "95c8c6d271745f5dd7a1e1e87f9ab97a3ae10c380abf17ef33655833a01dccfd"
+GOLDEN_V2_SHA256 = "611bdc998936887b7d725c5f98b44d950107a612908e4e9858301966ad7cb2ab"
 GOLDEN_V1_SHA256 = "3551a0d4ceef6cff54820e2b4f983a350d38e24bc1e65531d36e3316df78580f"
 
 
@@ -253,10 +255,14 @@ def test_golden_nac(codec):
     y, _ = codec.decompress(data)
     assert sha == GOLDEN_SHA256, f"golden .nac changed: sha256 {sha}"
     np.testing.assert_array_equal(y, codec.decompress(data)[0])
+    header, meta, chunks = read_nac(data)
+    v2 = write_nac_v2(meta, chunks, header.bitrate_kbps)    # the previous writer's bytes
+    assert hashlib.sha256(v2).hexdigest() == GOLDEN_V2_SHA256
     old = v1_nac(codec, ar_signal(0.5, 42))
     assert hashlib.sha256(old).hexdigest() == GOLDEN_V1_SHA256
-    assert read_nac(old)[0].version == 1 and read_nac(old)[2] == read_nac(data)[2]   # same payloads
-    np.testing.assert_array_equal(codec.decompress(old)[0], y)
+    for earlier, version in ((v2, 2), (old, 1)):
+        assert read_nac(earlier)[0].version == version and read_nac(earlier)[2] == chunks   # same payloads
+        np.testing.assert_array_equal(codec.decompress(earlier)[0], y)
 
 
 def test_frame_functions_and_saved_model(codec, tmp_path):

@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import io
+import os
 import signal
 import struct
 import zlib
@@ -197,8 +198,6 @@ GOLDEN_MODEL_SHA256 = {
     "categorical": "fff45f9ccb3fea31e92fb06425faa1c94a05e6beccef454e03ebfbad39d8b514",
     "context": "60b7511dd1f0a56139f3398305c548decc8214612a4c010992a927c2f11960b2",
 }
-GOLDEN_NAC_V1_SHA256 = "2e71b883b78e497175860d030d0e7a9052955705e70e02eac7dca73afe93bd59"
-GOLDEN_NAC_SHA256 = "dcdb254c762f9444a6a1c99594c6a81189384187a4b0dbabfe25a546c05a3751"
 
 def golden_codes():
     """40 rows of codes from a fixed LCG (independent of any library RNG), [40, 4]."""
@@ -233,56 +232,125 @@ def test_golden_payload(kind):
 
 # ---------------------------------------------------------------- .nac container
 
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "nac")
+# Golden container files, one per version (tests/fixtures/nac/v{1,2,3}.nac). The version-1 and
+# version-2 hashes are those of the files the earlier writers made (they predate version 3).
+GOLDEN_NAC_SHA256 = {
+    1: "2e71b883b78e497175860d030d0e7a9052955705e70e02eac7dca73afe93bd59",
+    2: "dcdb254c762f9444a6a1c99594c6a81189384187a4b0dbabfe25a546c05a3751",
+    3: "51d3385db07c3f7a689211e88977fb12e69e80624d87c5673c1b58fa9de1c222",
+}
+CHUNKS = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
+
+
+def small_meta(**kw):
+    """4800 samples = 10 hops, 4 hops per chunk -> 3 chunks; two modules."""
+    return nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, num_samples=4800, num_stages=2,
+                              frames_per_chunk=4, stream_format=1, **kw)
+
+
 def small_nac():
-    """A version-2 file: 4800 samples = 10 hops, 4 hops per chunk -> 3 chunks."""
-    meta = nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, num_samples=4800, num_stages=2,
-                              frames_per_chunk=4, stream_format=1)
-    chunks = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
-    return nac.write_nac(meta, chunks, 6.1), meta, chunks
+    """A version-3 file (what write_nac writes)."""
+    meta = small_meta()
+    return nac.write_nac(meta, CHUNKS, 6.1), meta, CHUNKS
+
+
+def small_nac_v2():
+    meta = small_meta()
+    return nac.write_nac_v2(meta, CHUNKS, 6.1), meta, CHUNKS
 
 
 def small_nac_v1():
-    """The version-1 file the JSON writer made (its golden sha256 predates version 2)."""
+    """The version-1 file the JSON writer made."""
     meta = {"model": {"name": "tiny", "sha256": "ab" * 32}, "sample_rate": 16000, "num_samples": 4800,
             "stages": ["lsf", "res1"], "alphabet_sizes": [5, 3], "num_chunks": 3, "frames_per_chunk": 4,
             "num_frames": 10, "bitrate_kbps": 6.1}
-    chunks = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
-    return nac.write_nac_v1(meta, chunks, 6.1), meta, chunks
+    return nac.write_nac_v1(meta, CHUNKS, 6.1), meta, CHUNKS
 
 
-def test_container_round_trip():
+MAKERS = {1: small_nac_v1, 2: small_nac_v2, 3: small_nac}
+
+
+def seed_reader(data: bytes):
+    """What a reader written from seed 001 alone does, with nothing but `struct`: the 9-byte
+    big-endian prefix (3-byte magic, version, 4-byte metadata length, bit rate), skip the
+    metadata, then walk the length-prefixed chunks to the end."""
+    magic, version, meta_len, bitrate = struct.unpack(">3sBIB", data[:9])
+    pos, chunks = 9 + meta_len, []
+    while pos < len(data):
+        length, crc = struct.unpack(">II", data[pos:pos + 8])
+        chunks.append(data[pos + 8: pos + 8 + length])
+        pos += 8 + length
+    return magic, version, meta_len, bitrate, chunks
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_golden_files_per_version(version):
+    """tests/fixtures/nac/v{version}.nac: the bytes the writer of that version makes, readable today."""
+    with open(os.path.join(FIXTURES, f"v{version}.nac"), "rb") as f:
+        golden = f.read()
+    data, meta, chunks = MAKERS[version]()
+    assert data == golden
+    assert hashlib.sha256(golden).hexdigest() == GOLDEN_NAC_SHA256[version]
+    header, meta2, chunks2 = nac.read_nac(golden)
+    assert header.version == version and header.bitrate_byte == 24 and chunks2 == chunks
+    if version == 1:
+        assert meta2 == meta
+    else:
+        assert meta2 == {**meta, "model": {"name": "tiny", "sha256": "ab" * 8}, "sample_rate": 16000,
+                         "num_frames": 10, "num_chunks": 3}
+
+
+def test_seed_001_prefix_parses_with_struct_alone():
+    with open(os.path.join(FIXTURES, "v3.nac"), "rb") as f:
+        data = f.read()
+    magic, version, meta_len, bitrate, chunks = seed_reader(data)
+    assert (magic, version, bitrate) == (b"NAC", 3, 24)      # 6.1 kbps in 0.25 kbps units
+    assert bitrate * nac.BITRATE_UNIT_KBPS == 6.0
+    assert meta_len == nac.read_nac(data)[0].size - 9        # the metadata block is exactly that long
+    assert chunks == CHUNKS                                   # so skipping it lands on the chunks
+    with open(os.path.join(FIXTURES, "v1.nac"), "rb") as f:
+        old = f.read()                                        # version 1: the same prefix, but its
+    magic, version, meta_len, bitrate = struct.unpack(">3sBIB", old[:9])   # length left out the CRC
+    assert (magic, version, bitrate) == (b"NAC", 1, 24) and nac.read_nac(old)[0].size == 9 + meta_len + 4
+
+
+def test_version_3_byte_layout():
     data, meta, chunks = small_nac()
-    head = (b"NAC\x02" + b"\xab" * 8 + (4800).to_bytes(5, "big") + b"\x02" + b"\x00\x04" + b"\x01"
-            + bytes([24]) + b"\x04tiny")                # 6.1 kbps -> 24 quarter-kbps
+    body = (b"\xab" * 8 + (4800).to_bytes(5, "big") + b"\x01" + b"\x00\x04" + b"\x02" + b"\x00\x00"
+            + b"\x04tiny")
+    head = b"NAC\x03" + struct.pack(">I", len(body) + 4) + bytes([24]) + body
+    assert len(body) + 4 == 22 + 2 + 4                       # M = 22 + k + N
     assert data[:len(head) + 4] == head + struct.pack(">I", zlib.crc32(head))
     assert len(data) == len(head) + 4 + sum(8 + len(c) for c in chunks)
     header, meta2, chunks2 = nac.read_nac(data)
-    assert header == (2, len(head) + 4, 24) and header.bitrate_kbps == 6.0
-    assert meta2 == {**meta, "model": {"name": "tiny", "sha256": "ab" * 8}, "sample_rate": 16000,
-                     "num_frames": 10, "num_chunks": 3}
-    assert chunks2 == chunks
+    assert header == (3, len(head) + 4, 24) and header.bitrate_kbps == 6.0
+    assert meta2["codebooks"] == [0, 0] and meta2["stages"] == [1, 2]
     assert nac.write_nac(meta2, chunks, 6.1) == data      # what the reader returns writes the same bytes
     reader = nac.NacReader(io.BytesIO(data))
     assert reader.metadata == meta2 and reader.num_chunks == 3 and list(reader) == chunks
-    assert hashlib.sha256(data).hexdigest() == GOLDEN_NAC_SHA256
+    assert reader.bytes_left == sum(8 + len(c) for c in chunks)
 
 
-def test_version_1_files_still_read():
-    data, meta, chunks = small_nac_v1()
-    assert data[:4] == b"NAC\x01" and data[8] == 24
-    assert hashlib.sha256(data).hexdigest() == GOLDEN_NAC_V1_SHA256
-    header, meta2, chunks2 = nac.read_nac(data)
-    assert header.version == 1 and header.size == len(data) - sum(8 + len(c) for c in chunks)
-    assert header.bitrate_kbps == 6.0 and meta2 == meta and chunks2 == chunks
+def test_codebook_counts_round_trip_in_version_3_only():
+    meta = small_meta(codebooks=[3, 0])
+    data = nac.write_nac(meta, CHUNKS, 6.1)
+    assert data[9 + 17: 9 + 19] == b"\x03\x00"
+    assert nac.read_nac(data)[1]["codebooks"] == [3, 0]
+    with pytest.raises(nac.NacFormatError, match="version-2 header cannot hold codebook counts"):
+        nac.write_nac_v2(meta, CHUNKS, 6.1)
+    for bad in ([1], [256, 0], [-1, 0], [True, 0]):
+        with pytest.raises(nac.NacFormatError, match="'codebooks' must be one int"):
+            nac.write_nac({**meta, "codebooks": bad}, CHUNKS, 6.1)
 
 
 def test_header_overhead_is_small():
-    """Version 2 spends 27 bytes + the model name on the header and 8 bytes per chunk."""
+    """Version 3 spends 31 bytes + one per module + the model name on the header, 8 per chunk."""
     meta = nac.build_metadata(model_name="default", model_sha256="0123456789abcdef" * 4, num_samples=48000,
                               num_stages=3, frames_per_chunk=250, stream_format=1)
     payload = bytes(1000)
     data = nac.write_nac(meta, [payload], 2.7)
-    assert len(data) - len(payload) == 27 + len("default") + 8 < 64
+    assert len(data) - len(payload) == 31 + 3 + len("default") + 8 < 64
     long_name = "\u00e9" * 200                             # 400 UTF-8 bytes: cut to 254 (whole characters)
     _, back, _ = nac.read_nac(nac.write_nac({**meta, "model": {"name": long_name, "sha256": "0" * 16}},
                                             [payload], 2.7))
@@ -295,9 +363,9 @@ def test_bitrate_byte():
         nac.bitrate_to_byte(float("nan"))
 
 
-@pytest.mark.parametrize("make", [small_nac, small_nac_v1])
-def test_every_byte_corruption_and_truncation_raises_nac_error(make):
-    data, _, _ = make()
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_every_byte_corruption_and_truncation_raises_nac_error(version):
+    data, _, _ = MAKERS[version]()
     rng = np.random.default_rng(5)
     cases = []
     for i in range(len(data)):
@@ -310,11 +378,11 @@ def test_every_byte_corruption_and_truncation_raises_nac_error(make):
                 nac.read_nac(case)
 
 
-@pytest.mark.parametrize("make", [small_nac, small_nac_v1])
-def test_error_types_and_messages(make):
-    data, meta, chunks = make()
-    with pytest.raises(nac.NacVersionError, match="version 3.*supports versions 1 and 2"):
-        nac.read_nac(data[:3] + b"\x03" + data[4:])
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_error_types_and_messages(version):
+    data, meta, chunks = MAKERS[version]()
+    with pytest.raises(nac.NacVersionError, match="version 4.*supports versions 1, 2 and 3"):
+        nac.read_nac(data[:3] + b"\x04" + data[4:])
     with pytest.raises(nac.NacFormatError, match="magic"):
         nac.read_nac(b"RIFF" + data[4:])
     damaged = bytearray(data)
@@ -323,8 +391,8 @@ def test_error_types_and_messages(make):
         nac.read_nac(bytes(damaged))
     assert info.value.chunk_index == 2
     damaged = bytearray(data)
-    damaged[5] ^= 1                                    # a header byte
-    with pytest.raises(nac.NacError, match="header CRC mismatch|exceeds the limit|truncated"):
+    damaged[10] ^= 1                                   # a metadata byte
+    with pytest.raises(nac.NacChecksumError, match="header CRC mismatch"):
         nac.read_nac(bytes(damaged))
     with pytest.raises(nac.NacFormatError, match="truncated.*offset"):
         nac.read_nac(data[:-1])
@@ -337,13 +405,67 @@ def test_error_types_and_messages(make):
         nac.read_nac("not bytes")
 
 
-def test_version_1_metadata_length_limit():
+def with_crc(head: bytes) -> bytes:
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def test_version_3_length_and_field_limits():
+    data = small_nac()[0]
+    for meta_len in (2 ** 31, 22, 533):
+        bad = bytearray(data)
+        bad[4:8] = struct.pack(">I", meta_len)
+        with pytest.raises(nac.NacFormatError, match="outside the version-3 range"):
+            nac.read_nac(bytes(bad))
+    body = bytearray(data[9:9 + 24])                   # metadata without its CRC
+    longer = b"NAC\x03" + struct.pack(">I", 29) + data[8:9] + bytes(body) + b"!"   # one byte more than its fields
+    with pytest.raises(nac.NacFormatError, match="metadata length 29 at offset 4 does not match its fields"):
+        nac.read_nac(with_crc(longer) + data[9 + 28:])
+    cases = [(slice(8, 13), b"\0" * 5, "num_samples 0 \\(offset 17\\).*must be >= 1"),
+             (slice(14, 15), b"\x10", "frames_per_chunk 4100 at offset 23 exceeds the decoder's limit"),
+             (slice(16, 17), b"\0", "does not match its fields \\(0 modules")]
+    for where, value, message in cases:           # body offsets = file offsets - 9
+        b = bytearray(body)
+        b[where] = value
+        with pytest.raises(nac.NacFormatError, match=message):
+            nac.read_nac(with_crc(data[:9] + bytes(b)) + data[9 + 28:])
+    # A header declaring 2**40 - 1 samples in one-hop chunks: refused from the file size, at once.
+    b = bytearray(body)
+    b[8:13] = (2 ** 40 - 1).to_bytes(5, "big")
+    b[14:16] = b"\x00\x01"
+    with time_limit(1), pytest.raises(nac.NacFormatError, match="declares 2290649225 chunks"):
+        nac.NacReader(io.BytesIO(with_crc(data[:9] + bytes(b)) + data[9 + 28:]))
+
+
+def test_version_1_metadata_limits():
     data = bytearray(small_nac_v1()[0])
     data[4:8] = struct.pack(">I", 2 ** 21)
     with pytest.raises(nac.NacFormatError, match="metadata length 2097152 at offset 4 exceeds the limit"):
         nac.read_nac(bytes(data))
     with pytest.raises(nac.NacFormatError, match="num_chunks"):
         nac.write_nac_v1({"num_chunks": 2}, [b"a"], 1)
+
+    def v1(raw: bytes) -> bytes:
+        return with_crc(b"NAC\x01" + struct.pack(">I", len(raw)) + b"\x18" + raw)
+    cases = [(b"[" * 5000 + b"]" * 5000, "nests 5000 deep"),
+             (b'{"num_chunks":0,"x":' + b"[" * 17 + b"]" * 17 + b"}", "nests 18 deep"),
+             (b'{"num_chunks":0,"n":1' + b"0" * 5000 + b"}", "5001 digits"),
+             (b'{"num_chunks":0,"num_samples":NaN}', "NaN is not allowed"),
+             (b'{"num_chunks":-1}', "'num_chunks' must be an int in"),
+             (b'{"num_chunks":true}', "'num_chunks' must be an int in"),
+             (b'{"num_chunks":0,"num_samples":9223372036854775808}', "'num_samples' must be an int in"),
+             (b'{"num_chunks":0,"num_samples":"9"}', "'num_samples' must be an int in"),
+             (b'{"num_chunks":0,"frames_per_chunk":70000}', "'frames_per_chunk' must be an int in \\[1, 4096\\]"),
+             (b'{"num_chunks":0,"model":{"name":"x","sha256":7}}', "'model' must be"),
+             (b'{"num_chunks":0,"layout":{"lsf":[0],"modules":[]}}', "'layout' must be"),
+             (b'{"num_chunks":0,"bitrate_kbps":-1}', "'bitrate_kbps' must be a finite number"),
+             (b'{"x":1}', "'num_chunks' must be an int >= 0, got None"),
+             (b'"a string"', "is a JSON str"),
+             (b"\xff", "not UTF-8 JSON")]
+    for raw, message in cases:
+        with time_limit(1), pytest.raises(nac.NacFormatError, match=message):
+            nac.read_nac(v1(raw))
+    # Strings are not nesting: brackets inside them do not count.
+    assert nac.read_nac(v1(b'{"num_chunks":0,"note":"' + b"[" * 100 + b'"}'))[1]["note"] == "[" * 100
 
 
 def test_writer_refuses_what_the_header_cannot_hold():
@@ -358,7 +480,7 @@ def test_writer_refuses_what_the_header_cannot_hold():
              ({**meta, "stages": list(range(1, 257))}, chunks, "'stages' must be"),
              ({**meta, "num_samples": 0}, chunks, "'num_samples' must be an int in \\[1, "),
              ({**meta, "num_samples": 2 ** 40}, chunks, "'num_samples'"),
-             ({**meta, "frames_per_chunk": 2 ** 16}, chunks, "'frames_per_chunk'"),
+             ({**meta, "frames_per_chunk": nac.MAX_FRAMES_PER_CHUNK + 1}, chunks, "'frames_per_chunk'"),
              ({**meta, "stream_format": 256}, chunks, "'stream_format'")]
     for bad, given, message in cases:
         with pytest.raises(nac.NacFormatError, match=message):

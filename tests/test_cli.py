@@ -1,8 +1,11 @@
 """The cq-codec CLI: round trips (in process and through a real subprocess pipe) and clean failures."""
 
+import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -10,8 +13,9 @@ import soundfile as sf
 
 from cq_codec import __main__ as cli
 from cq_codec import api
-from cq_codec.bitstream.container import read_nac, write_nac_v1
+from cq_codec.bitstream.container import NacError, read_nac, write_nac_v1
 from test_api import ar_signal, make_model
+from test_bitstream import time_limit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +60,7 @@ def test_round_trip_in_process(models, wav16, tmp_path, capsys):
     assert not np.allclose(got, y.astype(np.float32), atol=1.5 / 32768)    # the default postfilters
     assert cli.main(["info", nac]) == 0
     printed = capsys.readouterr().out
-    assert '"num_samples": 9600' in printed and "version: 2" in printed and '"name": "a"' in printed
+    assert '"num_samples": 9600' in printed and "version: 3" in printed and '"name": "a"' in printed
 
 
 def test_info_reads_version_1_files(tmp_path, capsys):
@@ -144,3 +148,62 @@ def test_subprocess_stdin_stdout_encode(models, wav16, capsys):
     failed = subprocess.run([sys.executable, "-m", "cq_codec", "info", "-"], input=proc.stdout[:-1],
                             capture_output=True, env=env, cwd=ROOT, timeout=120)
     assert failed.returncode == 1 and b"truncated" in failed.stderr
+
+
+
+def v2_header(model_id: bytes, num_samples: int, fpc: int, modules: int = 1) -> bytes:
+    head = b"NAC\x02" + struct.pack(">8s5sBHBBB", model_id, num_samples.to_bytes(5, "big"), modules, fpc, 1, 4, 1) + b"a"
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def v3_header(model_id: bytes, num_samples: int, fpc: int, modules: int = 1) -> bytes:
+    body = struct.pack(">8s5sBHB", model_id, num_samples.to_bytes(5, "big"), 1, fpc, modules) + bytes(modules) + b"\x01a"
+    head = struct.pack(">3sBIB", b"NAC", 3, len(body) + 4, 4) + body
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+EMPTY_CHUNK = struct.pack(">II", 0, zlib.crc32(b""))
+
+
+def bombs(model_sha: str) -> dict:
+    """Decompression bombs with valid CRCs: many hops declared, no payload -> the message refusing each."""
+    mid = bytes.fromhex(model_sha[:16])
+    return {
+        # issue 19's 90-byte file: one chunk of 65,535 hops (32.8 min), empty payload (version 2).
+        "v2_65535_hops": (v2_header(mid, 65535 * 480, 65535) + EMPTY_CHUNK, "exceeds the decoder's limit 4096"),
+        # the largest chunk the format allows (2 modules), an empty payload
+        "v3_4096_hops": (v3_header(mid, 4096 * 480, 4096, 2) + EMPTY_CHUNK, "which need at least"),
+        # 2**40 - 1 samples (2.2 years) in 4096-hop chunks: 40 empty chunks follow
+        "v3_huge_count": (v3_header(mid, 2 ** 40 - 1, 4096) + EMPTY_CHUNK * 40, "declares 559241 chunks"),
+        # one-hop chunks: the file is far too short for the 2**31 chunks declared
+        "v3_one_hop_chunks": (v3_header(mid, 480 * 2 ** 31, 1) + EMPTY_CHUNK * 40, "declares 2147483648 chunks"),
+    }
+
+
+def test_decompression_bombs_are_refused_before_decoding(models, tmp_path, capsys):
+    codec = api.load(models[0])
+    for name, (blob, message) in bombs(codec.sha256).items():
+        with time_limit(10):                   # a hang guard, not a timing assertion (refused in ms)
+            with pytest.raises(NacError, match=message):
+                codec.decompress(blob)
+            path = tmp_path / f"{name}.nac"
+            path.write_bytes(blob)
+            code, err = run(capsys, "decode", str(path), str(tmp_path / "out.wav"), "--model", models[0])
+        assert code == 1 and message in err, (name, err)
+        assert_no_output(tmp_path, "out.wav")
+    # Streamed (not seekable: no file size known) the chunk's own size refuses it before decoding it.
+    blob = v3_header(bytes.fromhex(codec.sha256[:16]), 4096 * 480, 4096, 2) + EMPTY_CHUNK
+    _, blocks = codec.decompress_blocks(Unseekable(blob))
+    with pytest.raises(NacError, match="chunk 0: a 0-byte payload cannot hold 4096 hops"):
+        next(blocks)
+
+
+class Unseekable(io.RawIOBase):
+    def __init__(self, data: bytes):
+        self._f = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return self._f.readinto(b)

@@ -10,14 +10,18 @@
   through ONE range coder (LSF rows, then module 1's `[n * P, S]` rows, ...), so a chunk pays
   the coder's flush once; each chunk starts afresh, so chunks decode independently.
 - `stream_metadata` / `check_metadata`: what a file says about its model and stream, and the
-  decoder's checks (model hash, layout of version-1 files, counts), failing with a `NacError`
-  that says which.
+  decoder's checks (model hash, layout of version-1 files, counts, limits), failing with a
+  `NacError` that says which.
+- `payload_bounds`: the fewest and most payload bytes a chunk of n hops can take under the
+  model's tables, so a decoder refuses a chunk whose size cannot carry its hops (a
+  decompression bomb: many hops, no bytes) before decoding anything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import NamedTuple, Sequence
 
 import constriction
@@ -25,12 +29,14 @@ import numpy as np
 
 import constants as C
 from cq_codec.bitstream import entropy
-from cq_codec.bitstream.container import NacError, NacFormatError, build_metadata, stream_counts
+from cq_codec.bitstream.container import (MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, NacError, NacFormatError,
+                                          build_metadata, stream_counts)
 from cq_codec.codes import CodeChunk, Codes
 
 __all__ = ["STREAM_FORMAT", "ModelMismatchError", "EntropyModels", "model_sha256", "code_layout",
            "fit_tables", "check_kinds", "entropy_models", "operating_points", "encode_chunk",
-           "decode_chunk", "chunk_bits", "stream_metadata", "check_metadata"]
+           "decode_chunk", "chunk_bits", "PayloadBounds", "payload_bounds", "check_stream_size",
+           "stream_metadata", "check_metadata"]
 
 STREAM_FORMAT = 1            # layout of a chunk payload (header byte / metadata key "stream_format")
 _TABLES_FORMAT = "cq_codec.entropy_tables"
@@ -204,29 +210,98 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
     return CodeChunk(lsf, mods)
 
 
+class PayloadBounds(NamedTuple):
+    """Bits per hop a payload must carry at least / can carry at most under the tables."""
+
+    min_bits_per_hop: float
+    max_bits_per_hop: float
+
+    def check(self, payload_bytes: int, num_frames: int, where: str) -> None:
+        """Refuse (NacFormatError) a payload too short or too long for `num_frames` hops."""
+        bits = 8 * payload_bytes
+        low = num_frames * self.min_bits_per_hop - _CODER_SLACK_BELOW
+        high = num_frames * self.max_bits_per_hop + _CODER_SLACK_ABOVE
+        if not low <= bits <= high:
+            raise NacFormatError(f"{where}: a {payload_bytes}-byte payload cannot hold {num_frames} hops "
+                                 f"(the model's tables need {max(0, math.ceil(low / 8))} to "
+                                 f"{math.floor(high / 8)} bytes): damaged or hostile file")
+
+    def min_bytes(self, num_frames: int) -> int:
+        return max(0, math.ceil((num_frames * self.min_bits_per_hop - _CODER_SLACK_BELOW) / 8))
+
+
+# The range coder emits at least the information content minus a fraction of a word and at most
+# it plus two 32-bit words (measured: bits - information in [1.2, 32.9] over 300 extreme
+# tables); the bounds keep a word of margin each way.
+_CODER_SLACK_BELOW = 32
+_CODER_SLACK_ABOVE = 96
+
+
+def _table_bits(model: entropy.EntropyModel) -> tuple[float, float]:
+    """(min, max) over rows of the bits one row of codes costs: per stream -log2 of its most /
+    least probable symbol over all of the stream's tables (contexts)."""
+    lo = hi = 0.0
+    for t, a in zip(model.tables, model.alphabet_sizes):
+        if a < 2:
+            continue
+        f = np.asarray(t, np.float64)
+        lo += entropy.PRECISION - math.log2(f.max())
+        hi += entropy.PRECISION - math.log2(f.min())
+    return lo, hi
+
+
+def payload_bounds(models: EntropyModels, layout: dict, num_active: int) -> PayloadBounds:
+    """PayloadBounds of a chunk with the first `num_active` modules: one LSF row and P_i rows of
+    module i per hop."""
+    lo, hi = _table_bits(models.lsf)
+    for i in range(num_active):
+        m_lo, m_hi = _table_bits(models.modules[i])
+        p = layout["modules"][i]["positions"]
+        lo, hi = lo + p * m_lo, hi + p * m_hi
+    return PayloadBounds(lo, hi)
+
+
+def check_stream_size(bytes_left: int | None, info: dict, models: EntropyModels) -> PayloadBounds:
+    """The PayloadBounds of a stream (`check_metadata`'s info); when the bytes after the header
+    are known, refuses (NacFormatError) a file too short for the hops it declares, before any
+    chunk is read or decoded."""
+    bounds = payload_bounds(models, info["layout"], info["num_active"])
+    if bytes_left is not None:
+        fpc, n = info["frames_per_chunk"], info["num_chunks"]
+        last = info["num_frames"] - (n - 1) * fpc
+        need = (n - 1) * (8 + bounds.min_bytes(fpc)) + 8 + bounds.min_bytes(last)
+        if bytes_left < need:
+            raise NacFormatError(f"the file declares {info['num_frames']} hops in {n} chunks, which need at "
+                                 f"least {need} bytes under the model's tables; only {bytes_left} follow "
+                                 "the header: truncated, damaged or hostile file")
+    return bounds
+
+
 def chunk_bits(chunk, models: EntropyModels) -> float:
     """Information content of a chunk under the tables (what `encode_chunk` costs, minus coder overhead)."""
     return float(sum(entropy.estimate_bits(c, m) for c, m in _groups(chunk, models)))
 
 
 def stream_metadata(model, *, model_name: str, num_samples: int, num_active: int, frames_per_chunk: int,
-                    sha256: str | None = None) -> dict:
+                    sha256: str | None = None, codebooks=None) -> dict:
     """The metadata of a cq-codec `.nac` stream (`container.build_metadata`; the model's sha256,
-    of which the file keeps 8 bytes, covers its config, code layout and entropy tables)."""
+    of which the file keeps 8 bytes, covers its config, code layout and entropy tables).
+    `codebooks`: RVQ codebooks used per module (None: all, written as 0)."""
     return build_metadata(model_name=model_name, model_sha256=sha256 or model_sha256(model), num_samples=num_samples,
-                          num_stages=num_active, frames_per_chunk=frames_per_chunk, stream_format=STREAM_FORMAT)
+                          num_stages=num_active, frames_per_chunk=frames_per_chunk, stream_format=STREAM_FORMAT,
+                          codebooks=codebooks)
 
 
-def _int(meta: dict, key: str, low: int) -> int:
+def _int(meta: dict, key: str, low: int, high: int) -> int:
     v = meta.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise NacFormatError(f"metadata {key!r} must be an int >= {low}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise NacFormatError(f"metadata {key!r} must be an int in [{low}, {high}], got {v!r}")
     return v
 
 
 def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
     """Check a file's metadata against `model`; returns {num_samples, num_frames, num_active,
-    frames_per_chunk, num_chunks, layout}. Raises ModelMismatchError / NacFormatError saying why."""
+    frames_per_chunk, num_chunks, codebooks, layout}. Raises ModelMismatchError / NacFormatError saying why."""
     if meta.get("stream_format") != STREAM_FORMAT:
         raise NacFormatError(f"unknown cq-codec stream format {meta.get('stream_format')!r} "
                              f"(this decoder reads format {STREAM_FORMAT})")
@@ -240,15 +315,23 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
                                  "decode it with the model that encoded it (--model PATH)")
     if meta.get("sample_rate") != C.SAMPLE_RATE:
         raise NacFormatError(f"metadata sample_rate {meta.get('sample_rate')!r}, expected {C.SAMPLE_RATE}")
-    num_samples = _int(meta, "num_samples", 1)
-    num_frames = _int(meta, "num_frames", 1)
-    fpc = _int(meta, "frames_per_chunk", 1)
-    num_chunks = _int(meta, "num_chunks", 1)
+    num_samples = _int(meta, "num_samples", 1, MAX_NUM_SAMPLES)
+    num_frames = _int(meta, "num_frames", 1, MAX_NUM_SAMPLES)
+    fpc = _int(meta, "frames_per_chunk", 1, MAX_FRAMES_PER_CHUNK)
+    num_chunks = _int(meta, "num_chunks", 1, MAX_NUM_SAMPLES)
     stages = meta.get("stages")
     n_mod = len(model.codec_modules)
     if not isinstance(stages, list) or not 1 <= len(stages) <= n_mod or stages != list(range(1, len(stages) + 1)):
         raise NacFormatError(f"metadata 'stages' must be [1..k] with k <= {n_mod}, got {stages!r}")
     layout = code_layout(model)
+    codebooks = meta.get("codebooks", [0] * len(stages))
+    if not isinstance(codebooks, list) or len(codebooks) != len(stages):
+        raise NacFormatError(f"metadata 'codebooks' must hold one count per module ({len(stages)}), got {codebooks!r}")
+    for i, c in enumerate(codebooks):
+        full = len(layout["modules"][i]["alphabet_sizes"])
+        if c not in (0, full):      # 0 = all; fewer RVQ codebooks than trained need a decoder that drops them
+            raise NacFormatError(f"module {i + 1} uses {c!r} codebooks; this decoder reads all "
+                                 f"{full} (written as 0 or {full})")
     want = {"lsf": layout["lsf"], "modules": layout["modules"][: len(stages)]}
     if meta.get("layout", want) != want:          # version 1 files repeat the layout; the sha256 covers it
         raise ModelMismatchError(f"model mismatch: the file's code layout {meta.get('layout')!r} differs from the model's {want!r}")
@@ -256,4 +339,4 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
         raise NacFormatError(f"inconsistent counts: {num_samples} samples, {num_frames} frames, "
                              f"{fpc} frames per chunk, {num_chunks} chunks")
     return {"num_samples": num_samples, "num_frames": num_frames, "num_active": len(stages),
-            "frames_per_chunk": fpc, "num_chunks": num_chunks, "layout": want}
+            "frames_per_chunk": fpc, "num_chunks": num_chunks, "codebooks": list(codebooks), "layout": want}

@@ -1,85 +1,129 @@
-"""The `.nac` container: a compact versioned binary header, then CRC32-checked payload chunks.
+"""The `.nac` container: seed 001's 9-byte prefix, a binary metadata block, CRC32-checked chunks.
 
-Writers produce version 2; readers read versions 1 and 2. All integers are unsigned and
-big-endian.
+Writers produce version 3; readers read versions 1, 2 and 3. All integers are unsigned and
+big-endian (network order).
 
-Version 2 (what `write_nac` writes; 27 + N bytes before the first chunk):
+Version 3 (what `write_nac` writes). The first 9 bytes are seed 001's header exactly, so a reader
+written from the seed finds the bitrate at offset 8 and skips the metadata by its length:
 
     offset  size  field
     0       3     magic b"NAC"
-    3       1     version (2)
-    4       8     model id: the first 8 bytes of the model's sha256 (which covers its config,
+    3       1     version (3)
+    4       4     metadata length M: the bytes that follow this prefix up to the first chunk,
+                  CRC included (M = 22 + k + N, so 23 .. 532)
+    8       1     nominal bitrate in units of 0.25 kbps (round(kbps * 4), clamped to 0..255: 63.75
+                  kbps and above read as 255); informative (the decoder never needs it)
+    -- metadata block, M bytes:
+    9       8     model id: the first 8 bytes of the model's sha256 (which covers its config,
                   code layout and entropy tables, so none of those are repeated here)
-    12      5     num_samples: 16 kHz samples of decoded audio (1 .. 2**40 - 1)
-    17      1     number of active stages (cascade modules) k >= 1; the stages are [1..k]
-    18      2     frames_per_chunk: 30 ms hops per chunk (>= 1)
-    20      1     stream_format: layout of a chunk payload (see `codec_stream.STREAM_FORMAT`)
-    21      1     nominal bitrate in units of 0.25 kbps (round(kbps * 4), clamped to 0..255, so
-                  63.75 kbps and above read as 255); informative only
-    22      1     model name length N (0..255)
-    23      N     model name, UTF-8 (informative; may be empty)
-    23 + N  4     CRC32 (zlib.crc32) of bytes [0, 23 + N)
+    17      5     num_samples: 16 kHz samples of decoded audio (1 .. 2**40 - 1)
+    22      1     stream_format: layout of a chunk payload (see `codec_stream.STREAM_FORMAT`)
+    23      2     frames_per_chunk: 30 ms hops per chunk (1 .. MAX_FRAMES_PER_CHUNK)
+    25      1     k: number of modules used (cascade modules 1..k; k >= 1)
+    26      k     codebooks per module: how many RVQ codebooks (quantizer streams) of module i the
+                  stream carries, first to last; 0 = all of them (or not an RVQ quantizer)
+    26 + k  1     model name length N (0..255)
+    27 + k  N     model name, UTF-8 (informative; may be empty)
+    27+k+N  4     CRC32 (zlib.crc32) of bytes [0, 27 + k + N), i.e. of everything before it
     then the chunks (see below). The sample rate is 16000 and a hop 480 samples, so
     num_frames = max(1, ceil(num_samples / 480)) and num_chunks = ceil(num_frames / frames_per_chunk).
 
-Version 1 (read only; `write_nac_v1` still writes it, for tests):
+Why 0.25 kbps for the bitrate byte: seed 001 gives the byte but no unit. Whole kbps would be
+off by up to 0.5 kbps (5 % at the 9.4 kbps operating point); quarter kbps resolve every CQ
+operating point to 1-3 % and still reach 63.75 kbps, above any of them; and versions 1 and 2
+already stored this byte in this unit (version 1 at this very offset), so one unit serves all.
+
+Version 2 (read only; `write_nac_v2` still writes it, for tests; 27 + N bytes before the chunks):
+
+    0       3     magic b"NAC"
+    3       1     version (2)
+    4       8     model id (as in version 3)
+    12      5     num_samples
+    17      1     number of modules k >= 1
+    18      2     frames_per_chunk
+    20      1     stream_format
+    21      1     nominal bitrate byte (0.25 kbps units)
+    22      1     model name length N
+    23      N     model name
+    23 + N  4     CRC32 of bytes [0, 23 + N)
+
+Version 1 (read only; `write_nac_v1` still writes it, for tests): seed 001's prefix too, with
+JSON metadata:
 
     0       3     magic b"NAC"
     3       1     version (1)
-    4       4     metadata length M in bytes (<= 1 MiB)
-    8       1     nominal bitrate byte, as in version 2
-    9       M     metadata: UTF-8 JSON object; must hold "num_chunks" (int >= 0)
+    4       4     metadata length M in bytes (<= MAX_METADATA_BYTES)
+    8       1     nominal bitrate byte (0.25 kbps units)
+    9       M     metadata: UTF-8 JSON object; must hold "num_chunks" (int >= 0). Parsed with
+                  limits (nesting depth <= 16, integers of <= 30 digits, no NaN/Infinity) and
+                  every known field's type and range checked (`_V1_FIELDS`)
     9 + M   4     CRC32 of bytes [0, 9 + M)
     then the chunks.
 
-Chunks (both versions), num_chunks times:
+Chunks (all versions), num_chunks times:
 
-            4     chunk length L (<= 64 MiB)
+            4     chunk length L (<= MAX_CHUNK_BYTES)
             4     CRC32 of the chunk's L bytes
             L     chunk bytes (one entropy-coded payload, see `codec_stream.py`)
     end of file right after the last chunk.
 
 Every byte is covered by a check: magic/version/lengths by parsing, the header by its CRC,
 chunks by their CRC, truncation and trailing data by the chunk count. Any damage raises a
-`NacError` subclass naming what is wrong and where (byte offset, chunk index); the length
-limits keep a damaged length field from causing a huge allocation.
+`NacError` subclass naming what is wrong and where (byte offset, chunk index). Hard limits keep
+a hostile file from costing work or memory it does not carry: lengths are capped, a chunk
+holds at most MAX_FRAMES_PER_CHUNK hops (123 s), and when the input is seekable the reader
+refuses, before reading any chunk, a file too short for the chunk count its header declares.
 
-Readers return the header fields as a metadata dict: for version 2 the keys of `build_metadata`
-plus the derived "sample_rate", "num_frames" and "num_chunks" (with "model": {"name", "sha256"}
-where "sha256" is the 16 hex digits of the model id); for version 1 the stored JSON object.
+Readers return the header fields as a metadata dict: for versions 2 and 3 the keys of
+`build_metadata` plus the derived "sample_rate", "num_frames" and "num_chunks" (with "model":
+{"name", "sha256"} where "sha256" is the 16 hex digits of the model id; version 2 reads as
+"codebooks" all 0); for version 1 the stored JSON object.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import struct
 import zlib
 from typing import BinaryIO, Iterator, NamedTuple, Sequence
 
+import numpy as np
+
 import constants as C
 
 __all__ = [
-    "MAGIC", "VERSION", "MODEL_ID_BYTES", "MAX_METADATA_BYTES", "MAX_CHUNK_BYTES", "BITRATE_UNIT_KBPS",
+    "MAGIC", "VERSION", "READ_VERSIONS", "MODEL_ID_BYTES", "MAX_METADATA_BYTES", "MAX_CHUNK_BYTES",
+    "MAX_FRAMES_PER_CHUNK", "MAX_NUM_SAMPLES", "BITRATE_UNIT_KBPS",
     "NacError", "NacFormatError", "NacVersionError", "NacChecksumError", "NacHeader",
-    "bitrate_to_byte", "stream_counts", "build_metadata", "write_nac", "write_nac_v1", "read_nac",
-    "NacReader",
+    "bitrate_to_byte", "stream_counts", "build_metadata", "write_nac", "write_nac_v2", "write_nac_v1",
+    "read_nac", "NacReader",
 ]
 
 MAGIC = b"NAC"
-VERSION = 2                          # what write_nac writes
+VERSION = 3                          # what write_nac writes
+READ_VERSIONS = (1, 2, 3)
 MODEL_ID_BYTES = 8
-MAX_METADATA_BYTES = 1 << 20         # version 1
+MAX_METADATA_BYTES = 64 << 10        # version 1's JSON (the old writer's was 570-680 bytes)
 MAX_CHUNK_BYTES = 64 << 20
+MAX_FRAMES_PER_CHUNK = 4096          # hops per chunk (122.9 s): caps a chunk's decoded size
+MAX_NUM_SAMPLES = 2 ** 40 - 1        # 2.2 years at 16 kHz: what the 5-byte field holds
 BITRATE_UNIT_KBPS = 0.25
+_V1_MAX_DEPTH = 16
+_V1_MAX_DIGITS = 30
+_SEED = struct.Struct(">3sBIB")             # seed 001: magic, version, metadata length, bitrate
 _PREFIX = struct.Struct(">3sB")             # magic, version
-_V1 = struct.Struct(">IB")                  # metadata length, bitrate byte
-_V2 = struct.Struct(">8s5sBHBBB")           # model id, num_samples (u40), stages, frames/chunk,
+_V2 = struct.Struct(">8s5sBHBBB")           # model id, num_samples (u40), modules, frames/chunk,
                                             # stream format, bitrate byte, name length
+_V3 = struct.Struct(">8s5sBHB")             # model id, num_samples (u40), stream format,
+                                            # frames/chunk, modules k; then k bytes, name length
+_V3_MIN = _V3.size + 1 + 4                  # k = 0 excluded by range check; + name length + CRC
 _U32 = struct.Struct(">I")
 _CHUNK = struct.Struct(">II")
-_V2_KEYS = {"model", "num_samples", "stages", "frames_per_chunk", "stream_format",
-            "sample_rate", "num_frames", "num_chunks"}    # the last three are derived
+_KEYS = {"model", "num_samples", "stages", "codebooks", "frames_per_chunk", "stream_format",
+         "sample_rate", "num_frames", "num_chunks"}    # the last three are derived
 
 
 class NacError(ValueError):
@@ -128,10 +172,14 @@ def stream_counts(num_samples: int, frames_per_chunk: int) -> tuple[int, int]:
 
 
 def build_metadata(*, model_name: str, model_sha256: str, num_samples: int, num_stages: int,
-                   frames_per_chunk: int, stream_format: int) -> dict:
-    """The metadata a version-2 header stores (`write_nac` checks the values)."""
+                   frames_per_chunk: int, stream_format: int, codebooks: Sequence[int] | None = None) -> dict:
+    """The metadata a version-3 header stores (`write_nac` checks the values). `num_stages`: the
+    number k of modules used; `codebooks`: per module the RVQ codebooks used (None: [0] * k,
+    0 meaning all / not RVQ)."""
+    k = int(num_stages)
     return {"model": {"name": str(model_name), "sha256": str(model_sha256)},
-            "num_samples": int(num_samples), "stages": list(range(1, int(num_stages) + 1)),
+            "num_samples": int(num_samples), "stages": list(range(1, k + 1)),
+            "codebooks": [0] * k if codebooks is None else [int(c) for c in codebooks],
             "frames_per_chunk": int(frames_per_chunk), "stream_format": int(stream_format)}
 
 
@@ -155,16 +203,13 @@ def _frame(head: bytes, chunks: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def write_nac(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> bytes:
-    """Build a version-2 `.nac` file from `build_metadata`'s keys (the derived "sample_rate",
-    "num_frames" and "num_chunks" may be given and must then match; "model"'s "sha256" is a hex
-    digest of which the first 16 digits are stored). Raises NacFormatError for values the header
-    cannot hold, for keys it has no field for, and when len(chunks) is not the derived count."""
+def _binary_fields(metadata: dict, chunks: Sequence[bytes], version: int) -> tuple:
+    """Checks a version-2/3 metadata dict -> (model id, name bytes, num_samples, fpc, format, codebooks)."""
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
-    unknown = sorted(set(metadata) - _V2_KEYS)
+    unknown = sorted(set(metadata) - _KEYS)
     if unknown:
-        raise NacFormatError(f"the version-2 header has no field for metadata keys {unknown}")
+        raise NacFormatError(f"the version-{version} header has no field for metadata keys {unknown}")
     model = metadata.get("model")
     sha = model.get("sha256") if isinstance(model, dict) else None
     try:
@@ -175,12 +220,19 @@ def write_nac(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> b
         raise NacFormatError(f"metadata 'model' must be {{'name': str, 'sha256': hex digest of >= "
                              f"{2 * MODEL_ID_BYTES} digits}}, got {model!r}")
     name = str(model.get("name", "")).encode("utf-8")[:255].decode("utf-8", "ignore").encode("utf-8")
-    num_samples = _field(metadata, "num_samples", 1, 2 ** 40 - 1)
-    fpc = _field(metadata, "frames_per_chunk", 1, 0xFFFF)
+    num_samples = _field(metadata, "num_samples", 1, MAX_NUM_SAMPLES)
+    fpc = _field(metadata, "frames_per_chunk", 1, MAX_FRAMES_PER_CHUNK)
     fmt = _field(metadata, "stream_format", 0, 0xFF)
     stages = metadata.get("stages")
     if not isinstance(stages, list) or not 1 <= len(stages) <= 0xFF or stages != list(range(1, len(stages) + 1)):
         raise NacFormatError(f"metadata 'stages' must be [1..k] with 1 <= k <= 255, got {stages!r}")
+    codebooks = metadata.get("codebooks", [0] * len(stages))
+    if (not isinstance(codebooks, list) or len(codebooks) != len(stages)
+            or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 0xFF for c in codebooks)):
+        raise NacFormatError(f"metadata 'codebooks' must be one int in [0, 255] per module "
+                             f"({len(stages)}), got {codebooks!r}")
+    if version == 2 and any(codebooks):
+        raise NacFormatError(f"the version-2 header cannot hold codebook counts {codebooks}")
     num_frames, num_chunks = stream_counts(num_samples, fpc)
     for key, want in (("sample_rate", C.SAMPLE_RATE), ("num_frames", num_frames), ("num_chunks", num_chunks)):
         if key in metadata and metadata[key] != want:
@@ -188,7 +240,26 @@ def write_nac(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> b
     if len(chunks) != num_chunks:
         raise NacFormatError(f"{len(chunks)} chunks given, but {num_samples} samples at {fpc} frames "
                              f"per chunk make {num_chunks}")
-    head = (_PREFIX.pack(MAGIC, VERSION) + _V2.pack(model_id, num_samples.to_bytes(5, "big"), len(stages), fpc,
+    return model_id, name, num_samples, fpc, fmt, codebooks
+
+
+def write_nac(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> bytes:
+    """Build a version-3 `.nac` file from `build_metadata`'s keys (the derived "sample_rate",
+    "num_frames" and "num_chunks" may be given and must then match; "model"'s "sha256" is a hex
+    digest of which the first 16 digits are stored; "codebooks" may be left out: all 0). Raises
+    NacFormatError for values the header cannot hold, for keys it has no field for, and when
+    len(chunks) is not the derived count."""
+    model_id, name, num_samples, fpc, fmt, codebooks = _binary_fields(metadata, chunks, 3)
+    body = (_V3.pack(model_id, num_samples.to_bytes(5, "big"), fmt, fpc, len(codebooks))
+            + bytes(codebooks) + bytes([len(name)]) + name)
+    head = _SEED.pack(MAGIC, 3, len(body) + 4, bitrate_to_byte(bitrate_kbps)) + body
+    return _frame(head, chunks)
+
+
+def write_nac_v2(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> bytes:
+    """Build a version-2 `.nac` file (the writer before version 3; kept to test the reader)."""
+    model_id, name, num_samples, fpc, fmt, codebooks = _binary_fields(metadata, chunks, 2)
+    head = (_PREFIX.pack(MAGIC, 2) + _V2.pack(model_id, num_samples.to_bytes(5, "big"), len(codebooks), fpc,
                                               fmt, bitrate_to_byte(bitrate_kbps), len(name)) + name)
     return _frame(head, chunks)
 
@@ -210,16 +281,121 @@ def write_nac_v1(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -
         raise NacFormatError(f"metadata is not JSON-serialisable: {e}") from e
     if len(meta_bytes) > MAX_METADATA_BYTES:
         raise NacFormatError(f"metadata is {len(meta_bytes)} bytes, limit {MAX_METADATA_BYTES}")
-    head = _PREFIX.pack(MAGIC, 1) + _V1.pack(len(meta_bytes), bitrate_to_byte(bitrate_kbps)) + meta_bytes
+    head = _SEED.pack(MAGIC, 1, len(meta_bytes), bitrate_to_byte(bitrate_kbps)) + meta_bytes
     return _frame(head, chunks)
 
+
+# ---------------------------------------------------------------- version-1 JSON, with limits
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def _json_depth(raw: bytes) -> int:
+    """Maximum nesting of [ and { in JSON text (strings removed first)."""
+    text = np.frombuffer(_JSON_STRING.sub(b'""', raw), np.uint8)
+    step = (np.isin(text, (0x5B, 0x7B)).astype(np.int64) - np.isin(text, (0x5D, 0x7D)))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _V1_MAX_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits (limit {_V1_MAX_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _is_int(v, low: int, high: int) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and low <= v <= high
+
+
+def _is_number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
+def _int_list(v, low: int, high: int, max_len: int = 4096) -> bool:
+    return isinstance(v, list) and len(v) <= max_len and all(_is_int(x, low, high) for x in v)
+
+
+def _v1_model(v) -> bool:
+    sha = v.get("sha256") if isinstance(v, dict) else None
+    return (isinstance(v, dict) and isinstance(v.get("name", ""), str) and isinstance(sha, str)
+            and 16 <= len(sha) <= 64 and re.fullmatch(r"[0-9a-fA-F]*", sha) is not None)
+
+
+def _v1_stages(v) -> bool:
+    return (isinstance(v, list) and 1 <= len(v) <= 255
+            and all(_is_int(x, 1, 255) or (isinstance(x, str) and len(x) <= 64) for x in v))
+
+
+def _v1_layout(v) -> bool:
+    return (isinstance(v, dict) and _int_list(v.get("lsf"), 1, 1 << 16)
+            and isinstance(v.get("modules"), list) and len(v["modules"]) <= 255
+            and all(isinstance(m, dict) and _is_int(m.get("positions"), 1, 4096)
+                    and _int_list(m.get("alphabet_sizes"), 1, 1 << 16) for m in v["modules"]))
+
+
+# The version-1 fields a reader uses, with the type and range each must have when present.
+_V1_FIELDS = {
+    "num_chunks": ("an int in [0, 2**32)", lambda v: _is_int(v, 0, 2 ** 32 - 1)),
+    "model": ("{'name': str, 'sha256': 16..64 hex digits}", _v1_model),
+    "sample_rate": ("an int in [1, 1000000]", lambda v: _is_int(v, 1, 10 ** 6)),
+    "num_samples": (f"an int in [1, {MAX_NUM_SAMPLES}]", lambda v: _is_int(v, 1, MAX_NUM_SAMPLES)),
+    "num_frames": (f"an int in [1, {MAX_NUM_SAMPLES}]", lambda v: _is_int(v, 1, MAX_NUM_SAMPLES)),
+    "frames_per_chunk": (f"an int in [1, {MAX_FRAMES_PER_CHUNK}]", lambda v: _is_int(v, 1, MAX_FRAMES_PER_CHUNK)),
+    "stream_format": ("an int in [0, 255]", lambda v: _is_int(v, 0, 255)),
+    "stages": ("a list of 1..255 module numbers or names", _v1_stages),
+    "codebooks": ("a list of ints in [0, 255]", lambda v: _int_list(v, 0, 255, 255)),
+    "alphabet_sizes": ("a list of ints in [1, 65536]", lambda v: _int_list(v, 1, 1 << 16)),
+    "layout": ("{'lsf': [sizes], 'modules': [{'positions': int, 'alphabet_sizes': [sizes]}]}", _v1_layout),
+    "bitrate_kbps": ("a finite number >= 0", _is_number),
+    "estimated_bits": ("a finite number >= 0", _is_number),
+    "entropy_kinds": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "input_sample_rate": ("an int in [1, 10**7]", lambda v: _is_int(v, 1, 10 ** 7)),
+    "input_channels": ("an int in [1, 65535]", lambda v: _is_int(v, 1, 65535)),
+}
+
+
+def parse_v1_metadata(raw: bytes, offset: int = 9) -> dict:
+    """Version-1 metadata bytes -> dict, parsed with limits (size, nesting depth <= 16, integers
+    of <= 30 digits, no NaN / Infinity) and every known field checked (`_V1_FIELDS`); other keys
+    are kept as they are (informative). Raises NacFormatError saying which field and why."""
+    if len(raw) > MAX_METADATA_BYTES:
+        raise NacFormatError(f"metadata at offset {offset} is {len(raw)} bytes, limit {MAX_METADATA_BYTES}")
+    depth = _json_depth(raw)
+    if depth > _V1_MAX_DEPTH:
+        raise NacFormatError(f"metadata at offset {offset} nests {depth} deep (limit {_V1_MAX_DEPTH})")
+    try:
+        meta = json.loads(raw.decode("utf-8"), parse_int=_bounded_int, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:   # JSONDecodeError is a ValueError
+        raise NacFormatError(f"metadata at offset {offset} is not UTF-8 JSON within limits: {e}") from e
+    if not isinstance(meta, dict):
+        raise NacFormatError(f"metadata at offset {offset} is a JSON "
+                             f"{type(meta).__name__}, expected an object")
+    if "num_chunks" not in meta:
+        raise NacFormatError(f"offset {offset}: metadata 'num_chunks' must be an int >= 0, got None")
+    for key, (want, ok) in _V1_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise NacFormatError(f"offset {offset}: metadata {key!r} must be {want}, got {_short(meta[key])}")
+    return meta
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------- reader
 
 class NacReader:
     """Streaming reader: parses and checks the header on construction, then yields chunks.
 
-    `NacReader(fileobj)`; `.header` (NacHeader), `.metadata` (dict), `.num_chunks`; iterating
-    yields each chunk's bytes after checking its CRC, holding one chunk in memory at a time, and
-    checks that the file ends right after the last chunk. Iterate once.
+    `NacReader(fileobj)`; `.header` (NacHeader), `.metadata` (dict), `.num_chunks`,
+    `.bytes_left` (bytes after the header when the file is seekable, else None); iterating yields
+    each chunk's bytes after checking its CRC, holding one chunk in memory at a time, and checks
+    that the file ends right after the last chunk. Iterate once.
     """
 
     def __init__(self, fileobj: BinaryIO):
@@ -230,36 +406,64 @@ class NacReader:
         if magic != MAGIC:
             raise NacFormatError(f"bad magic {magic!r} at offset 0 (expected {MAGIC!r}): "
                                  "not a .nac file")
-        if version == 1:
-            rate, self.metadata = self._read_v1(prefix)
+        if version in (1, 3):
+            rate, self.metadata = self._read_seed_prefixed(prefix, version)
         elif version == 2:
             rate, self.metadata = self._read_v2(prefix)
         else:
             raise NacVersionError(f"unsupported .nac version {version} at offset 3 "
-                                  "(this reader supports versions 1 and 2)")
+                                  "(this reader supports versions 1, 2 and 3)")
         self.header = NacHeader(version, self._offset, rate)
+        self.bytes_left = self._bytes_left()
+        if self.bytes_left is not None and self.bytes_left < _CHUNK.size * self.num_chunks:
+            raise NacFormatError(f"truncated .nac: the header declares {self.num_chunks} chunks (at least "
+                                 f"{_CHUNK.size * self.num_chunks} bytes), only {self.bytes_left} bytes "
+                                 f"follow at offset {self._offset}")
         self._started = False
 
-    def _read_v1(self, prefix: bytes) -> tuple[int, dict]:
-        fixed = self._read(_V1.size, "header")
-        meta_len, rate = _V1.unpack(fixed)
-        if meta_len > MAX_METADATA_BYTES:
-            raise NacFormatError(f"metadata length {meta_len} at offset 4 exceeds the limit "
-                                 f"{MAX_METADATA_BYTES}")
-        meta_bytes = self._read(meta_len, "metadata")
-        self._check_header_crc(prefix + fixed + meta_bytes)
-        start = _PREFIX.size + _V1.size
+    def _bytes_left(self) -> int | None:
         try:
-            meta = json.loads(meta_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise NacFormatError(f"metadata at offset {start} is not UTF-8 JSON: {e}") from e
-        if not isinstance(meta, dict):
-            raise NacFormatError(f"metadata at offset {start} is a JSON "
-                                 f"{type(meta).__name__}, expected an object")
-        n = meta.get("num_chunks")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise NacFormatError(f"offset {start}: metadata 'num_chunks' must be an int >= 0, got {n!r}")
-        self.num_chunks = n
+            if not self._f.seekable():
+                return None
+            here = self._f.tell()
+            end = self._f.seek(0, io.SEEK_END)
+            self._f.seek(here)
+            return end - here
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def _read_seed_prefixed(self, prefix: bytes, version: int) -> tuple[int, dict]:
+        rest = self._read(_SEED.size - _PREFIX.size, "header")
+        meta_len, rate = struct.unpack(">IB", rest)
+        if version == 1:
+            if meta_len > MAX_METADATA_BYTES:
+                raise NacFormatError(f"metadata length {meta_len} at offset 4 exceeds the limit "
+                                     f"{MAX_METADATA_BYTES}")
+            raw = self._read(meta_len, "metadata")
+            self._check_header_crc(prefix + rest + raw)
+            meta = parse_v1_metadata(raw, _SEED.size)
+            self.num_chunks = meta["num_chunks"]
+            return rate, meta
+        low, high = _V3_MIN + 1, _V3_MIN + 2 * 255
+        if not low <= meta_len <= high:
+            raise NacFormatError(f"metadata length {meta_len} at offset 4 is outside the version-3 "
+                                 f"range [{low}, {high}]")
+        block = self._read(meta_len, "metadata")
+        head, (crc,) = prefix + rest + block[:-4], _U32.unpack(block[-4:])
+        if zlib.crc32(head) != crc:
+            raise NacChecksumError(f"header CRC mismatch (bytes 0..{len(head)}, CRC at offset "
+                                   f"{len(head)}): header damaged")
+        model_id, samples, fmt, fpc, k = _V3.unpack_from(block)
+        pos = _V3.size
+        codebooks = list(block[pos:pos + k])
+        name_len = block[pos + k] if pos + k < len(block) - 4 else -1
+        if k < 1 or meta_len != _V3_MIN + k + name_len:
+            raise NacFormatError(f"metadata length {meta_len} at offset 4 does not match its fields "
+                                 f"({k} modules at offset 25, a {name_len}-byte name)")
+        name = block[pos + k + 1: pos + k + 1 + name_len]
+        meta = self._binary_meta(model_id, samples, k, fpc, fmt, name, codebooks,
+                                 {"num_samples": 17, "modules": 25, "frames_per_chunk": 23,
+                                  "name": _SEED.size + pos + k + 1})
         return rate, meta
 
     def _read_v2(self, prefix: bytes) -> tuple[int, dict]:
@@ -267,19 +471,30 @@ class NacReader:
         model_id, samples, stages, fpc, fmt, rate, name_len = _V2.unpack(fixed)
         name = self._read(name_len, "model name")
         self._check_header_crc(prefix + fixed + name)
+        meta = self._binary_meta(model_id, samples, stages, fpc, fmt, name, [0] * stages,
+                                 {"num_samples": 12, "modules": 17, "frames_per_chunk": 18,
+                                  "name": _PREFIX.size + _V2.size})
+        return rate, meta
+
+    def _binary_meta(self, model_id, samples, stages, fpc, fmt, name, codebooks, at: dict) -> dict:
         num_samples = int.from_bytes(samples, "big")
         if num_samples < 1 or stages < 1 or fpc < 1:
-            raise NacFormatError(f"header: num_samples {num_samples} (offset 12), stages {stages} "
-                                 f"(offset 17) and frames_per_chunk {fpc} (offset 18) must be >= 1")
+            raise NacFormatError(f"header: num_samples {num_samples} (offset {at['num_samples']}), modules "
+                                 f"{stages} (offset {at['modules']}) and frames_per_chunk {fpc} (offset "
+                                 f"{at['frames_per_chunk']}) must be >= 1")
+        if fpc > MAX_FRAMES_PER_CHUNK:
+            raise NacFormatError(f"header: frames_per_chunk {fpc} at offset {at['frames_per_chunk']} "
+                                 f"exceeds the decoder's limit {MAX_FRAMES_PER_CHUNK}")
         try:
             name = name.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise NacFormatError(f"model name at offset {_PREFIX.size + _V2.size} is not UTF-8: {e}") from e
+            raise NacFormatError(f"model name at offset {at['name']} is not UTF-8: {e}") from e
         num_frames, self.num_chunks = stream_counts(num_samples, fpc)
         meta = build_metadata(model_name=name, model_sha256=model_id.hex(), num_samples=num_samples,
-                              num_stages=stages, frames_per_chunk=fpc, stream_format=fmt)
+                              num_stages=stages, frames_per_chunk=fpc, stream_format=fmt,
+                              codebooks=codebooks)
         meta.update(sample_rate=C.SAMPLE_RATE, num_frames=num_frames, num_chunks=self.num_chunks)
-        return rate, meta
+        return meta
 
     def _check_header_crc(self, head: bytes) -> None:
         (crc,) = _U32.unpack(self._read(4, "header CRC"))
