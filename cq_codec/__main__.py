@@ -28,6 +28,18 @@ def _note(msg: str) -> None:
     print(f"{_PROG}: {msg}", file=sys.stderr)
 
 
+def _frames_per_chunk(text: str) -> int:
+    """argparse type: an int in [1, MAX_FRAMES_PER_CHUNK], checked before any work."""
+    from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= MAX_FRAMES_PER_CHUNK:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..{MAX_FRAMES_PER_CHUNK} (hops of 30 ms per chunk)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=_PROG, description="CQ neural speech codec: .wav <-> .nac")
     sub = p.add_subparsers(dest="command", required=True)
@@ -38,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help=model_help)
     e.add_argument("--bitrate", type=float, default=None,
                    help="target kbps: the operating point (number of modules) nearest to it is used")
-    e.add_argument("--frames-per-chunk", type=int, default=None, help="hops per .nac chunk (default 250)")
+    e.add_argument("--frames-per-chunk", type=_frames_per_chunk, default=None,
+                   help="hops (30 ms) per .nac chunk, 1..4096 (default 250)")
     d = sub.add_parser("decode", help=".nac -> 16 kHz audio file (format from the extension, else WAV)")
     d.add_argument("input", help=".nac file, or - for stdin")
     d.add_argument("output", help="audio file, or - for stdout (WAV)")
@@ -89,7 +102,7 @@ def _open_input(path: str):
 def _encode(args) -> None:
     from cq_codec import api
     from cq_codec.inference import DEFAULT_FRAMES_PER_CHUNK
-    codec = api.load(args.model, args.frames_per_chunk or DEFAULT_FRAMES_PER_CHUNK)
+    codec = api.load(args.model, args.frames_per_chunk if args.frames_per_chunk is not None else DEFAULT_FRAMES_PER_CHUNK)
     audio = api.read_audio_blocks(args.input)
     if audio.converted:
         _note(f"note: input is {audio.sample_rate} Hz, {audio.channels} channel(s); "

@@ -26,7 +26,7 @@ import soxr
 import constants as C
 from cq_codec import inference
 from cq_codec.bitstream import codec_stream as cs
-from cq_codec.bitstream.container import NacReader, write_nac
+from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
 
 __all__ = ["DEFAULT_MODEL_PATH", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
 
@@ -126,7 +126,11 @@ class Codec:
         if not isinstance(postfilter, bool):
             raise TypeError(f"postfilter must be True or False; got {postfilter!r}")
         self.postfilter = postfilter  # decoder-side only: the .nac bytes do not depend on it
-        self.frames_per_chunk = int(frames_per_chunk)
+        fpc = frames_per_chunk
+        if isinstance(fpc, bool) or not isinstance(fpc, (int, np.integer)) or not 1 <= fpc <= MAX_FRAMES_PER_CHUNK:
+            raise ValueError(f"frames_per_chunk must be an int in [1, {MAX_FRAMES_PER_CHUNK}] "
+                             f"(hops of 30 ms per .nac chunk), got {fpc!r}")
+        self.frames_per_chunk = int(fpc)
         self.sha256 = cs.model_sha256(model)
         self._fns = None
 
