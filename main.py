@@ -70,6 +70,9 @@ _HELP = {
     "coeff_term": "loss weights time,mel,sparsity",
     "weighting_gamma": "perceptual weighting of the time loss: error through 1/A(z/gamma) (W(z) = A(z)/A(z/gamma); "
                        "1 = the plain signal error)",
+    "spectral_loss": "extra spectral loss term: none, mrstft (spectral convergence + log magnitude, "
+                     "STFT 512/256/128) or nsr (per-bin noise-to-signal ratio against the speech)",
+    "spectral_weight": "weight of --spectral_loss",
     "learning_rate_tanh": "learning rate of the first module",
     "learning_rate_greedy_followers": "learning rates of the followers (last reused)",
     "learning_rate_finetune": "learning rate of joint fine-tuning",

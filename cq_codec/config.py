@@ -113,6 +113,11 @@ class Config:
     # of 1/A(z) (weighting W(z) = A(z) / A(z/gamma)), so the coding noise may follow the formants.
     # 1 = the plain signal error (the original).
     weighting_gamma: float = 1.0
+    # An extra spectral loss term (cq_codec.losses.SPECTRAL_LOSSES): "mrstft" (spectral
+    # convergence + log magnitude at 512/256/128) or "nsr" (per-bin noise-to-signal ratio), with
+    # its weight; "none" = the original loss.
+    spectral_loss: str = "none"
+    spectral_weight: float = 0.0
     # Schedule.
     learning_rate_tanh: tuple = (1e-4,)           # first module
     learning_rate_greedy_followers: tuple = (1e-4,)  # followers; the last entry is reused
@@ -202,6 +207,9 @@ class Config:
         need(self.tau_init > 0 or (self.tau_signed and self.tau_init == 0), "tau_init",
              f"must be > 0 (or 0 with --tau_signed); got {self.tau_init}")
         need(0 < self.weighting_gamma <= 1, "weighting_gamma", f"must be in (0, 1]; got {self.weighting_gamma}")
+        need(self.spectral_loss in ("none", "mrstft", "nsr"), "spectral_loss",
+             f"must be none, mrstft or nsr; got {self.spectral_loss!r}")
+        need(self.spectral_weight >= 0, "spectral_weight", f"must be >= 0; got {self.spectral_weight}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
              f"expected 3 non-negative weights 'time,mel,sparsity'; got {list(self.coeff_term)}")

@@ -2,6 +2,8 @@
 
 Follows CMRL/CQ (Zhen et al. 2019/2020): loss = 60 * time RMSE + 10 * multi-scale log-mel RMSE
 (512-point FFT, 8/16/32/128 mel bands over 0-8 kHz, mean of the four) + sparsity + tau * entropy.
+Optional spectral terms (issue 14: make the error follow the speech): a multi-resolution STFT
+loss (spectral convergence + log magnitude) and a per-bin relative (noise-to-signal) loss.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import tensorflow as tf
 
 import constants as C
 
-__all__ = ["time_rmse", "multiscale_mel_loss", "bits_per_symbol_target", "MEL_BANDS"]
+__all__ = ["time_rmse", "multiscale_mel_loss", "mrstft_loss", "relative_spectral_loss", "spectral_loss",
+           "SPECTRAL_LOSSES", "bits_per_symbol_target", "MEL_BANDS"]
 
 MEL_BANDS = (8, 16, 32, 128)
 _FFT = 512
@@ -42,6 +45,60 @@ def multiscale_mel_loss(x, y, frame_length: int = 256, frame_step: int = 128):
         my = tf.math.log(tf.tensordot(tf.square(sy), m, 1) + 1e-5)
         total += tf.sqrt(tf.reduce_mean(tf.square(mx - my)) + 1e-12)
     return total / len(MEL_BANDS)
+
+
+def _power_spectra(x, y, n: int):
+    """|STFT|^2 of x and of the error y - x, Hann window n, hop n/4, [B, frames, n/2 + 1]."""
+    sx = tf.signal.stft(x, n, n // 4, fft_length=n)
+    se = tf.signal.stft(y - x, n, n // 4, fft_length=n)
+    return tf.square(tf.abs(sx)), tf.square(tf.abs(se)), sx, se
+
+
+def mrstft_loss(x, y, fft_sizes=(512, 256, 128)):
+    """Multi-resolution STFT loss (seed 003; Yamamoto et al., Parallel WaveGAN): per resolution
+    spectral convergence ||Y| - |X||_F / ||X||_F plus the mean |log|Y| - log|X||, averaged over
+    the resolutions. [B, N], [B, N] -> scalar. Windows are capped by the frame length N (a
+    training example is one 512-sample codec frame)."""
+    total = 0.0
+    sizes = [n for n in fft_sizes if n <= int(x.shape[-1])]
+    for n in sizes:
+        mx = tf.abs(tf.signal.stft(x, n, n // 4, fft_length=n))
+        my = tf.abs(tf.signal.stft(y, n, n // 4, fft_length=n))
+        sc = tf.norm(my - mx) / (tf.norm(mx) + 1e-7)
+        mag = tf.reduce_mean(tf.abs(tf.math.log(my + 1e-5) - tf.math.log(mx + 1e-5)))
+        total += sc + mag
+    return total / len(sizes)
+
+
+def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, abs_floor: float = 3e-5):
+    """Per-bin relative (noise-to-signal) spectral loss: mean over time-frequency bins of
+    log(1 + |E|^2 / (|X|^2 + floor)), E = STFT(y - x), X = STFT(x).
+
+    Each bin's error is weighed against the speech in that bin, so the error is pushed under
+    the harmonics and the temporal envelope instead of into the valleys between harmonics and
+    the quiet stretches (issue 14's oracle). The floor is `floor_db` below the frame's mean
+    power (a bin far below its frame's level is masked anyway) plus `abs_floor` in signal
+    power units (the input is normalised by the corpus std, so silence is not chased). log1p
+    keeps the loss bounded where the error dwarfs a bin. [B, N], [B, N] -> scalar."""
+    total = 0.0
+    sizes = [n for n in fft_sizes if n <= int(x.shape[-1])]
+    for n in sizes:
+        px, pe, _, _ = _power_spectra(x, y, n)
+        w2 = 3.0 * n / 8.0                 # sum of the squared Hann window: power units -> |STFT|^2
+        floor = 10.0 ** (floor_db / 10.0) * tf.reduce_mean(px, axis=-1, keepdims=True) + abs_floor * w2
+        total += tf.reduce_mean(tf.math.log1p(pe / (px + floor)))
+    return total / len(sizes)
+
+
+# name -> function of (x, x_hat); "none" adds no term.
+SPECTRAL_LOSSES = {"none": None, "mrstft": mrstft_loss, "nsr": relative_spectral_loss}
+
+
+def spectral_loss(name: str, x, y):
+    """The spectral term `name` of SPECTRAL_LOSSES between x and y ([B, N]) -> scalar."""
+    if name not in SPECTRAL_LOSSES or SPECTRAL_LOSSES[name] is None:
+        raise ValueError(f"spectral loss must be one of {sorted(k for k, v in SPECTRAL_LOSSES.items() if v)}; got {name!r}")
+    return SPECTRAL_LOSSES[name](x, y)
 
 
 def bits_per_symbol_target(target: float, unit: str, symbols_per_frame: int) -> float:

@@ -1,6 +1,6 @@
 """Builds the demo corpus (free speech from Debian packages) as 16 kHz mono wav.
 
-Usage: python scripts/build_demo_corpus.py [--out data/demo] [--force]
+Usage: python scripts/build_demo_corpus.py [--out data/demo] [--force] [--voices demo|many]
 A re-run with the corpus present does nothing. See cq_codec/data/demo.py for sources,
 licences and the speaker-disjoint split.
 """
@@ -19,10 +19,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    parser.add_argument("--voices", choices=("demo", "many"), default="demo",
+                        help="demo: the five demo packages; many: plus the many-speaker packages "
+                             "of cq_codec/data/voices.py (about 1 GB of downloads)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        manifest = build_demo_corpus(args.out, force=args.force)
+        manifest = build_demo_corpus(args.out, force=args.force, voices=args.voices)
     except DemoCorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

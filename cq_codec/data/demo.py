@@ -33,6 +33,7 @@ import numpy as np
 import constants
 from cq_codec.data.audio import AudioError, load_audio, write_wav
 from cq_codec.data.corpora import MANIFEST_NAME
+from cq_codec.data import voices as V
 
 __all__ = ["DEMO_PACKAGES", "DemoCorpusError", "build_demo_corpus", "czech_speaker",
            "demo_split", "NO_DEMO_HELP", "MIN_SECONDS"]
@@ -186,9 +187,61 @@ def _minutes_text(manifest: dict) -> str:
     return ", ".join(f"{k} {v['minutes']} min" for k, v in manifest["splits"].items())
 
 
+VOICE_SETS = ("demo", "many")
+
+
+def _add_voice_package(package: str, root: str, out_dir: str, files: list, seen: set,
+                       say: Callable[[str], None]) -> int:
+    """Converts one many-voices package (cq_codec.data.voices) into `out_dir`; returns skips."""
+    skipped = 0
+    sources = V.voice_sources(package, root)
+    for i, (src, speaker, language, name) in enumerate(sources):
+        try:
+            if V.source_rate(src) < V.MIN_RATE:
+                skipped += 1
+                continue
+            key = V.content_key(src)
+            if key in seen:
+                continue
+            seen.add(key)
+            x = V.trim_and_level(load_audio(src))
+        except (AudioError, RuntimeError) as e:   # soundfile raises RuntimeError subclasses
+            log.warning("skipping %s: %s", src, e)
+            skipped += 1
+            continue
+        if x is None or len(x) < MIN_SECONDS * constants.SAMPLE_RATE:
+            continue
+        split = V.voice_split(package, speaker, language)
+        rel = os.path.join(split, speaker, name)
+        os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
+        write_wav(os.path.join(out_dir, rel), x)
+        files.append({"file": rel.replace(os.sep, "/"), "speaker": speaker, "language": language,
+                      "split": split, "seconds": round(len(x) / constants.SAMPLE_RATE, 3),
+                      "source": package})
+        if (i + 1) % 500 == 0 or i + 1 == len(sources):
+            say(f"[{package}] {i + 1}/{len(sources)} clips converted")
+    return skipped
+
+
+def _write_voice_licences(out_dir: str) -> None:
+    for package, licence in V.VOICE_LICENCES.items():
+        path = os.path.join(out_dir, "copyright", package)
+        text = (f"{package} (Debian), speech clips converted to 16 kHz 16-bit mono wav,\n"
+                f"silence-trimmed and level-checked (cq_codec/data/voices.py).\nLicence: {licence}\n")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text += f"\n===== Debian copyright file of {package} =====\n" + f.read()
+        with open(os.path.join(out_dir, f"LICENSE-{package}-{licence.replace(' / ', '_')}.txt"), "w",
+                  encoding="utf-8") as f:
+            f.write(text)
+
+
 def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
-                      say: Callable[[str], None] | None = None) -> dict:
+                      say: Callable[[str], None] | None = None, voices: str = "demo") -> dict:
     """Builds the demo corpus into `out_dir` (skipped if its manifest.json already exists).
+
+    `voices="many"` adds the many-speaker packages of `cq_codec.data.voices` (about 75-95 more
+    voices, 30 languages; whole voices and languages held out for val / test).
 
     Returns the manifest dict: {'files': [{file, speaker, language, split, seconds,
     source}], 'splits': {split: {files, minutes, speakers, languages}}, ...}.
@@ -196,6 +249,8 @@ def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
     download fails.
     """
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if voices not in VOICE_SETS:
+        raise ValueError(f"voices must be one of {VOICE_SETS}; got {voices!r}")
     out_dir = os.path.abspath(out_dir)
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
     if os.path.isfile(manifest_path) and not force:
@@ -243,10 +298,26 @@ def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
                     say(f"[{package}] {i + 1}/{len(sources)} clips converted")
             _save_copyright(out_dir, package, root)
             shutil.rmtree(root)
+        seen: set = set()
+        for package in V.VOICE_PACKAGES if voices == "many" else ():
+            say(f"[{package}] downloading")
+            try:
+                root = _fetch(package, tmp, say, updated)
+            except DemoCorpusError as e:
+                raise DemoCorpusError(f"{e}\n{NO_DEMO_HELP}") from e
+            skipped += _add_voice_package(package, root, out_dir, files, seen, say)
+            _save_copyright(out_dir, package, root)
+            shutil.rmtree(root)
     _write_licences(out_dir)
-    manifest = {"name": "cq-codec demo corpus", "version": 1,
+    if voices == "many":
+        _write_voice_licences(out_dir)
+    packages = list(DEMO_PACKAGES) + (list(V.VOICE_PACKAGES) if voices == "many" else [])
+    manifest = {"name": "cq-codec demo corpus" + (" with many voices" if voices == "many" else ""),
+                "version": 1, "voices": voices,
                 "sample_rate": constants.SAMPLE_RATE, "min_seconds": MIN_SECONDS,
-                "packages": list(DEMO_PACKAGES), "skipped": skipped,
+                "packages": packages, "skipped": skipped,
+                **({"holdout": {k: {kk: list(vv) for kk, vv in v.items()} for k, v in V.HOLDOUT.items()}}
+                   if voices == "many" else {}),
                 "splits": _summary(files), "files": files}
     tmp_path = manifest_path + ".tmp"
     with open(tmp_path, "w", encoding="utf-8") as f:

@@ -80,12 +80,16 @@ class CQCodec(keras.Model):
         # Training-time loss setting (from the Config, not saved): the time loss's error passes
         # through 1/A(z/gamma) (perceptual weighting A(z)/A(z/gamma) of the signal error); 1 = off.
         self.weighting_gamma = 1.0
+        # Training-time loss setting (from the Config, not saved): an extra spectral term
+        # (cq_codec.losses.SPECTRAL_LOSSES) and its weight.
+        self.spectral_loss = "none"
+        self.spectral_weight = 0.0
         if not 1 <= self.num_active <= n:
             raise ValueError(f"num_active must be in 1..{n}; got {num_active}")
         # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
         self.tau = self.add_weight(shape=(n + 1,), initializer="zeros", trainable=False, name="tau")
         self.window = tf.constant(lpc.frame_window(), tf.float32)
-        names = ["loss", "time", "mel", "kbps", "lsf_bits", "H_lsf", "Hh_lsf"] + [
+        names = ["loss", "time", "mel", "spec", "kbps", "lsf_bits", "H_lsf", "Hh_lsf"] + [
             f"{k}_{i}" for i in range(1, n + 1) for k in ("H", "Hh", "util", "ppl", "aux")]
         self._trackers = {k: keras.metrics.Mean(name=k) for k in names}
 
@@ -155,6 +159,9 @@ class CQCodec(keras.Model):
         time = (L.time_rmse(fwd["loss_err_w"], 0.0) if "loss_err_w" in fwd else L.time_rmse(x, x_hat))
         t = {"time": time, "mel": L.multiscale_mel_loss(x, x_hat)}
         loss = w_time * t["time"] + w_mel * t["mel"]
+        if self.spectral_loss != "none":
+            t["spec"] = L.spectral_loss(self.spectral_loss, x, x_hat)
+            loss += self.spectral_weight * t["spec"]
         lsf = fwd["lsf"]
         lsf_bits = lsf.bits / (3.0 * b)                                # bits per frame (16 LSFs)
         frame_bits = lsf_bits

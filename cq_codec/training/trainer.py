@@ -107,6 +107,8 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
                     residual_scale=scale * cfg.res_scalar, signal_std=signal_std,
                     loss_weights=cfg.coeff_term, name="cq_codec")
     model.weighting_gamma = cfg.weighting_gamma
+    model.spectral_loss = cfg.spectral_loss
+    model.spectral_weight = cfg.spectral_weight
     model.build()
     return model
 
