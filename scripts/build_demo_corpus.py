@@ -22,10 +22,12 @@ def main(argv=None) -> int:
     parser.add_argument("--voices", choices=("demo", "many"), default="demo",
                         help="demo: the five demo packages; many: plus the many-speaker packages "
                              "of cq_codec/data/voices.py (about 1 GB of downloads)")
+    parser.add_argument("--reuse", default=None,
+                        help="an earlier demo corpus build whose clips are copied, not converted again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        manifest = build_demo_corpus(args.out, force=args.force, voices=args.voices)
+        manifest = build_demo_corpus(args.out, force=args.force, voices=args.voices, reuse=args.reuse)
     except DemoCorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -236,12 +236,42 @@ def _write_voice_licences(out_dir: str) -> None:
             f.write(text)
 
 
+def _reuse_package(reuse: str | None, package: str, out_dir: str, files: list) -> bool:
+    """Copies (hard-links where possible) one demo package's clips from an earlier build of the
+    demo corpus at `reuse` (same rules, same output); False when there is nothing to reuse."""
+    if not reuse:
+        return False
+    try:
+        with open(os.path.join(reuse, MANIFEST_NAME), encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return False
+    entries = [e for e in old.get("files", []) if e.get("source") == package]
+    if not entries or not all(os.path.isfile(os.path.join(reuse, e["file"])) for e in entries):
+        return False
+    for e in entries:
+        dst = os.path.join(out_dir, e["file"])
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.link(os.path.join(reuse, e["file"]), dst)
+        except OSError:
+            shutil.copyfile(os.path.join(reuse, e["file"]), dst)
+        files.append(dict(e))
+    src = os.path.join(reuse, "copyright", package)
+    if os.path.isfile(src):
+        os.makedirs(os.path.join(out_dir, "copyright"), exist_ok=True)
+        shutil.copyfile(src, os.path.join(out_dir, "copyright", package))
+    return True
+
+
 def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
-                      say: Callable[[str], None] | None = None, voices: str = "demo") -> dict:
+                      say: Callable[[str], None] | None = None, voices: str = "demo",
+                      reuse: str | None = None) -> dict:
     """Builds the demo corpus into `out_dir` (skipped if its manifest.json already exists).
 
     `voices="many"` adds the many-speaker packages of `cq_codec.data.voices` (about 75-95 more
-    voices, 30 languages; whole voices and languages held out for val / test).
+    voices, 30 languages; whole voices and languages held out for val / test). `reuse` names an
+    earlier build of the demo corpus whose clips are copied instead of converted again.
 
     Returns the manifest dict: {'files': [{file, speaker, language, split, seconds,
     source}], 'splits': {split: {files, minutes, speakers, languages}}, ...}.
@@ -268,7 +298,20 @@ def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
     files, skipped = [], 0
     with tempfile.TemporaryDirectory(prefix="cq_demo_") as tmp:
         updated = [False]
+        seen: set = set()
+        for package in V.VOICE_PACKAGES if voices == "many" else ():
+            say(f"[{package}] downloading")
+            try:
+                root = _fetch(package, tmp, say, updated)
+            except DemoCorpusError as e:
+                raise DemoCorpusError(f"{e}\n{NO_DEMO_HELP}") from e
+            skipped += _add_voice_package(package, root, out_dir, files, seen, say)
+            _save_copyright(out_dir, package, root)
+            shutil.rmtree(root)
         for package, language in DEMO_PACKAGES.items():
+            if _reuse_package(reuse, package, out_dir, files):
+                say(f"[{package}] reused from {reuse}")
+                continue
             say(f"[{package}] downloading")
             try:
                 root = _fetch(package, tmp, say, updated)
@@ -298,16 +341,7 @@ def build_demo_corpus(out_dir: str = "data/demo", force: bool = False,
                     say(f"[{package}] {i + 1}/{len(sources)} clips converted")
             _save_copyright(out_dir, package, root)
             shutil.rmtree(root)
-        seen: set = set()
-        for package in V.VOICE_PACKAGES if voices == "many" else ():
-            say(f"[{package}] downloading")
-            try:
-                root = _fetch(package, tmp, say, updated)
-            except DemoCorpusError as e:
-                raise DemoCorpusError(f"{e}\n{NO_DEMO_HELP}") from e
-            skipped += _add_voice_package(package, root, out_dir, files, seen, say)
-            _save_copyright(out_dir, package, root)
-            shutil.rmtree(root)
+    files.sort(key=lambda e: e["file"])
     _write_licences(out_dir)
     if voices == "many":
         _write_voice_licences(out_dir)
