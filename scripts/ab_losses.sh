@@ -19,6 +19,7 @@ common=(--training_mode 1 --results_dir "$RESULTS" --corpus demo --data_dir "$DA
 run() { local name=$1; shift; $PY main.py "${common[@]}" --name "$name" "$@" > "$RESULTS/$name.log" 2>&1; }
 mkdir -p "$RESULTS"
 run time_mel --coeff_term 60,10,0 &
+sleep "${STAGGER:-90}"   # the first run builds the frame cache the others read
 run nsr --coeff_term 20,10,0 --spectral_loss nsr --spectral_weight 100 &
 run mrstft --coeff_term 20,10,0 --spectral_loss mrstft --spectral_weight 30 &
 wait
