@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from cq_codec.config import Config, ConfigError, parse_float_list, parse_int_list  # noqa: E402
+from cq_codec.config import ORIGINAL_FLAGS, Config, ConfigError, config_from_flags  # noqa: E402
 
 _HELP = {
     "training_mode": "0 evaluate, 1 first module, 2 followers on --base_model_id, 3 greedy, 4 greedy + fine-tune, 5 fine-tune only",
@@ -36,8 +36,8 @@ _HELP = {
     "num_modules": "modules in the cascade",
     "channels": "channels of each module",
     "bottleneck": "bottleneck channels of each residual block",
-    "num_resnets": "residual blocks per encoder/decoder section",
-    "bottleneck_kernel_and_dilation": "kernel1,kernel2,dilation1,dilation2 of the residual blocks",
+    "blocks_per_section": "residual blocks per encoder/decoder section",
+    "kernel_and_dilation": "kernel1,kernel2,dilation1,dilation2 of the residual blocks (block j uses the (j mod 2)-th)",
     "the_strides": "downsampling stride per module (1, 2 or 4; the last is reused)",
     "block_type": "gln (gated, the original), bottleneck or separable (depthwise-separable)",
     "front_end": "conv (the original: layers at the sample rate) or patch (stride-sample patches, every "
@@ -46,7 +46,7 @@ _HELP = {
     "res_scalar": "extra factor on the residual fed to the cascade",
     "quantizer": "softmax|vq|rvq|gumbel|pq",
     "num_bins": "bins of the first module's softmax quantizer",
-    "num_bins_for_follower": "bins of the followers' softmax quantizers (per module, last reused)",
+    "num_bins_followers": "bins of the followers' softmax quantizers (per follower, last reused)",
     "codebook_size": "codebook size (vq, rvq, gumbel, pq)",
     "embedding_dim": "code-vector dimension (vq, rvq, gumbel, pq)",
     "num_stages": "RVQ stages",
@@ -67,21 +67,26 @@ _HELP = {
     "rate_calibration": "calibrate the rate controller on the validation split each epoch, so the held-out "
                         "codes' entropy (not the training batches') meets the target",
     "tau_step": "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps",
-    "coeff_term": "loss weights time,mel,sparsity",
+    "coeff_term": "loss weights time,mel,sparsity; a 4th value (the original's) is the entropy weight tau starts "
+                  "from (sets --tau_init; 0 also sets --tau_signed, as the original's tau moved either way)",
     "weighting_gamma": "perceptual weighting of the time loss: error through 1/A(z/gamma) (W(z) = A(z)/A(z/gamma); "
                        "1 = the plain signal error)",
     "spectral_loss": "extra spectral loss term: none, mrstft (spectral convergence + log magnitude, "
                      "STFT 512/256/128) or nsr (per-bin noise-to-signal ratio against the speech)",
     "spectral_weight": "weight of --spectral_loss",
     "learning_rate_tanh": "learning rate of the first module",
-    "learning_rate_greedy_followers": "learning rates of the followers (last reused)",
+    "learning_rate_followers": "learning rates of the followers (last reused)",
     "learning_rate_finetune": "learning rate of joint fine-tuning",
     "lr_schedule": "constant, or cosine (each stage decays its learning rate to 10%)",
     "epoch_tanh": "epochs of the first module (pretrain epochs included)",
-    "epoch_greedy_followers": "epochs per follower (last reused)",
+    "epoch_followers": "epochs per follower (last reused)",
     "epoch_finetune": "epochs of joint fine-tuning",
     "finetune_prefix_loss": "fine-tuning loss averages every prefix of the cascade (keeps each operating point)",
-    "pretrain_step": "quantization-free epochs at the start of each greedy stage",
+    "pretrain_step": "quantization-free epochs at the start of the first module's stage",
+    "follower_pretrain_step": "quantization-free epochs at the start of each follower's stage (the original: 0)",
+    "from_where_step": "which checkpoint mode 0 evaluates: 0 after the first module, 1 after the greedy "
+                       "followers, 2 the latest (after fine-tuning)",
+    "max_epochs_per_stage": "cap on every stage's epochs (0 = none), for smoke runs of a full recipe",
     "batch_size": "frames per batch",
     "steps_per_epoch": "training steps per epoch (0 = one pass over the training split)",
     "validation_steps": "validation batches per epoch",
@@ -106,47 +111,76 @@ def _define_flags() -> None:
             flags.DEFINE_string(f.name, ",".join(str(v) for v in default), help_text + " (comma-separated)")
         else:
             flags.DEFINE_string(f.name, default, help_text)
-    flags.DEFINE_integer("epochs", None, "shorthand: sets epoch_tanh, epoch_greedy_followers and epoch_finetune")
+    for name, help_text in ORIGINAL_FLAGS.items():
+        flags.DEFINE_string(name, None, help_text)
+    flags.DEFINE_integer("epochs", None, "shorthand: sets epoch_tanh, epoch_followers and epoch_finetune")
     flags.DEFINE_float("lr", None, "shorthand: sets every learning rate (fine-tune gets lr / 5)")
+    flags.DEFINE_bool("print_config", False, "print the resolved config (JSON) and exit without running")
 
 
 _define_flags()
 FLAGS = flags.FLAGS
 
-_INT_LISTS = {"bottleneck_kernel_and_dilation", "the_strides", "num_bins_for_follower", "stage_dims",
-              "codebook_sizes", "epoch_greedy_followers"}
+# Seed 000's spellings that are not just this one's with hyphens.
+_ALIASES = {"vq_type": "quantizer", "results": "results_dir"}
+_BOOL_WORDS = {"1": "true", "0": "false", "true": "true", "false": "false", "True": "true", "False": "false"}
 
 
-def config_from_flags(values=None) -> Config:
-    """Builds and validates the Config from parsed flags (raises ConfigError naming the flag)."""
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accepts the original's and seed 000's spellings: `--is_cq 1` (a boolean flag with a separate
+    0/1 value), `--batch-size 16` (hyphens), `--vq-type rvq`, `--codebook-size 256,256` (a list
+    goes to --codebook_sizes)."""
+    out, i = [argv[0]], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            base = name.replace("-", "_")
+            base = _ALIASES.get(base, base)
+            neg = base.startswith("no") and base[2:] in FLAGS and base not in FLAGS
+            flag = FLAGS[base[2:] if neg else base] if (base in FLAGS or neg) else None
+            if flag is not None and flag.boolean and not eq and not neg and i + 1 < len(argv) \
+                    and argv[i + 1] in _BOOL_WORDS:
+                out.append(f"--{base}={_BOOL_WORDS[argv[i + 1]]}")
+                i += 2
+                continue
+            if base == "codebook_size":
+                nxt = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+                if "," in nxt:
+                    base = "codebook_sizes"
+            arg = f"--{base}{eq}{value}"
+        out.append(arg)
+        i += 1
+    return out
+
+
+def resolve(values=None) -> Config:
+    """The validated Config from parsed flags (raises ConfigError naming the flag)."""
     values = values or FLAGS
-    kwargs = {}
-    for f in dataclasses.fields(Config):
-        v = getattr(values, f.name)
-        if isinstance(f.default, tuple):
-            v = tuple(parse_int_list(v, f.name) if f.name in _INT_LISTS else parse_float_list(v, f.name))
-        kwargs[f.name] = v
-    if values.epochs is not None:
-        kwargs.update(epoch_tanh=values.epochs, epoch_greedy_followers=(values.epochs,), epoch_finetune=values.epochs)
-    if values.lr is not None:
-        kwargs.update(learning_rate_tanh=(values.lr,), learning_rate_greedy_followers=(values.lr,),
-                      learning_rate_finetune=values.lr / 5)
-    return Config(**kwargs).validate()
+    names = [f.name for f in dataclasses.fields(Config)] + list(ORIGINAL_FLAGS) + ["epochs", "lr"]
+    given = {n for n in names if values[n].present}
+    return config_from_flags({n: values[n].value for n in names}, given, warn=lambda m: logging.warning("%s", m))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
     try:
-        cfg = config_from_flags()
+        cfg = resolve()
     except ConfigError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.INFO)
+    if FLAGS.print_config:
+        print(cfg.to_json())
+        return 0
     from cq_codec.training.modes import run  # heavy imports only after the flags are valid
     run(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=normalize_argv(sys.argv))

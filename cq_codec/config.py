@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import constants as C
 
-__all__ = ["Config", "ConfigError", "parse_int_list", "parse_float_list", "QUANTIZERS", "BLOCK_TYPES", "FRONT_ENDS"]
+__all__ = ["Config", "ConfigError", "config_from_flags", "parse_int_list", "parse_float_list", "ORIGINAL_FLAGS", "QUANTIZERS",
+           "BLOCK_TYPES", "FRONT_ENDS"]
 
 QUANTIZERS = ("softmax", "vq", "rvq", "gumbel", "pq")
 BLOCK_TYPES = ("gln", "bottleneck", "separable")
@@ -28,14 +30,16 @@ class ConfigError(ValueError):
 
 
 def _parse_list(text: Any, cast, name: str) -> list:
+    """Comma- and/or space-separated ('2,2', '2 2', '2, 2': the original CQ release wrote
+    `--the_strides '2 2'`)."""
     if isinstance(text, (list, tuple)):
         items = list(text)
     else:
-        items = [t for t in str(text).replace(" ", "").split(",") if t != ""]
+        items = [t for t in re.split(r"[,\s]+", str(text).strip()) if t != ""]
     try:
         return [cast(t) for t in items]
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"--{name}: expected a comma-separated list of {cast.__name__}, got {text!r}") from exc
+        raise ConfigError(f"--{name}: expected a comma- or space-separated list of {cast.__name__}, got {text!r}") from exc
 
 
 def parse_int_list(text: Any, name: str = "value") -> list[int]:
@@ -50,7 +54,9 @@ def parse_float_list(text: Any, name: str = "value") -> list[float]:
 
 @dataclasses.dataclass
 class Config:
-    """Everything one experiment needs; field names follow the original flags where they exist."""
+    """Everything one experiment needs. Field names follow the original CQ release's flags where
+    the meaning is the same; the original flags whose meaning spans other fields are translated
+    by `config_from_flags` (see ORIGINAL_FLAGS)."""
 
     # Mode and bookkeeping.
     training_mode: int = 4
@@ -72,8 +78,10 @@ class Config:
     num_modules: int = 2
     channels: int = 100
     bottleneck: int = 20
-    num_resnets: int = 2
-    bottleneck_kernel_and_dilation: tuple = (9, 9, 1, 2)  # kernel, kernel, dilation, dilation
+    # Residual blocks per encoder/decoder section (the original derived it from the number of
+    # dilations in --bottleneck_kernel_and_dilation; its --num_resnets counted the modules).
+    blocks_per_section: int = 2
+    kernel_and_dilation: tuple = (9, 9, 1, 2)  # kernel, kernel, dilation, dilation (block j uses entry j % 2)
     the_strides: tuple = (2,)
     block_type: str = "gln"
     front_end: str = "conv"          # "conv" (reference: sample-rate layers) or "patch" (lean)
@@ -82,7 +90,7 @@ class Config:
     # Quantization.
     quantizer: str = "softmax"
     num_bins: int = 32
-    num_bins_for_follower: tuple = (32,)
+    num_bins_followers: tuple = (32,)     # per follower (module 2, 3, ...); the last entry is reused
     codebook_size: int = 256
     embedding_dim: int = 4
     num_stages: int = 3
@@ -120,16 +128,23 @@ class Config:
     spectral_weight: float = 0.0
     # Schedule.
     learning_rate_tanh: tuple = (1e-4,)           # first module
-    learning_rate_greedy_followers: tuple = (1e-4,)  # followers; the last entry is reused
+    learning_rate_followers: tuple = (1e-4,)  # per follower; the last entry is reused
     learning_rate_finetune: float = 2e-5
     lr_schedule: str = "constant"            # "constant" or "cosine" (per stage, down to 10%)
     epoch_tanh: int = 10
-    epoch_greedy_followers: tuple = (10,)
+    epoch_followers: tuple = (10,)           # per follower; the last entry is reused
     epoch_finetune: int = 5
     # Joint fine-tuning's loss averages every prefix of the cascade (each is an operating point);
     # with the full cascade's loss alone, fine-tuning drove module 1 from 1.75 to 0.78 bits/symbol.
     finetune_prefix_loss: bool = True
-    pretrain_step: int = 2                  # quantization-free epochs at the start of each stage
+    pretrain_step: int = 2                  # quantization-free epochs at the start of the first module's stage
+    # Quantization-free epochs at the start of each follower's stage (the original had none;
+    # capped at the stage's epochs - 1).
+    follower_pretrain_step: int = 0
+    # The original's --from_where_step: which checkpoint mode 0 evaluates (0 after the first
+    # module, 1 after the greedy followers, 2 the latest, i.e. after fine-tuning).
+    from_where_step: int = 2
+    max_epochs_per_stage: int = 0           # cap on every stage's epochs (0 = none): smoke runs
     batch_size: int = 32
     steps_per_epoch: int = 0                # 0 = one pass over the training split
     validation_steps: int = 20
@@ -161,9 +176,9 @@ class Config:
         need(self.channels >= 2 and self.channels % 2 == 0, "channels", f"must be an even number >= 2; got {self.channels}")
         need(1 <= self.bottleneck <= self.channels, "bottleneck", f"must be in 1..channels ({self.channels}); got {self.bottleneck}")
         need(self.front_end in FRONT_ENDS, "front_end", f"must be one of {', '.join(FRONT_ENDS)}; got {self.front_end!r}")
-        need(self.num_resnets >= 0, "num_resnets", f"must be >= 0; got {self.num_resnets}")
-        kd = list(self.bottleneck_kernel_and_dilation)
-        need(len(kd) == 4 and all(v >= 1 for v in kd), "bottleneck_kernel_and_dilation",
+        need(self.blocks_per_section >= 0, "blocks_per_section", f"must be >= 0; got {self.blocks_per_section}")
+        kd = list(self.kernel_and_dilation)
+        need(len(kd) == 4 and all(v >= 1 for v in kd), "kernel_and_dilation",
              f"expected 4 positive integers 'kernel1,kernel2,dilation1,dilation2'; got {kd}")
         strides = list(self.the_strides)
         need(len(strides) >= 1, "the_strides", "needs at least one stride")
@@ -172,7 +187,8 @@ class Config:
                  f"stride {s} is not supported: a {C.FRAME_SIZE}-sample frame is coded with stride 1, 2 or 4 "
                  f"(the sub-pixel decoder must upsample by the same integer factor)")
         need(self.num_bins >= 2, "num_bins", f"must be >= 2; got {self.num_bins}")
-        need(all(b >= 2 for b in self.num_bins_for_follower), "num_bins_for_follower", "every entry must be >= 2")
+        need(len(self.num_bins_followers) >= 1 and all(b >= 2 for b in self.num_bins_followers), "num_bins_followers",
+             f"every entry must be >= 2; got {list(self.num_bins_followers)}")
         need(self.codebook_size >= 2, "codebook_size", f"must be >= 2; got {self.codebook_size}")
         need(self.embedding_dim >= 1, "embedding_dim", f"must be >= 1; got {self.embedding_dim}")
         need(self.num_stages >= 1, "num_stages", f"must be >= 1; got {self.num_stages}")
@@ -212,17 +228,26 @@ class Config:
         need(self.spectral_weight >= 0, "spectral_weight", f"must be >= 0; got {self.spectral_weight}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
-             f"expected 3 non-negative weights 'time,mel,sparsity'; got {list(self.coeff_term)}")
-        for flag in ("learning_rate_tanh", "learning_rate_greedy_followers"):
+             f"expected 3 non-negative weights 'time,mel,sparsity' (on the command line also the original's 4: "
+             f"time, mel, sparsity, the entropy weight tau starts from); got {list(self.coeff_term)}")
+        for flag in ("learning_rate_tanh", "learning_rate_followers"):
             lrs = list(getattr(self, flag))
             need(len(lrs) >= 1 and all(0 < v < 1 for v in lrs), flag, f"learning rates must be in (0, 1); got {lrs}")
         need(0 < self.learning_rate_finetune < 1, "learning_rate_finetune", "must be in (0, 1)")
         need(self.lr_schedule in ("constant", "cosine"), "lr_schedule",
              f"must be constant or cosine; got {self.lr_schedule!r}")
         need(self.epoch_tanh >= 1, "epoch_tanh", f"must be >= 1; got {self.epoch_tanh}")
-        need(all(e >= 1 for e in self.epoch_greedy_followers), "epoch_greedy_followers", "every entry must be >= 1")
+        need(len(self.epoch_followers) >= 1 and all(e >= 1 for e in self.epoch_followers), "epoch_followers",
+             f"every entry must be >= 1; got {list(self.epoch_followers)}")
         need(self.epoch_finetune >= 0, "epoch_finetune", f"must be >= 0; got {self.epoch_finetune}")
         need(0 <= self.pretrain_step, "pretrain_step", f"must be >= 0; got {self.pretrain_step}")
+        need(0 <= self.follower_pretrain_step, "follower_pretrain_step", f"must be >= 0; got {self.follower_pretrain_step}")
+        need(self.from_where_step in (0, 1, 2), "from_where_step",
+             f"must be 0 (after the first module), 1 (after the greedy followers) or 2 (the latest); got {self.from_where_step}")
+        need(self.max_epochs_per_stage >= 0, "max_epochs_per_stage", f"must be >= 0; got {self.max_epochs_per_stage}")
+        if self.max_epochs_per_stage:
+            need(self.pretrain_step < self.max_epochs_per_stage, "pretrain_step",
+                 f"({self.pretrain_step}) must be smaller than --max_epochs_per_stage ({self.max_epochs_per_stage})")
         need(self.pretrain_step < self.epoch_tanh, "pretrain_step",
              f"({self.pretrain_step}) must be smaller than --epoch_tanh ({self.epoch_tanh}), or the first module never trains quantized")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1; got {self.batch_size}")
@@ -260,8 +285,13 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
+    def stage_epochs(self, epochs: int) -> int:
+        """A stage's epochs under --max_epochs_per_stage."""
+        return min(int(epochs), self.max_epochs_per_stage) if self.max_epochs_per_stage else int(epochs)
+
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
+        data = _upgrade_legacy(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -278,3 +308,151 @@ class Config:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(self.to_json())
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags: the fields' own flags plus the original CQ release's (seed 004), with its meaning.
+
+# Config fields renamed when the original's flags got their meaning back: a config.json written
+# before then (the key on the left) means what the field on the right means now.
+_LEGACY_KEYS = {"num_resnets": "blocks_per_section", "bottleneck_kernel_and_dilation": "kernel_and_dilation",
+                "epoch_greedy_followers": "epoch_followers", "learning_rate_greedy_followers": "learning_rate_followers",
+                "num_bins_for_follower": "num_bins_followers"}
+
+
+def _upgrade_legacy(data: dict) -> dict:
+    """A config.json of the older field names -> today's fields, same meaning (then the followers'
+    stages also began with --pretrain_step quantization-free epochs)."""
+    if not any(k in data for k in _LEGACY_KEYS):
+        return data
+    out = {_LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+    out.setdefault("follower_pretrain_step", out.get("pretrain_step", Config.pretrain_step))
+    return out
+
+
+# The original flags whose meaning is not one Config field's; main.py defines them as strings
+# (None = not given) and `config_from_flags` translates them.
+ORIGINAL_FLAGS = {
+    "num_resnets": "the original's number of cascaded codecs (sets --num_modules; blocks per section are "
+                   "--blocks_per_section)",
+    "bottleneck_kernel_and_dilation": "the original's 'kernel kernel wide narrow dilation...', e.g. '9 9 100 20 1 2': "
+                                      "the dilated convs' kernel, the non-dilated convs' kernel (1x1 here, as in the "
+                                      "original's gated block), --channels, --bottleneck, one dilation per block "
+                                      "(their number sets --blocks_per_section)",
+    "epoch_greedy_followers": "the original's 'followers finetune' epochs, e.g. '50 50': every follower trains the "
+                              "second-to-last value, fine-tuning the last (sets --epoch_followers, --epoch_finetune)",
+    "learning_rate_greedy_followers": "the original's 'followers finetune' learning rates, e.g. '2e-5 2e-6' (sets "
+                                      "--learning_rate_followers, --learning_rate_finetune)",
+    "num_bins_for_follower": "the original's bins per module, the first module included, e.g. '32 32' (sets "
+                             "--num_bins, --num_bins_followers)",
+    "save_unique_mark": "the original's name of the saved model (sets --name)",
+}
+# Fields whose list entries are integers (the other tuple fields hold floats).
+INT_LISTS = {"kernel_and_dilation", "the_strides", "num_bins_followers", "stage_dims", "codebook_sizes",
+             "epoch_followers"}
+
+
+def config_from_flags(values: dict, given=(), warn=None) -> Config:
+    """The validated Config from flag values.
+
+    `values` maps flag names to values (list flags as text, '1,2' or '1 2'): every Config field,
+    the ORIGINAL_FLAGS (None when not given) and the shorthands `epochs` / `lr` (None when not
+    given). `given` names the flags set on the command line: an original flag and a flag it sets
+    must not disagree. `warn(message)` receives notes on original values this codec does not use.
+    Raises ConfigError naming the flag.
+    """
+    given = set(given)
+    warn = warn or (lambda message: None)
+    kw = {}
+    for f in dataclasses.fields(Config):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if isinstance(f.default, tuple):
+            v = tuple(parse_int_list(v, f.name) if f.name in INT_LISTS else parse_float_list(v, f.name))
+        kw[f.name] = v
+    kw.update(_translate_original(values, given, kw, warn))
+    if values.get("epochs") is not None:
+        kw.update(epoch_tanh=values["epochs"], epoch_followers=(values["epochs"],), epoch_finetune=values["epochs"])
+    if values.get("lr") is not None:
+        kw.update(learning_rate_tanh=(values["lr"],), learning_rate_followers=(values["lr"],),
+                  learning_rate_finetune=values["lr"] / 5)
+    return Config(**kw).validate()
+
+
+def _translate_original(values: dict, given: set, kw: dict, warn) -> dict:
+    out = {}
+
+    def put(flag: str, field: str, value) -> None:
+        if field in given and kw.get(field) != value:
+            raise ConfigError(f"--{flag} sets --{field} to {_show(value)}, but --{field} {_show(kw.get(field))} was "
+                              f"also given: drop one")
+        out[field] = value
+
+    raw = {k: values.get(k) for k in ORIGINAL_FLAGS if values.get(k) not in (None, "")}
+    if "num_resnets" in raw:
+        (n,) = _ints(raw["num_resnets"], "num_resnets", 1, 1)
+        put("num_resnets", "num_modules", n)
+    if "save_unique_mark" in raw:
+        put("save_unique_mark", "name", str(raw["save_unique_mark"]))
+    if "bottleneck_kernel_and_dilation" in raw:
+        kd = _ints(raw["bottleneck_kernel_and_dilation"], "bottleneck_kernel_and_dilation", 5, None,
+                   "'kernel kernel wide narrow dilation...' (the original's meaning, at least one dilation, e.g. "
+                   "'9 9 100 20 1 2'); the 4-value 'kernel1,kernel2,dilation1,dilation2' form is --kernel_and_dilation")
+        dil = kd[4:]
+        if any(d != dil[j % 2] for j, d in enumerate(dil)):
+            raise ConfigError(f"--bottleneck_kernel_and_dilation: the blocks of a section alternate two dilations "
+                              f"here (block j uses the (j mod 2)-th); got dilations {dil}")
+        if kd[1] != 1:
+            warn(f"--bottleneck_kernel_and_dilation: the second kernel ({kd[1]}, the original's non-dilated convs) "
+                 f"is not used: the blocks' outer convs are 1x1 here, as in the original's gated block")
+        put("bottleneck_kernel_and_dilation", "kernel_and_dilation", (kd[0], kd[0], dil[0], dil[min(1, len(dil) - 1)]))
+        put("bottleneck_kernel_and_dilation", "channels", kd[2])
+        put("bottleneck_kernel_and_dilation", "bottleneck", kd[3])
+        put("bottleneck_kernel_and_dilation", "blocks_per_section", len(dil))
+    for flag, followers, finetune, parse in (
+            ("epoch_greedy_followers", "epoch_followers", "epoch_finetune", _ints),
+            ("learning_rate_greedy_followers", "learning_rate_followers", "learning_rate_finetune", _floats)):
+        if flag not in raw:
+            continue
+        vals = parse(raw[flag], flag, 2, None,
+                     f"the original's list: the followers' value then fine-tuning's (at least 2, e.g. '50 50'); "
+                     f"for the followers alone use --{followers} (and --{finetune})")
+        if len(vals) > 2:
+            warn(f"--{flag}: as in the original, every follower uses the second-to-last value ({vals[-2]}) and "
+                 f"fine-tuning the last ({vals[-1]}); {vals[:-2]} are not used (per-follower values: --{followers})")
+        put(flag, followers, (vals[-2],))
+        put(flag, finetune, vals[-1])
+    if "num_bins_for_follower" in raw:
+        bins = _ints(raw["num_bins_for_follower"], "num_bins_for_follower", 1, None)
+        put("num_bins_for_follower", "num_bins", bins[0])
+        put("num_bins_for_follower", "num_bins_followers", tuple(bins[1:]) or (bins[0],))
+    coeff = kw.get("coeff_term", ())
+    if len(coeff) == 4:   # the original's 4th coefficient: the entropy weight tau it starts from
+        out["coeff_term"] = tuple(coeff[:3])
+        put("coeff_term", "tau_init", float(coeff[3]))
+        if coeff[3] == 0 and "tau_signed" not in given:
+            # The original's controller moved tau by +-0.015 with no floor: signed control.
+            out["tau_signed"] = True
+    return out
+
+
+def _show(v) -> str:
+    return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else (
+        f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def _counted(parse, text, flag: str, lo: int, hi, what: str) -> list:
+    vals = parse(text, flag)
+    if len(vals) < lo or (hi is not None and len(vals) > hi):
+        count = f"{lo}" if hi == lo else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+        raise ConfigError(f"--{flag}: expected {count} values{': ' + what if what else ''}; got {text!r}")
+    return vals
+
+
+def _ints(text, flag, lo, hi, what=""):
+    return _counted(parse_int_list, text, flag, lo, hi, what)
+
+
+def _floats(text, flag, lo, hi, what=""):
+    return _counted(parse_float_list, text, flag, lo, hi, what)

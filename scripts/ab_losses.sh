@@ -10,7 +10,7 @@ DATA=${2:-data/many}
 EPOCHS=${3:-10}
 PY=${PY:-.venv/bin/python}
 common=(--training_mode 1 --results_dir "$RESULTS" --corpus demo --data_dir "$DATA" --cache_dir "${CACHE:-cache}"
-  --num_modules 1 --channels 64 --bottleneck 16 --num_resnets 2 --bottleneck_kernel_and_dilation 9,9,2,1
+  --num_modules 1 --channels 64 --bottleneck 16 --blocks_per_section 2 --kernel_and_dilation 9,9,2,1
   --the_strides 4 --block_type gln --front_end patch
   --target_entropy 2.0 --lsf_target_entropy 2.5 --rate_calibration
   --epoch_tanh "$EPOCHS" --tau_init 1.0 --tau_step 0.08 --pretrain_step 2

@@ -50,7 +50,7 @@ def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
     ts = range(1, len(lsf) - 2)
     sample = {"x": np.array([x[t * 480 - 16: t * 480 + 512] for t in ts], np.float32),
               "lsf": np.array([lsf[t - 1: t + 2] for t in ts], np.float32)}
-    model = build_model(Config(num_modules=2, channels=8, bottleneck=4, num_resnets=1).validate(), std, sample)
+    model = build_model(Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1).validate(), std, sample)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     ds = tf.data.Dataset.from_tensor_slices(sample).shuffle(512, seed=0).repeat().batch(16)
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)

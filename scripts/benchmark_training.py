@@ -33,22 +33,22 @@ from cq_codec.flops import count_flops  # noqa: E402
 from cq_codec.training.trainer import build_model  # noqa: E402
 
 CONFIGS = {
-    "ref": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln"),
-    "ref_s4": dict(channels=100, bottleneck=20, num_resnets=2, block_type="gln", the_strides=(4,)),
-    "gln64": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln"),
-    "gln64_s4": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln", the_strides=(4,)),
-    "gln48_s4_r1": dict(channels=48, bottleneck=12, num_resnets=1, block_type="gln", the_strides=(4,),
-                        bottleneck_kernel_and_dilation=(9, 9, 2, 1)),   # the default model's modules
-    "patch48_s4_r1": dict(channels=48, bottleneck=12, num_resnets=1, block_type="gln", the_strides=(4,),
-                          bottleneck_kernel_and_dilation=(9, 9, 2, 1), front_end="patch"),
-    "patch64_s4_r2": dict(channels=64, bottleneck=16, num_resnets=2, block_type="gln", the_strides=(4,),
-                          bottleneck_kernel_and_dilation=(9, 9, 2, 1), front_end="patch"),
-    "patch96_s4_r2": dict(channels=96, bottleneck=24, num_resnets=2, block_type="gln", the_strides=(4,),
-                          bottleneck_kernel_and_dilation=(9, 9, 2, 1), front_end="patch"),
-    "gln32_s4": dict(channels=32, bottleneck=8, num_resnets=2, block_type="gln", the_strides=(4,)),
-    "sep64": dict(channels=64, bottleneck=32, num_resnets=2, block_type="separable"),
-    "sep100": dict(channels=100, bottleneck=40, num_resnets=2, block_type="separable"),
-    "bottleneck": dict(channels=100, bottleneck=20, num_resnets=2, block_type="bottleneck"),
+    "ref": dict(channels=100, bottleneck=20, blocks_per_section=2, block_type="gln"),
+    "ref_s4": dict(channels=100, bottleneck=20, blocks_per_section=2, block_type="gln", the_strides=(4,)),
+    "gln64": dict(channels=64, bottleneck=16, blocks_per_section=2, block_type="gln"),
+    "gln64_s4": dict(channels=64, bottleneck=16, blocks_per_section=2, block_type="gln", the_strides=(4,)),
+    "gln48_s4_r1": dict(channels=48, bottleneck=12, blocks_per_section=1, block_type="gln", the_strides=(4,),
+                        kernel_and_dilation=(9, 9, 2, 1)),   # the default model's modules
+    "patch48_s4_r1": dict(channels=48, bottleneck=12, blocks_per_section=1, block_type="gln", the_strides=(4,),
+                          kernel_and_dilation=(9, 9, 2, 1), front_end="patch"),
+    "patch64_s4_r2": dict(channels=64, bottleneck=16, blocks_per_section=2, block_type="gln", the_strides=(4,),
+                          kernel_and_dilation=(9, 9, 2, 1), front_end="patch"),
+    "patch96_s4_r2": dict(channels=96, bottleneck=24, blocks_per_section=2, block_type="gln", the_strides=(4,),
+                          kernel_and_dilation=(9, 9, 2, 1), front_end="patch"),
+    "gln32_s4": dict(channels=32, bottleneck=8, blocks_per_section=2, block_type="gln", the_strides=(4,)),
+    "sep64": dict(channels=64, bottleneck=32, blocks_per_section=2, block_type="separable"),
+    "sep100": dict(channels=100, bottleneck=40, blocks_per_section=2, block_type="separable"),
+    "bottleneck": dict(channels=100, bottleneck=20, blocks_per_section=2, block_type="bottleneck"),
 }
 
 

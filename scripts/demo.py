@@ -43,10 +43,10 @@ def main() -> int:
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--training_mode=4", f"--name={args.name}",
            f"--results_dir={args.results_dir}", f"--data_dir={args.data_dir}", "--corpus=demo",
            f"--max_train_minutes={args.minutes}", f"--steps_per_epoch={args.steps}", "--validation_steps=10",
-           "--num_modules=2", "--channels=48", "--bottleneck=12", "--num_resnets=1", "--the_strides=4",
-           "--epoch_tanh=3", "--epoch_greedy_followers=2", "--epoch_finetune=1", "--pretrain_step=1",
+           "--num_modules=2", "--channels=48", "--bottleneck=12", "--blocks_per_section=1", "--the_strides=4",
+           "--epoch_tanh=3", "--epoch_followers=2", "--epoch_finetune=1", "--pretrain_step=1", "--follower_pretrain_step=1",
            "--target_entropy=2.0", f"--eval_clips={args.eval_clips}", "--batch_size=32",
-           "--learning_rate_tanh=1e-3", "--learning_rate_greedy_followers=1e-3", "--learning_rate_finetune=2e-4"]
+           "--learning_rate_tanh=1e-3", "--learning_rate_followers=1e-3", "--learning_rate_finetune=2e-4"]
     print("demo: " + " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=ROOT)
     if rc != 0:

@@ -23,13 +23,13 @@ if [ ! -f "$DATA/manifest.json" ]; then
 fi
 .venv/bin/python main.py --training_mode 4 --name "$NAME" --results_dir "$RESULTS" \
   --corpus demo --data_dir "$DATA" \
-  --num_modules 3 --channels 64 --bottleneck 16 --num_resnets 2 --bottleneck_kernel_and_dilation 9,9,2,1 \
+  --num_modules 3 --channels 64 --bottleneck 16 --blocks_per_section 2 --kernel_and_dilation 9,9,2,1 \
   --the_strides 4 --block_type gln --front_end patch \
   --coeff_term 20,10,0 --spectral_loss nsr --spectral_weight 100 \
   --target_entropy 2.0,1.85,2.1 --lsf_target_entropy 2.5 --rate_calibration \
-  --epoch_tanh 24 --epoch_greedy_followers 14 --epoch_finetune 4 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2 \
+  --epoch_tanh 24 --epoch_followers 14 --epoch_finetune 4 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2 --follower_pretrain_step 2 \
   --steps_per_epoch 300 --validation_steps 20 --batch_size 32 --lr_schedule cosine \
-  --learning_rate_tanh 1e-3 --learning_rate_greedy_followers 1e-3 --learning_rate_finetune 2e-4 \
+  --learning_rate_tanh 1e-3 --learning_rate_followers 1e-3 --learning_rate_finetune 2e-4 \
   --eval_clips 20
 if [ "${INSTALL:-1}" = 1 ]; then   # INSTALL=0: train and evaluate only
   mkdir -p cq_codec/pretrained

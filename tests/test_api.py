@@ -40,7 +40,7 @@ def make_model(seed=0, num_modules=2):
     ts = range(1, len(lsf) - 2)
     sample = {"x": np.array([sig[t * 480 - 16: t * 480 + 512] for t in ts], np.float32),
               "lsf": np.array([lsf[t - 1: t + 2] for t in ts], np.float32)}
-    cfg = Config(num_modules=num_modules, channels=8, bottleneck=4, num_resnets=1).validate()
+    cfg = Config(num_modules=num_modules, channels=8, bottleneck=4, blocks_per_section=1).validate()
     model = build_model(cfg, 1.0, sample)
     inference.fit_entropy_tables(model, [ar_signal(0.5, seed + k) for k in range(4)])
     return model
@@ -199,7 +199,7 @@ def test_model_mismatch_and_unknown_version_are_refused(codec, small_nac, tmp_pa
 
 def test_missing_tables_and_missing_model_messages(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
-    bare = build_model(Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1).validate())
+    bare = build_model(Config(num_modules=1, channels=8, bottleneck=4, blocks_per_section=1).validate())
     bare.save(str(tmp_path / "bare.keras"))
     with pytest.raises(ValueError, match="no entropy tables"):
         cq_codec.load(str(tmp_path / "bare.keras"))

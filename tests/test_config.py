@@ -13,7 +13,7 @@ from cq_codec.config import Config, ConfigError, parse_int_list
     ({"the_strides": (3,)}, "the_strides"),
     ({"quantizer": "lattice"}, "quantizer"),
     ({"channels": 7}, "channels"),
-    ({"bottleneck_kernel_and_dilation": (9, 9, 1)}, "bottleneck_kernel_and_dilation"),
+    ({"kernel_and_dilation": (9, 9, 1)}, "kernel_and_dilation"),
     ({"pretrain_step": 10, "epoch_tanh": 10}, "pretrain_step"),
     ({"training_mode": 2}, "base_model_id"),
     ({"target_entropy": (0.0,)}, "target_entropy"),

@@ -42,7 +42,7 @@ def tiny():
     keras.utils.set_random_seed(0)
     sig = _speechlike()
     sig = sig / sig.std()
-    cfg = Config(num_modules=2, channels=8, bottleneck=4, num_resnets=1).validate()
+    cfg = Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1).validate()
     sample = _examples(sig)
     return cfg, build_model(cfg, 1.0, sample), sample
 
@@ -101,7 +101,7 @@ def test_patch_front_end_gives_frame_back_and_runs_at_code_rate(stride):
 
 def test_patch_front_end_is_cheaper_trains_and_round_trips(tmp_path):
     from cq_codec.flops import count_flops
-    base = dict(num_modules=1, channels=16, bottleneck=4, num_resnets=1, the_strides=(4,))
+    base = dict(num_modules=1, channels=16, bottleneck=4, blocks_per_section=1, the_strides=(4,))
     conv = build_model(Config(**base).validate())
     patch = build_model(Config(**base, front_end="patch").validate())
     assert count_flops(patch) < count_flops(conv) / 3
@@ -255,7 +255,7 @@ def test_weighted_time_loss_is_the_signal_error_through_a_over_a_gamma(tiny):
 
 
 def test_weighting_gamma_comes_from_the_config():
-    cfg = Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1, weighting_gamma=0.92).validate()
+    cfg = Config(num_modules=1, channels=8, bottleneck=4, blocks_per_section=1, weighting_gamma=0.92).validate()
     assert build_model(cfg).weighting_gamma == 0.92
 
 
@@ -273,7 +273,7 @@ def test_compiled_inference_serves_every_prefix(tiny):
 
 def test_flops_count_adds_up_over_modules():
     from cq_codec.flops import count_flops
-    model = build_model(Config(num_modules=2, channels=8, bottleneck=4, num_resnets=1, the_strides=(4,)).validate())
+    model = build_model(Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1, the_strides=(4,)).validate())
     two = count_flops(model)
     one = count_flops(model, 1)
     assert one > 0 and two == 2 * one            # identical modules, the LSF path has no convolutions
@@ -303,7 +303,7 @@ def test_rate_control_metric_is_the_hard_code_entropy(tiny):
 
 def test_compiled_inference_follows_rvq_stages_in_use():
     keras.utils.set_random_seed(0)
-    model = build_model(Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1, quantizer="rvq",
+    model = build_model(Config(num_modules=1, channels=8, bottleneck=4, blocks_per_section=1, quantizer="rvq",
                                embedding_dim=4, num_stages=2, codebook_size=8).validate())
     frames = np.random.default_rng(0).standard_normal((3, C.FRAME_SIZE)).astype(np.float32)
     codes = model.encode_frames(frames)

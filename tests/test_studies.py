@@ -31,7 +31,7 @@ def corpus(tmp_path_factory):
 def trained(tmp_path_factory, corpus):
     tmp = tmp_path_factory.mktemp("train")
     cfg = Config(name="tiny_vq", results_dir=str(tmp / "results"), cache_dir=str(tmp / "cache"), corpus="librispeech",
-                 data_dir=corpus, training_mode=1, num_modules=1, channels=8, bottleneck=2, num_resnets=1,
+                 data_dir=corpus, training_mode=1, num_modules=1, channels=8, bottleneck=2, blocks_per_section=1,
                  quantizer="vq", embedding_dim=8, codebook_size=16, epoch_tanh=2, pretrain_step=1, steps_per_epoch=1,
                  validation_steps=1, batch_size=4).validate()
     out = studies.train_codec(cfg)

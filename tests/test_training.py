@@ -18,7 +18,8 @@ from tests.conftest import write_librispeech
 def _cfg(tmp_path, corpus_root, **kw):
     base = dict(name="tiny", results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"),
                 corpus="librispeech", data_dir=str(corpus_root), num_modules=2, channels=8, bottleneck=4,
-                num_resnets=1, epoch_tanh=2, epoch_greedy_followers=(1,), epoch_finetune=1, pretrain_step=1,
+                blocks_per_section=1, epoch_tanh=2, epoch_followers=(1,), epoch_finetune=1, pretrain_step=1,
+                follower_pretrain_step=1,
                 steps_per_epoch=3, validation_steps=1, batch_size=8, eval_clips=1)
     base.update(kw)
     return Config(**base).validate()
@@ -75,7 +76,7 @@ def test_modes_chain_and_a_killed_run_resumes(tmp_path, corpus):
     csv_path = os.path.join(cfg1.experiment_dir, "metrics.csv")
     assert _stages(csv_path) == [("m1", 1), ("m1", 2)]
     # Mode 4 of the same experiment continues with the follower; it is killed after 1 of 2 epochs.
-    cfg4 = _cfg(tmp_path, corpus, training_mode=4, epoch_greedy_followers=(2,))
+    cfg4 = _cfg(tmp_path, corpus, training_mode=4, epoch_followers=(2,))
     parts, cache = modes.load_data(cfg4)
     model = trainer.build_model(cfg4, cache.std, modes._first_batch(cache))
     train_ds, val_ds, steps = modes._datasets(cfg4, cache)
@@ -109,7 +110,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus):
     args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in
             [("training_mode", 1), ("name", "mirrored"), ("results_dir", cfg.results_dir), ("cache_dir", cfg.cache_dir),
              ("corpus", cfg.corpus), ("data_dir", cfg.data_dir), ("num_modules", 1), ("channels", 8),
-             ("bottleneck", 4), ("num_resnets", 1), ("epoch_tanh", 1), ("pretrain_step", 0),
+             ("bottleneck", 4), ("blocks_per_section", 1), ("epoch_tanh", 1), ("pretrain_step", 0),
              ("steps_per_epoch", 2), ("validation_steps", 1), ("batch_size", 8), ("eval_clips", 0),
              ("distribute", "mirrored")]]
     proc = subprocess.run([sys.executable, "main.py", *args], capture_output=True, text=True, timeout=600,

@@ -228,6 +228,12 @@ def plot_history(csv_path: str, out_path: str) -> None:
 
 def run(cfg: Config) -> dict:
     """Runs one training mode (or evaluation) end to end; returns a summary dict."""
+    if cfg.base_model_id and cfg.training_mode in (1, 3, 4):
+        log.info("--base_model_id %s is not used by mode %d: it trains from the start (as in the original)",
+                 cfg.base_model_id, cfg.training_mode)
+    if cfg.from_where_step != 2 and cfg.training_mode != 0:
+        log.info("--from_where_step %d is not used by mode %d: it picks the checkpoint mode 0 evaluates",
+                 cfg.from_where_step, cfg.training_mode)
     strategy = make_strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()

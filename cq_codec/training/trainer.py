@@ -44,14 +44,16 @@ class Stage:
 def plan_stages(cfg: Config) -> list[Stage]:
     """The stages a training mode runs, in order."""
     n = cfg.num_modules
-    first = Stage("m1", 1, (0,), cfg.is_cq, cfg.epoch_tanh, cfg.per_module("learning_rate_tanh", 0), cfg.pretrain_step)
+    first = Stage("m1", 1, (0,), cfg.is_cq, cfg.stage_epochs(cfg.epoch_tanh), cfg.per_module("learning_rate_tanh", 0),
+                  cfg.pretrain_step)
     followers = []
     for k in range(2, n + 1):
-        epochs = int(cfg.per_module("epoch_greedy_followers", k - 2))
+        epochs = cfg.stage_epochs(cfg.per_module("epoch_followers", k - 2))
         followers.append(Stage(f"m{k}", k, (k - 1,), False, epochs,
-                               cfg.per_module("learning_rate_greedy_followers", k - 2),
-                               min(cfg.pretrain_step, epochs - 1)))
-    finetune = [Stage("finetune", n, tuple(range(n)), cfg.is_cq, cfg.epoch_finetune, cfg.learning_rate_finetune, 0)]
+                               cfg.per_module("learning_rate_followers", k - 2),
+                               min(cfg.follower_pretrain_step, epochs - 1)))
+    finetune = [Stage("finetune", n, tuple(range(n)), cfg.is_cq, cfg.stage_epochs(cfg.epoch_finetune),
+                      cfg.learning_rate_finetune, 0)]
     finetune = finetune if cfg.epoch_finetune > 0 else []
     plan = {1: [first], 2: followers, 3: [first] + followers, 4: [first] + followers + finetune, 5: finetune}
     return plan.get(cfg.training_mode, [])
@@ -61,7 +63,7 @@ def quantizer_config(cfg: Config, i: int) -> dict:
     """The quantizer kwargs of module i from the study flags."""
     name = cfg.quantizer
     if name == "softmax":
-        return {"name": "softmax", "num_bins": int(cfg.num_bins if i == 0 else cfg.per_module("num_bins_for_follower", i - 1)),
+        return {"name": "softmax", "num_bins": int(cfg.num_bins if i == 0 else cfg.per_module("num_bins_followers", i - 1)),
                 "straight_through": {"soft": False, "hard": True, "identity": "identity"}[cfg.softmax_gradient]}
     if name == "vq":
         return {"name": "vq", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i}
@@ -80,8 +82,8 @@ def quantizer_config(cfg: Config, i: int) -> dict:
 
 def module_configs(cfg: Config) -> list[dict]:
     vector_dim = 1 if cfg.quantizer == "softmax" else cfg.embedding_dim
-    return [dict(channels=cfg.channels, bottleneck=cfg.bottleneck, num_resnets=cfg.num_resnets,
-                 kernel_and_dilation=list(cfg.bottleneck_kernel_and_dilation), stride=cfg.stride(i),
+    return [dict(channels=cfg.channels, bottleneck=cfg.bottleneck, num_resnets=cfg.blocks_per_section,
+                 kernel_and_dilation=list(cfg.kernel_and_dilation), stride=cfg.stride(i),
                  block_type=cfg.block_type, code_dim=1, vector_dim=vector_dim,
                  quantizer=quantizer_config(cfg, i),
                  # Only when not the default, so a conv model's config (its identity in .nac
