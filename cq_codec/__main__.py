@@ -6,7 +6,11 @@
 
 `-` reads stdin / writes stdout. Outputs are written to a temporary file in the destination's
 directory and renamed into place only when complete, so a failure never leaves a half-written
-file. Errors print `cq-codec: error: ...` on stderr and exit with status 1 (2 for bad usage).
+file. An output path that is a symbolic link is written through: the link stays and its target
+(in the target's directory) is replaced, as `cp` and editors do. Errors print
+`cq-codec: error: ...` on stderr and exit with status 1 (2 for bad usage); a reader that closes
+the pipe early (`cq-codec info x.nac | head -1`) ends the command quietly with status 141, as
+coreutils do on SIGPIPE.
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ def _atomic_output(path: str):
                     sys.stdout.buffer.write(block)
             sys.stdout.buffer.flush()
         return
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)       # through symbolic links: replace the target, keep the link
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"output {path!r} is a directory")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"output directory {directory!r} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part")
@@ -156,10 +163,20 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         {"encode": _encode, "decode": _decode, "info": _info}[args.command](args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing to say. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:
         # ValueError covers NacError (damaged/truncated file, unknown version, model mismatch).
         msg = str(e) if not isinstance(e, FileNotFoundError) or str(e) else f"file not found: {e.filename}"
         _note(f"error: {msg}")
+        return 1
+    except Exception as e:  # noqa: BLE001  (last resort: one line, never a traceback)
+        _note(f"error: internal error ({type(e).__name__}: {e}); please report it with the input")
         return 1
     return 0
 

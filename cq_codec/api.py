@@ -8,7 +8,8 @@
     codec.postfilter = False                 # decode without the adaptive postfilter (default on)
     codec.operating_points                  # [(num_modules, expected kbps), ...]
 
-Files go through `compress_file` / `decompress_file`, which stream in chunks (bounded memory).
+Files stream through `read_audio_blocks` + `compress_blocks` and `decompress_blocks` (one chunk
+at a time: bounded memory).
 Any input rate / channel count is downmixed (channel mean) and resampled to 16 kHz with a
 streaming soxr resampler (the same code path for arrays and files, so both give the same bytes).
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import zipfile
 from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
@@ -72,12 +75,15 @@ def read_audio_blocks(source, block: int = _BLOCK) -> AudioInput:
     if source == "-":
         import sys
         source = io.BytesIO(sys.stdin.buffer.read())   # pipes are not seekable; libsndfile wants to seek
+        if not source.getbuffer().nbytes:
+            raise ValueError("input 'stdin' is empty: no audio was piped in")
     elif isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
         raise FileNotFoundError(f"input audio {name!r}: no such file")
     try:
         f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, OSError, EOFError) as e:
-        raise ValueError(f"input {name!r} is not a readable audio file ({e})") from e
+        why = re.sub(r"Error opening <[^>]*>: ", "", str(e))     # libsndfile names file objects by repr
+        raise ValueError(f"input {name!r} is not a readable audio file ({why})") from e
 
     def blocks():
         with f:
@@ -241,6 +247,8 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
                 "scripts/train_default.sh, or pass a trained model with --model PATH / load(path))"
                 if os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL_PATH) else "")
         raise FileNotFoundError(f"model file {path!r} not found{hint}")
+    if not zipfile.is_zipfile(path):     # keras says "File not found" for a truncated archive
+        raise ValueError(f"cannot load model {path!r}: not a .keras (zip) archive; truncated or damaged?")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad archive

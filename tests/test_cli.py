@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zlib
 
+import keras
 import numpy as np
 import pytest
 import soundfile as sf
@@ -14,8 +15,10 @@ import soundfile as sf
 from cq_codec import __main__ as cli
 from cq_codec import api
 from cq_codec.bitstream.container import NacError, read_nac, write_nac_v1
+from cq_codec.config import Config
+from cq_codec.training.trainer import build_model
 from test_api import ar_signal, make_model
-from test_bitstream import time_limit
+from test_bitstream import time_limit, with_crc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +29,24 @@ def models(tmp_path_factory):
     make_model(0).save(str(d / "a.keras"))
     make_model(1).save(str(d / "b.keras"))
     return str(d / "a.keras"), str(d / "b.keras")
+
+
+@pytest.fixture(autouse=True)
+def loaded_once(monkeypatch):
+    """The CLI loads its model on every call; the same (path, options) loads once per session
+    here (failures are not cached, so every loader error path still runs)."""
+    monkeypatch.setattr(api, "load", _cached_load)
+
+
+_LOADED = {}
+_real_load = api.load
+
+
+def _cached_load(path=None, frames_per_chunk=250, postfilter=True):
+    key = (path, os.path.getmtime(path) if path and os.path.exists(path) else None, frames_per_chunk, postfilter)
+    if key not in _LOADED:
+        _LOADED[key] = _real_load(path, frames_per_chunk, postfilter)
+    return _LOADED[key]
 
 
 @pytest.fixture
@@ -83,48 +104,137 @@ def test_resample_notice_and_bitrate_choice(models, tmp_path, capsys):
     assert meta["stages"] == [1] and abs(meta["num_samples"] - 4800 * 16000 / 44100) <= 1   # resampled
 
 
-def test_input_errors_exit_nonzero_without_output(models, tmp_path, capsys, monkeypatch):
-    out = str(tmp_path / "o.nac")
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"definitely not audio" * 10)
-    empty = str(tmp_path / "empty.wav")
-    sf.write(empty, np.zeros(0, np.float32), 16000)
-    cases = [((str(tmp_path / "missing.wav"),), "no such file"), ((str(bad),), "not a readable audio file"),
-             ((empty,), "non-empty")]
-    for (src,), message in cases:
-        code, err = run(capsys, "encode", src, out, "--model", models[0])
-        assert code == 1 and message in err and err.startswith("cq-codec: error:")
-        assert_no_output(tmp_path, "o.nac")
-    monkeypatch.setattr(api, "DEFAULT_MODEL_PATH", str(tmp_path / "gone" / "default.keras"))
-    code, err = run(capsys, "encode", empty, out)          # no --model and the default model missing
-    assert code == 1 and "default.keras" in err and "--model" in err
+@pytest.fixture(scope="module")
+def bad_inputs(models, tmp_path_factory):
+    """Files for the bad-input table: {name: path}."""
+    d = tmp_path_factory.mktemp("bad")
+    paths = {}
+
+    def put(name, data):
+        paths[name] = str(d / name)
+        with open(paths[name], "wb") as f:
+            f.write(data)
+    rng = np.random.default_rng(0)
+    put("noise.txt", b"definitely not audio" * 10)
+    sf.write(str(d / "empty.wav"), np.zeros(0, np.float32), 16000)
+    sf.write(str(d / "nan.wav"), np.full(1000, np.nan, np.float32), 16000, subtype="FLOAT")
+    sf.write(str(d / "ok.wav"), ar_signal(1.2, 3), 16000)
+    paths.update({k: str(d / k) for k in ("empty.wav", "nan.wav", "ok.wav")})
+    keras_bytes = open(models[0], "rb").read()
+    put("truncated.keras", keras_bytes[: len(keras_bytes) // 2])
+    put("text.keras", b"not a zip archive\n")
+    assert cli.main(["encode", paths["ok.wav"], str(d / "ok.nac"), "--model", models[0], "--frames-per-chunk", "8"]) == 0
+    data = open(str(d / "ok.nac"), "rb").read()
+    paths["ok.nac"] = str(d / "ok.nac")
+    damaged = bytearray(data)
+    damaged[-3] ^= 1                                  # the last chunk: earlier ones decode first
+    put("damaged.nac", bytes(damaged))
+    put("truncated.nac", data[:-10])
+    put("version9.nac", data[:3] + b"\x09" + data[4:])
+    put("riff.nac", b"RIFF" + data[4:])
+    put("empty.nac", b"")
+    put("random.nac", rng.bytes(300))
+    put("bomb.nac", bombs(api.load(models[0]).sha256)["v2_65535_hops"][0])
+    nested = b'{"num_chunks":1,"x":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    put("nested_v1.nac", with_crc(b"NAC\x01" + struct.pack(">I", 60000) + b"\x04" + nested[:60000]))
+    keras.utils.set_random_seed(0)
+    bare = build_model(Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1).validate())
+    bare.save(str(d / "no_tables.keras"))
+    paths["no_tables.keras"] = str(d / "no_tables.keras")
+    paths["dir"] = str(d)
+    paths["missing"] = str(d / "missing.wav")
+    return paths
 
 
-def test_bad_nac_files_exit_nonzero_without_output(models, tmp_path, capsys):
-    src = str(tmp_path / "long.wav")
-    sf.write(src, ar_signal(1.2, 3), 16000)
-    nac = str(tmp_path / "x.nac")
-    assert cli.main(["encode", src, nac, "--model", models[0], "--frames-per-chunk", "8"]) == 0
-    data = open(nac, "rb").read()
-    _, meta, chunks = read_nac(data)
-    assert meta["num_chunks"] == len(chunks) == 5
-    damaged_last = bytearray(data)
-    damaged_last[-3] ^= 1                                  # the last chunk: earlier ones decode first
-    version = bytearray(data)
-    version[3] = 9
-    cases = {"damaged.nac": (bytes(damaged_last), "chunk 4", models[0]),
-             "trunc.nac": (data[:-10], "truncated", models[0]),
-             "version.nac": (bytes(version), "unsupported .nac version 9", models[0]),
-             "other.nac": (data, "model mismatch", models[1]),
-             "notnac.nac": (b"RIFF" + data[4:], "not a .nac file", models[0])}
-    for name, (blob, message, model) in cases.items():
-        path = tmp_path / name
-        path.write_bytes(blob)
-        code, err = run(capsys, "decode", str(path), str(tmp_path / "out.wav"), "--model", model)
-        assert code == 1 and message in err, (name, err)
-        assert_no_output(tmp_path, "out.wav")
-    code, err = run(capsys, "info", str(tmp_path / "trunc.nac"))
-    assert code == 1 and "truncated" in err
+# The bad-input table: (argv with {placeholders}, stdin bytes or None, exit status, message).
+# {a} / {b}: the test models, {out}: the output path (never left behind), other names: `bad_inputs`.
+BAD_INPUTS = [
+    (["encode", "{missing}", "{out}", "--model", "{a}"], None, 1, "no such file"),
+    (["encode", "{dir}", "{out}", "--model", "{a}"], None, 1, "no such file"),
+    (["encode", "{noise.txt}", "{out}", "--model", "{a}"], None, 1, "not a readable audio file"),
+    (["encode", "{empty.wav}", "{out}", "--model", "{a}"], None, 1, "non-empty"),
+    (["encode", "{nan.wav}", "{out}", "--model", "{a}"], None, 1, "NaN or infinite"),
+    (["encode", "-", "{out}", "--model", "{a}"], b"", 1, "input 'stdin' is empty: no audio was piped in"),
+    (["encode", "-", "{out}", "--model", "{a}"], b"garbage" * 20, 1, "input 'stdin' is not a readable audio file (Format not recognised"),
+    (["encode", "{ok.wav}", "{dir}/no/such/dir/x.nac", "--model", "{a}"], None, 1, "does not exist"),
+    (["encode", "{ok.wav}", "{dir}", "--model", "{a}"], None, 1, "is a directory"),
+    (["encode", "{ok.wav}", "{out}", "--frames-per-chunk", "0"], None, 2, "--frames-per-chunk: 0 is outside 1..4096"),
+    (["encode", "{ok.wav}", "{out}", "--frames-per-chunk", "70000"], None, 2, "--frames-per-chunk: 70000 is outside 1..4096"),
+    (["encode", "{ok.wav}", "{out}", "--frames-per-chunk", "ten"], None, 2, "--frames-per-chunk: 'ten' is not an integer"),
+    (["encode", "{ok.wav}", "{out}", "--model", "{a}", "--bitrate", "-1"], None, 1, "bitrate must be a positive number"),
+    (["encode", "{ok.wav}", "{out}", "--model", "{a}", "--bitrate", "nan"], None, 1, "bitrate must be a positive number"),
+    (["encode", "{ok.wav}", "{out}", "--model", "{missing}"], None, 1, "not found"),
+    (["encode", "{ok.wav}", "{out}", "--model", "{truncated.keras}"], None, 1, "not a .keras (zip) archive; truncated or damaged?"),
+    (["encode", "{ok.wav}", "{out}", "--model", "{text.keras}"], None, 1, "not a .keras (zip) archive"),
+    (["encode", "{ok.wav}", "{out}", "--model", "{no_tables.keras}"], None, 1, "no entropy tables"),
+    (["decode", "{damaged.nac}", "{out}", "--model", "{a}"], None, 1, "chunk 4 at offset"),
+    (["decode", "{truncated.nac}", "{out}", "--model", "{a}"], None, 1, "truncated"),
+    (["decode", "{version9.nac}", "{out}", "--model", "{a}"], None, 1, "unsupported .nac version 9"),
+    (["decode", "{ok.nac}", "{out}", "--model", "{b}"], None, 1, "model mismatch"),
+    (["decode", "{riff.nac}", "{out}", "--model", "{a}"], None, 1, "not a .nac file"),
+    (["decode", "{empty.nac}", "{out}", "--model", "{a}"], None, 1, "truncated .nac: header needs 4 bytes at offset 0"),
+    (["decode", "-", "{out}", "--model", "{a}"], b"", 1, "truncated .nac: header needs 4 bytes at offset 0"),
+    (["decode", "{bomb.nac}", "{out}", "--model", "{a}"], None, 1, "exceeds the decoder's limit 4096"),
+    (["decode", "{nested_v1.nac}", "{out}", "--model", "{a}"], None, 1, "deep (limit 16)"),
+    (["decode", "{missing}", "{out}", "--model", "{a}"], None, 1, "not found"),
+    (["info", "{truncated.nac}"], None, 1, "truncated"),
+    (["info", "{random.nac}"], None, 1, "not a .nac file"),
+    (["info", "{nested_v1.nac}"], None, 1, "deep (limit 16)"),
+]
+
+
+@pytest.mark.parametrize("argv, stdin, status, message", BAD_INPUTS,
+                         ids=[f"{i:02d}-{c[0][0]}" for i, c in enumerate(BAD_INPUTS)])
+def test_bad_input_table(argv, stdin, status, message, models, bad_inputs, tmp_path, capsys, monkeypatch):
+    """Each bad input: the pinned exit status, ONE error line holding the message, no traceback,
+    no object reprs, and no output file (not even a half-written one) left behind."""
+    names = {**bad_inputs, "a": models[0], "b": models[1], "out": str(tmp_path / "out.file")}
+    args = list(argv)
+    for placeholder, path in names.items():
+        args = [a.replace("{" + placeholder + "}", path) for a in args]
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    try:
+        code = cli.main(args)
+    except SystemExit as e:                           # argparse usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == status, err
+    assert message in lines[-1], err
+    if status == 1:
+        assert len(lines) == 1 and lines[0].startswith("cq-codec: error:"), err
+    assert "Traceback" not in err and " object at 0x" not in err
+    assert_no_output(tmp_path, "out.file")
+
+
+def test_output_through_a_symlink_replaces_the_target(models, wav16, tmp_path, capsys):
+    """Decided: an output path that is a symbolic link is written through (the link stays, its
+    target is replaced atomically), as cp does; a dangling link gets its target created."""
+    target, link = tmp_path / "real.nac", tmp_path / "link.nac"
+    target.write_bytes(b"old")
+    link.symlink_to(target.name)
+    assert run(capsys, "encode", wav16, str(link), "--model", models[0]) == (0, "")
+    assert link.is_symlink() and os.readlink(link) == "real.nac"
+    assert read_nac(target.read_bytes())[0].version == 3
+    dangling = tmp_path / "dangling.nac"
+    dangling.symlink_to("made.nac")
+    assert run(capsys, "encode", wav16, str(dangling), "--model", models[0]) == (0, "")
+    assert dangling.is_symlink() and (tmp_path / "made.nac").read_bytes() == target.read_bytes()
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".part")]
+
+
+def test_closed_stdout_ends_quietly(tmp_path):
+    """`cq-codec info x.nac | head -1`: the reader closes the pipe; no 'Broken pipe' error."""
+    path = tmp_path / "big.nac"              # info prints > 64 KiB (a pipe's buffer): EPIPE for sure
+    path.write_bytes(write_nac_v1({"num_samples": 8000, "sample_rate": 16000, "note": "x" * 65000}, [b"abcd"], 1.0))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "cq_codec", "info", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc.stdout.read(1)                       # like head: read a little, then close
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
 
 
 def test_usage_error_exits_2():
