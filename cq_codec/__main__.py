@@ -130,10 +130,12 @@ def _encode(args) -> None:
 def _decode(args) -> None:
     import numpy as np
     import soundfile as sf
-    from cq_codec import api
-    codec = api.load(args.model, postfilter=args.postfilter)
+    from cq_codec.bitstream.container import NacReader
     with _open_input(args.input) as src:
-        _, blocks = codec.decompress_blocks(src)
+        reader = NacReader(src)         # the container's checks and limits first, before loading anything
+        from cq_codec import api
+        codec = api.load(args.model, postfilter=args.postfilter)
+        _, blocks = codec.decompress_blocks(reader)
         ext = os.path.splitext(args.output)[1].lstrip(".").upper()
         fmt = ext if args.output != "-" and ext in sf.available_formats() else "WAV"
         with _atomic_output(args.output) as tmp:

@@ -188,12 +188,13 @@ class Codec:
         return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules)
 
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
-        """A `.nac` stream -> (metadata, generator of float32 16 kHz blocks, one per chunk).
+        """A `.nac` stream (or a `NacReader` of one) -> (metadata, generator of float32 16 kHz
+        blocks, one per chunk).
 
         The header, metadata, model identity and (for a seekable stream) the file's size against
         the hops it declares are checked before this returns; a damaged chunk, or one whose size
         cannot hold its hops, raises `NacError` when the generator reaches it, before decoding it."""
-        reader = NacReader(fileobj)
+        reader = fileobj if isinstance(fileobj, NacReader) else NacReader(fileobj)
         info = cs.check_metadata(reader.metadata, self.model, self.sha256)
         models = cs.entropy_models(self.model)
         bounds = cs.check_stream_size(reader.bytes_left, info, models)   # before any decoding work

@@ -317,3 +317,37 @@ class Unseekable(io.RawIOBase):
 
     def readinto(self, b):
         return self._f.readinto(b)
+
+
+def test_memory_does_not_grow_with_input_length(models):
+    """The memory guard (issue 19: a one-hour encode peaked at 946 MB of RSS, 928 MB for ten
+    minutes; `scripts/benchmark_codec.py --hours 1` measures that). Here, in process: the Python
+    heap's peak (numpy included) while encoding or decoding 64 s is within the compressed size
+    plus 1 MiB of that for 16 s: the codec holds one chunk of audio at a time, never the input
+    or the output."""
+    import tracemalloc
+    codec = api.load(models[0])
+
+    def blocks(seconds):
+        for k in range(seconds):                       # 1 s blocks, made on demand
+            yield ar_signal(1.0, 100 + k).astype(np.float64)
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            result = fn()
+            return tracemalloc.get_traced_memory()[1], result
+        finally:
+            tracemalloc.stop()
+
+    def decode(data):
+        _, out = codec.decompress_blocks(io.BytesIO(data))
+        return sum(len(b) for b in out)
+    codec.compress_blocks(blocks(2))                   # warm-up: tracing, caches
+    (enc_short, short), (enc_long, long) = peak(lambda: codec.compress_blocks(blocks(16))), \
+        peak(lambda: codec.compress_blocks(blocks(64)))
+    (dec_short, n_short), (dec_long, n_long) = peak(lambda: decode(short)), peak(lambda: decode(long))
+    assert (n_short, n_long) == (16 * 16000, 64 * 16000)
+    assert enc_long - enc_short < len(long) + (1 << 20), (enc_short, enc_long, len(long))
+    assert dec_long - dec_short < len(long) + (1 << 20), (dec_short, dec_long, len(long))
+    assert enc_long < 64 * 16000 * 8 / 2                # less than half the input's float64 samples

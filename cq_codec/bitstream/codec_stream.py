@@ -271,7 +271,7 @@ def check_stream_size(bytes_left: int | None, info: dict, models: EntropyModels)
         last = info["num_frames"] - (n - 1) * fpc
         need = (n - 1) * (8 + bounds.min_bytes(fpc)) + 8 + bounds.min_bytes(last)
         if bytes_left < need:
-            raise NacFormatError(f"the file declares {info['num_frames']} hops in {n} chunks, which need at "
+            raise NacFormatError(f"the file declares {info['num_frames']} hops in {n} chunk(s), which need at "
                                  f"least {need} bytes under the model's tables; only {bytes_left} follow "
                                  "the header: truncated, damaged or hostile file")
     return bounds
