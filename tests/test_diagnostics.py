@@ -89,6 +89,8 @@ def test_oracle_keeps_the_error_energy_and_follows_the_reference():
     g = np.sqrt(err_energy / np.sum(x ** 2))
     np.testing.assert_allclose(D.oracle_error(x, y, phase="reference"), g * x, atol=1e-9 * np.max(np.abs(x)))
     np.testing.assert_array_equal(D.oracle_error(x, x), np.zeros_like(x))
+    long_window = D.oracle_error(x, y, n_fft=2048)
+    assert np.sum(long_window ** 2) == pytest.approx(err_energy, rel=1e-9) and not np.allclose(long_window, o)
 
 
 def test_oracle_pesq_beats_white_error_of_the_same_energy():
@@ -157,6 +159,8 @@ def test_bad_input_errors():
         D.oracle_error(x, 0.5 * x, phase="zero")
     with pytest.raises(ValueError, match="reference is silent"):
         D.oracle_error(np.zeros(1000), x)
+    with pytest.raises(ValueError, match="n_fft must be an integer"):
+        D.oracle_error(x, 0.5 * x, n_fft=100.5)
     with pytest.raises(ValueError, match="frame must be"):
         D.segmental_snr(x, x, frame=0)
     with pytest.raises(ValueError, match="clamp_db"):
