@@ -177,8 +177,13 @@ def main(argv):
     if FLAGS.print_config:
         print(cfg.to_json())
         return 0
+    from cq_codec.training.atomic import ExperimentLocked
     from cq_codec.training.modes import run  # heavy imports only after the flags are valid
-    run(cfg)
+    try:
+        run(cfg)
+    except (ConfigError, ExperimentLocked) as exc:
+        print(f"main.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -305,9 +305,9 @@ class Config:
             return cls.from_dict(json.load(fh))
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json())
+        """Writes config.json atomically (temporary file, fsync, rename)."""
+        from cq_codec.training.atomic import write_text
+        write_text(path, self.to_json())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,6 +85,28 @@ def model_dirs(spec: str) -> list[str]:
     return found
 
 
+def check_baselines(opts) -> None:
+    """Every (--baselines, --baseline_kbps or the default rates) pair names a codec mode that
+    exists; raises ValueError naming the flag."""
+    from cq_codec.config import ConfigError, parse_float_list
+    from cq_codec.evaluation import studies
+    from cq_codec.evaluation.baselines import AMRWB_MODES_KBPS, SPEEX_WB_QUALITY_KBPS
+    try:
+        override = parse_float_list(opts.baseline_kbps, "baseline_kbps") if opts.baseline_kbps else None
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    rates = {"amrwb": AMRWB_MODES_KBPS, "speex": tuple(SPEEX_WB_QUALITY_KBPS.values())}
+    for name in (b.strip() for b in opts.baselines.split(",") if b.strip()):
+        if name not in studies.BASELINE_POINTS:
+            raise ValueError(f"--baselines: unknown codec {name!r}; known: {', '.join(studies.BASELINE_POINTS)}")
+        for kbps in override or studies.BASELINE_POINTS[name]:
+            if name == "opus" and not 6 <= kbps <= 510:
+                raise ValueError(f"--baseline_kbps: Opus takes 6 to 510 kbps; got {kbps:g}")
+            if name in rates and not any(abs(kbps - r) < 1e-6 for r in rates[name]):
+                raise ValueError(f"--baseline_kbps: {name} has no {kbps:g} kbps mode; its modes: "
+                                 f"{', '.join(f'{r:g}' for r in rates[name])}")
+
+
 def run(opts) -> None:
     """The study with options `opts` (absl FLAGS or `options(...)`)."""
     from cq_codec.config import parse_float_list
@@ -98,6 +120,7 @@ def run(opts) -> None:
     if opts.diagnostics not in ("on", "off"):
         raise ValueError(f"--diagnostics must be on or off; got {opts.diagnostics!r}")
     diag = opts.diagnostics == "on"
+    check_baselines(opts)   # before any scoring: a bad rate fails now, not after the models
     parts = splits.split_utterances(corpora.discover(opts.data_dir, opts.corpus), seed=opts.seed)
     utts = studies.select_clips(parts[opts.split], opts.max_clips)
     clips = studies.load_clips(utts, opts.max_seconds)
@@ -135,7 +158,7 @@ def run(opts) -> None:
                                  for r in summary if r["codec"].startswith("cq ")]
     studies.plot_metric_vs_kbps(plot_rows, os.path.join(opts.out, "bitrate_scaling.png"),
                                 title=f"Quality against measured bitrate ({len(clips)} {opts.split} clips)")
-    notes = (f"{len(clips)} clips of the {opts.corpus} corpus's {opts.split} split ({len({u.speaker for u in utts})} speakers), "
+    notes = (f"{len(clips)} clips of {studies.corpus_phrase(opts)}, its {opts.split} split ({len({u.speaker for u in utts})} speakers), "
              f"each at most {opts.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
              "(its compact header included), payload_kbps = its entropy-coded chunks only; for the baselines "
              "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
@@ -143,6 +166,9 @@ def run(opts) -> None:
              f"Command: `python scripts/bitrate_scaling.py --models {opts.models} --max_clips {opts.max_clips}"
              + (f" --split {opts.split}" if opts.split != "test" else "")
              + (f" --postfilter {opts.postfilter}" if opts.postfilter != "on" else "")
+             + (f" --baselines {opts.baselines}" if opts.baselines else "")
+             + (f" --baseline_kbps {opts.baseline_kbps}" if opts.baseline_kbps else "")
+             + studies.corpus_flags(opts)
              + (" --diagnostics off" if not diag else "") + "`" + ("\n\n" + diagnostics.NOTES if diag else ""))
     studies.write_markdown(summary, os.path.join(opts.out, "summary.md"),
                            ["label", "kbps", "payload_kbps", "pesq_wb", "pesq_nb", "stoi", "si_sdr"]

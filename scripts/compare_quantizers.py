@@ -228,7 +228,7 @@ def run(opts) -> None:
                   for s in summary]
     notes = (f"Budget per codec: {opts.steps} steps x batch {opts.batch_size}, {opts.epochs} epochs (first one "
              f"quantization-free), one module with {opts.channels} channels, target {opts.target_kbps:g} kbps per "
-             f"module (entropy-controlled), seeds {seeds}, {len(clips)} test clips of the demo corpus. "
+             f"module (entropy-controlled), seeds {seeds}, {len(clips)} test clips of {studies.corpus_phrase(opts)}. "
              "kbps = whole .nac file bytes * 8 / seconds; payload_kbps = entropy-coded chunks only "
              "(the container header, 42 bytes with the default name, costs ~0.1 kbps on a 3 s clip). "
              "Fixed-length rates matched: vector quantizers code 8 bits per 8-dim vector (8.53 kbps before entropy "
@@ -243,7 +243,7 @@ def run(opts) -> None:
              f"Command: `python scripts/compare_quantizers.py --steps {opts.steps} --epochs {opts.epochs} "
              f"--batch_size {opts.batch_size} --channels {opts.channels} --seeds {opts.seeds} "
              f"--target_kbps {opts.target_kbps:g} --tau_step {opts.tau_step:g} --validation_steps {opts.validation_steps} "
-             f"--max_clips {opts.max_clips}`")
+             f"--max_clips {opts.max_clips}{studies.corpus_flags(opts)}`")
     studies.write_markdown(table_rows, os.path.join(opts.out, "summary.md"),
                            ["quantizer", "kbps", "payload_kbps", "target_bits", "val_bits", "train_bits",
                             "entropy_error_pct", "bits_per_code", "code_error_pct", "utilisation", "perplexity", "pesq",

@@ -212,13 +212,14 @@ def run(opts) -> None:
     plot(summary, opts.out)
     notes = (f"Denoising codecs (one module, {opts.channels} channels, {opts.steps} steps x batch {opts.batch_size}, "
              f"target {opts.target_kbps:g} kbps, trained on noise at {snr_lo:g}-{snr_hi:g} dB SNR, seed {opts.seed}). "
-             f"Test: {len(clips)} demo test clips x noise {list(sources)} x SNR {test_snrs} dB (seeded). "
+             f"Test: {len(clips)} test clips of {studies.corpus_phrase(opts)} x noise {list(sources)} x SNR {test_snrs} dB (seeded). "
              "d_* = improvement over the noisy input (output vs clean minus noisy vs clean); "
              "kbps = .nac bytes * 8 / seconds. '(clean-trained)' rows: codecs of the same config and budget trained on clean "
              "speech (clean_*: --clean_reference), coding the same noisy clips: the reference a denoiser must beat.\n\n"
              f"Command: `python scripts/denoise_study.py --quantizers {opts.quantizers} --steps {opts.steps} "
              f"--epochs {opts.epochs} --batch_size {opts.batch_size} --channels {opts.channels} "
              f"--train_snr {opts.train_snr} --test_snrs {opts.test_snrs} --max_clips {opts.max_clips}"
+             + studies.corpus_flags(opts)
              + (f" --noise_dir {opts.noise_dir}" if opts.noise_dir else "")
              + (f" --reference_models {opts.reference_models}" if opts.reference_models else "")
              + f" --clean_reference '{opts.clean_reference}'`")

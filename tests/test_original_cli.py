@@ -77,16 +77,17 @@ def corpus(tmp_path_factory):
 
 
 def test_the_original_command_trains_verbatim(tmp_path, corpus):
-    """The exact command plus flags that only shrink the run: data, steps, epochs per stage."""
+    """The exact command plus flags that only shrink the run: data, steps, epochs per stage and
+    the batch (a later flag wins); everything else resolves as the original meant it."""
     shrink = ["--corpus", "librispeech", "--data_dir", str(corpus), "--cache_dir", str(tmp_path / "cache"),
               "--results_dir", str(tmp_path / "results"), "--steps_per_epoch", "1", "--validation_steps", "1",
-              "--eval_clips", "0", "--max_epochs_per_stage", "3"]
+              "--eval_clips", "0", "--max_epochs_per_stage", "3", "--batch_size", "16"]
     proc = _main(_original_args() + shrink, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     exp = tmp_path / "results" / "follower_all_greedy_all_"
     cfg = json.loads((exp / "config.json").read_text())
-    _check_original_meaning(cfg)
-    assert cfg["max_epochs_per_stage"] == 3
+    assert (cfg["max_epochs_per_stage"], cfg["batch_size"]) == (3, 16)
+    _check_original_meaning({**cfg, "batch_size": 128})
     with open(exp / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     # The first module (2 quantization-free epochs, then quantized), the follower, fine-tuning.

@@ -124,6 +124,8 @@ def test_bitrate_scaling_script(tmp_path, trained, corpus):
         assert {"pesq_wb", "stoi", "si_sdr", "snr_0_05", "snr_6_8", "seg_snr", "oracle_pesq_wb"} <= set(r)
         assert not any(k.startswith("_") for k in r)           # the per-clip spectra went to the plot only
     summary = (out / "summary.md").read_text()
+    assert f"--corpus librispeech --data_dir {corpus}" in summary and "of the librispeech corpus in" in summary
+    assert "--baselines opus --baseline_kbps 12" in summary
     assert "| snr_0_05 | snr_05_1 | snr_1_2 | snr_2_4 | snr_4_6 | snr_6_8 | seg_snr | oracle_pesq_wb |" in summary
     assert "seg_snr" in _read(out / "summary.csv")[0] and (out / "error_spectra.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="no model.keras"):

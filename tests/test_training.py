@@ -42,8 +42,10 @@ def test_mode4_writes_the_whole_results_folder(tmp_path, corpus):
     modes.run(cfg)
     exp = cfg.experiment_dir
     for rel in ("config.json", "model.keras", "metrics.csv", "eval.csv", "eval.md", "plots/training.png",
-                "checkpoints/latest.weights.h5", "checkpoints/state.json"):
+                "checkpoints/ckpt-000004/weights.weights.h5", "checkpoints/ckpt-000004/state.json",
+                "checkpoints/end-m1", "checkpoints/end-m2", "checkpoints/end-finetune"):
         assert os.path.exists(os.path.join(exp, rel)), rel
+    assert sorted(n for n in os.listdir(os.path.join(exp, "checkpoints")) if n.startswith("ckpt-")) == ["ckpt-000004"]
     assert _stages(os.path.join(exp, "metrics.csv")) == [("m1", 1), ("m1", 2), ("m2", 1), ("finetune", 1)]
     wavs = os.listdir(os.path.join(exp, "audio"))
     assert any(w.endswith("_clean.wav") for w in wavs)
@@ -75,6 +77,10 @@ def test_modes_chain_and_a_killed_run_resumes(tmp_path, corpus):
     modes.run(cfg1)
     csv_path = os.path.join(cfg1.experiment_dir, "metrics.csv")
     assert _stages(csv_path) == [("m1", 1), ("m1", 2)]
+    # Module 2 is untrained after mode 1: only the first operating point is scored and written.
+    with open(os.path.join(cfg1.experiment_dir, "eval.csv"), newline="") as fh:
+        assert {r["modules"] for r in csv.DictReader(fh)} == {"1"}
+    assert not [w for w in os.listdir(os.path.join(cfg1.experiment_dir, "audio")) if "2modules" in w]
     # Mode 4 of the same experiment continues with the follower; it is killed after 1 of 2 epochs.
     cfg4 = _cfg(tmp_path, corpus, training_mode=4, epoch_followers=(2,))
     parts, cache = modes.load_data(cfg4)
@@ -82,7 +88,7 @@ def test_modes_chain_and_a_killed_run_resumes(tmp_path, corpus):
     train_ds, val_ds, steps = modes._datasets(cfg4, cache)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(cfg4, model, train_ds, val_ds, steps, extra_callbacks=[_Interrupt(1)])
-    state = json.load(open(os.path.join(cfg4.experiment_dir, "checkpoints", "state.json")))
+    state = trainer.load_state(cfg4.experiment_dir)[0]
     assert state["done"] == {"m1": 2, "m2": 1}
     saved = trainer.build_model(cfg4, cache.std, modes._first_batch(cache))
     saved.load_weights(trainer.latest_weights(cfg4.experiment_dir))
@@ -152,3 +158,27 @@ def test_speed_perturbed_training_uses_its_own_cache(tmp_path, corpus):
     assert _stages(os.path.join(sped.experiment_dir, "metrics.csv")) == [("m1", 1)]
     with open(os.path.join(sped.experiment_dir, "config.json")) as fh:
         assert json.load(fh)["speed_perturb"] == [0.9, 1.1]
+
+
+def test_gumbel_temperature_anneals_over_a_stage(tmp_path, corpus):
+    """The Gumbel quantizer's temperature follows max(min, t0 * exp(-rate * step)) over the
+    stage's quantized batches (it stays at t0 in the quantization-free epoch)."""
+    import math
+    cfg = _cfg(tmp_path, corpus, training_mode=1, num_modules=1, quantizer="gumbel", embedding_dim=4,
+               codebook_size=16, epoch_tanh=3, pretrain_step=1, eval_clips=0)
+    parts, cache = modes.load_data(cfg)
+    model = trainer.build_model(cfg, cache.std, modes._first_batch(cache))
+    q = model.codec_modules[0].quantizer
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(float(q.temperature.numpy()))
+
+    train_ds, val_ds, steps = modes._datasets(cfg, cache)
+    trainer.train(cfg, model, train_ds, val_ds, steps, extra_callbacks=[Watch()])
+    expect = lambda step: max(q.min_temperature, q.initial_temperature * math.exp(-q.anneal_rate * step))
+    # Epoch 1 quantization-free; epochs 2-3 quantized: their last batches are steps 2 and 5.
+    assert seen[0] == pytest.approx(q.initial_temperature, rel=1e-7)
+    assert seen[1:] == pytest.approx([expect(steps - 1), expect(2 * steps - 1)], rel=1e-6)
+    assert seen[2] < seen[1] < seen[0]

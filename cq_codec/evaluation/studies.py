@@ -20,7 +20,7 @@ import numpy as np
 
 import constants as C
 
-__all__ = ["CORPUS_HELP", "define_flags", "options", "select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
+__all__ = ["CORPUS_HELP", "corpus_phrase", "corpus_flags", "define_flags", "options", "select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
            "codec_rows", "baseline_rows", "code_statistics", "mean_rows", "write_csv", "write_markdown",
            "plot_metric_vs_kbps", "BASELINE_POINTS", "METRICS", "QUANTIZER_KWARGS"]
 
@@ -62,6 +62,20 @@ CORPUS_HELP = {
     "out": ("string", "results folder (CSV, Markdown, PNG)"),
     "work": ("string", "trained models and example wavs (not committed)"),
 }
+
+
+def corpus_phrase(opts) -> str:
+    """How a summary names the corpus its clips come from: 'the demo corpus', or 'the vctk
+    corpus in /data/vctk' when another was used."""
+    if opts.corpus == "demo":
+        return "the demo corpus"
+    return f"the {opts.corpus} corpus in {opts.data_dir}"
+
+
+def corpus_flags(opts) -> str:
+    """The corpus flags of the command a summary prints (always: a reader reruns it as is)."""
+    import shlex
+    return f" --corpus {shlex.quote(str(opts.corpus))} --data_dir {shlex.quote(str(opts.data_dir))}"
 
 
 def define_flags(help_: dict, defaults: dict) -> None:

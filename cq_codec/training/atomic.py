@@ -114,16 +114,24 @@ class ExperimentLocked(RuntimeError):
 
 
 class ExperimentLock:
-    """An exclusive lock on an experiment folder for the life of the run (see the module doc)."""
+    """An exclusive lock on an experiment folder for the life of the run (see the module doc).
+    Re-entrant within a process (main.py's run and the trainer inside it take the same lock)."""
+
+    _held: dict = {}   # lock path -> [fd, depth] of the locks this process holds
 
     def __init__(self, folder: str):
         self.folder = folder
-        self.path = os.path.join(folder, ".lock")
+        self.path = os.path.realpath(os.path.join(folder, ".lock"))
         self._fd = None
         self.stale_owner = None   # what a stale lock file said, when one was taken over
 
     def acquire(self) -> "ExperimentLock":
         os.makedirs(self.folder, exist_ok=True)
+        self.path = os.path.realpath(os.path.join(self.folder, ".lock"))
+        if self.path in self._held:
+            self._held[self.path][1] += 1
+            self._fd = self._held[self.path][0]
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -140,14 +148,23 @@ class ExperimentLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         os.fsync(fd)
         self._fd = fd
+        self._held[self.path] = [fd, 1]
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)   # closing drops the flock
-            self._fd = None
+        if self._fd is None:
+            return
+        held = self._held.get(self.path)
+        self._fd = None
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del self._held[self.path]
+        with contextlib.suppress(OSError):
+            os.ftruncate(held[0], 0)
+        os.close(held[0])   # closing drops the flock
 
     def __enter__(self):
         return self.acquire()

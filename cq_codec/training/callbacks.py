@@ -5,11 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
 
-__all__ = ["AlphaSchedule", "PretrainBypass", "TauController", "EpochCheckpoint", "save_optimizer", "load_optimizer"]
+from cq_codec.training.atomic import atomic_dir, atomic_write, replace_dir
+
+__all__ = ["AlphaSchedule", "TemperatureSchedule", "PretrainBypass", "TauController", "EpochCheckpoint", "FaultPoints", "save_optimizer",
+           "load_optimizer", "checkpoint_dirs", "latest_checkpoint", "read_checkpoint_state", "write_metrics",
+           "fault_point"]
 
 
 class PretrainBypass(keras.callbacks.Callback):
@@ -54,6 +59,30 @@ class AlphaSchedule(keras.callbacks.Callback):
         alpha = self.value(step)
         for q in self.quantizers:
             q.set_alpha(alpha)
+
+
+class TemperatureSchedule(keras.callbacks.Callback):
+    """Anneals the Gumbel-softmax quantizers' temperature over a stage: before every training
+    batch of the quantized epochs, `q.anneal(step)` with `step` counted from the first quantized
+    batch (tau = max(min_temperature, temperature * exp(-anneal_rate * step)), Jang et al.
+    2017); quantization-free epochs keep the initial temperature. Quantizers without `anneal`
+    are left alone. The step comes from the epoch and batch index, so a resumed stage continues
+    the schedule where it stopped."""
+
+    def __init__(self, quantizers, begin_epoch: int, steps_per_epoch: int):
+        super().__init__()
+        self.quantizers = [q for q in quantizers if hasattr(q, "anneal")]
+        self.begin_epoch = int(begin_epoch)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = max(0, (self._epoch - self.begin_epoch) * self.steps_per_epoch + batch)
+        for q in self.quantizers:
+            q.anneal(step)
 
 
 class TauController(keras.callbacks.Callback):
@@ -161,52 +190,130 @@ def load_optimizer(optimizer, variables, path: str) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ checkpoints
+# `checkpoints/ckpt-<seq>/` holds one epoch's weights, optimizer slots and state.json; it appears
+# by one rename (atomic.atomic_dir), so a run killed at any moment leaves complete checkpoints
+# only, and the newest is the highest <seq>. Older ones are removed after a newer one exists.
+# `checkpoints/end-<stage>/` keeps the checkpoint of each finished stage (mode 0's
+# --from_where_step). metrics.csv is rewritten from the checkpoint's history, so it never holds
+# a row of an epoch whose checkpoint was lost, nor the same epoch twice.
+CKPT_PREFIX = "ckpt-"
+WEIGHTS = "weights.weights.h5"
+OPTIMIZER = "optimizer.npz"
+STATE = "state.json"
+
+# Test hook: CQ_CODEC_KILL_AT="<point>:<n>" SIGKILLs this process at the n-th pass of a named
+# point (epoch_batch, ckpt_weights, ckpt_renamed, model_write): the fault tests kill a run at
+# deterministic moments. Unset in normal use.
+_KILL_COUNTS: dict = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get("CQ_CODEC_KILL_AT", "")
+    if not spec:
+        return
+    point, _, n = spec.partition(":")
+    if point != name:
+        return
+    _KILL_COUNTS[name] = _KILL_COUNTS.get(name, 0) + 1
+    if _KILL_COUNTS[name] == int(n or 1):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpoint_dirs(ckpt_dir: str) -> list[str]:
+    """Complete checkpoint directories, oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    names = [n for n in os.listdir(ckpt_dir) if n.startswith(CKPT_PREFIX) and n[len(CKPT_PREFIX):].isdigit()]
+    return [os.path.join(ckpt_dir, n) for n in sorted(names, key=lambda n: int(n[len(CKPT_PREFIX):]))]
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    dirs = checkpoint_dirs(ckpt_dir)
+    return dirs[-1] if dirs else None
+
+
+def read_checkpoint_state(path: str) -> dict:
+    with open(os.path.join(path, STATE), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _legacy_state(ckpt_dir: str, csv_path: str) -> dict | None:
+    """The layout before checkpoint directories: latest.weights.h5 / latest.optimizer.npz /
+    state.json side by side (read so that older experiments resume)."""
+    path = os.path.join(ckpt_dir, STATE)
+    if not (os.path.exists(path) and os.path.exists(os.path.join(ckpt_dir, "latest.weights.h5"))):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        state = json.load(fh)
+    history = []
+    if os.path.exists(csv_path):
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            history = [{k: (v if k == "stage" else float(v) if v not in ("", None) else None) for k, v in r.items()}
+                       for r in csv.DictReader(fh)]
+    state.setdefault("history", history)
+    state.setdefault("seq", 0)
+    return state
+
+
+def write_metrics(csv_path: str, history: list[dict]) -> None:
+    """metrics.csv from a checkpoint's history (atomically; columns: the union in order)."""
+    fields = []
+    for row in history:
+        fields += [k for k in row if k not in fields]
+    with atomic_write(csv_path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fields)
+            w.writeheader()
+            for row in history:
+                w.writerow({k: ("" if v is None else int(v) if k == "epoch" else v) for k, v in row.items()})
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: weights, optimizer slots, the resume state, a metrics.csv row.
+    """After every epoch: a checkpoint directory (weights, optimizer slots, the resume state with
+    the metrics history), then metrics.csv. `state` is updated in place once the checkpoint
+    exists. `stage_epochs`: the stage's epochs (its last one is also kept as end-<stage>).
+    `writer=False` (a non-chief multi-worker replica) computes the same values but writes into
+    its own scratch folder."""
 
-    Files in `ckpt_dir`: `latest.weights.h5`, `latest.optimizer.npz`, `state.json`
-    ({"done": {stage: epochs finished}, "stage": current stage}). Written to temporary names and
-    renamed, so a run killed mid-write leaves the previous checkpoint intact.
-    """
-
-    def __init__(self, ckpt_dir: str, stage: str, state: dict, csv_path: str):
+    def __init__(self, ckpt_dir: str, stage: str, state: dict, csv_path: str, stage_epochs: int = 0):
         super().__init__()
         self.ckpt_dir = ckpt_dir
         self.stage = stage
         self.state = state
         self.csv_path = csv_path
+        self.stage_epochs = int(stage_epochs)
 
     def on_epoch_end(self, epoch, logs=None):
         d = self.ckpt_dir
         os.makedirs(d, exist_ok=True)
-        self.model.save_weights(os.path.join(d, "tmp.weights.h5"))
-        os.replace(os.path.join(d, "tmp.weights.h5"), os.path.join(d, "latest.weights.h5"))
-        save_optimizer(self.model.optimizer, os.path.join(d, "tmp.optimizer.npz"))
-        os.replace(os.path.join(d, "tmp.optimizer.npz"), os.path.join(d, "latest.optimizer.npz"))
-        self.state["done"][self.stage] = epoch + 1
-        self.state["stage"] = self.stage
-        self.state["tau"] = [float(t) for t in self.model.tau.numpy()]
-        with open(os.path.join(d, "state.tmp"), "w", encoding="utf-8") as fh:
-            json.dump(self.state, fh, indent=1)
-        os.replace(os.path.join(d, "state.tmp"), os.path.join(d, "state.json"))
+        seq = int(self.state.get("seq", 0)) + 1
+        new = {**self.state, "done": {**self.state.get("done", {}), self.stage: epoch + 1}, "stage": self.stage,
+               "tau": [float(t) for t in self.model.tau.numpy()], "seq": seq}
         row = {"stage": self.stage, "epoch": epoch + 1}
         row.update({k: float(v) for k, v in (logs or {}).items()})
-        row.update({f"tau_{i}": t for i, t in enumerate(self.state["tau"])})
-        new = not os.path.exists(self.csv_path)
-        fields = list(row)
-        if not new:
-            with open(self.csv_path, newline="", encoding="utf-8") as fh:
-                header = next(csv.reader(fh), [])
-            fields = header + [k for k in row if k not in header]
-            if fields != header:  # a later stage adds columns: rewrite with the wider header
-                with open(self.csv_path, newline="", encoding="utf-8") as fh:
-                    rows = list(csv.DictReader(fh))
-                with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
-                    w = csv.DictWriter(fh, fields)
-                    w.writeheader()
-                    w.writerows(rows)
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fields)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        row.update({f"tau_{i}": t for i, t in enumerate(new["tau"])})
+        new["history"] = list(self.state.get("history", [])) + [row]
+        final = os.path.join(d, f"{CKPT_PREFIX}{seq:06d}")
+        with atomic_dir(final) as tmp:
+            self.model.save_weights(os.path.join(tmp, WEIGHTS))
+            fault_point("ckpt_weights")
+            save_optimizer(self.model.optimizer, os.path.join(tmp, OPTIMIZER))
+            with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as fh:
+                json.dump(new, fh, indent=1)
+        self.state.clear()
+        self.state.update(new)
+        fault_point("ckpt_renamed")
+        if self.stage_epochs and epoch + 1 >= self.stage_epochs:
+            replace_dir(final, os.path.join(d, f"end-{self.stage}"))
+        for old in checkpoint_dirs(d)[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+        write_metrics(self.csv_path, new["history"])
+
+
+class FaultPoints(keras.callbacks.Callback):
+    """Passes the `epoch_batch` fault point after every training batch (see `fault_point`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        fault_point("epoch_batch")

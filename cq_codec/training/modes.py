@@ -7,18 +7,23 @@ decoded test clips) and eval.csv + eval.md (per-clip and mean scores).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import constants as C
-from cq_codec.config import Config
+from cq_codec.config import Config, ConfigError
 from cq_codec.training import trainer
+from cq_codec.training.atomic import ExperimentLock, atomic_write, write_text
+from cq_codec.training.callbacks import fault_point
 
-__all__ = ["run", "load_data", "make_strategy", "evaluate"]
+__all__ = ["run", "load_data", "make_strategy", "evaluate", "is_chief", "trained_modules"]
 
 log = logging.getLogger("cq_codec.modes")
 
@@ -37,20 +42,47 @@ def make_strategy(cfg: Config):
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
     if cfg.distribute == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--distribute multiworker needs the TF_CONFIG environment variable "
-                             "(cluster spec and task) set on every worker")
+            raise ConfigError("--distribute multiworker needs the TF_CONFIG environment variable "
+                              "(cluster spec and this host's task) set on every worker; see README 'Multi-worker training'")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """True except on the non-chief workers of a multi-worker job (the chief is the 'chief' task,
+    or worker 0 when the cluster has none): only the chief writes the experiment folder."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 def load_data(cfg: Config):
     """Corpus -> splits -> frame cache. Builds the demo corpus when asked for and missing."""
     from cq_codec.data import corpora, pipeline, splits
     if cfg.corpus == "demo" and not os.path.exists(os.path.join(cfg.data_dir, "manifest.json")):
-        from cq_codec.data.demo import build_demo_corpus
-        build_demo_corpus(cfg.data_dir)
-    utts = corpora.discover(cfg.data_dir, cfg.corpus)
+        from cq_codec.data.demo import DemoCorpusError, build_demo_corpus
+        parent = os.path.dirname(os.path.abspath(cfg.data_dir))
+        if not os.path.isdir(cfg.data_dir) and not os.path.isdir(parent):
+            raise ConfigError(f"--data_dir {cfg.data_dir!r}: no such folder (the demo corpus is built only into a "
+                              f"folder whose parent exists; for another corpus set --corpus)")
+        try:
+            build_demo_corpus(cfg.data_dir)
+        except (DemoCorpusError, OSError) as exc:
+            raise ConfigError(f"--data_dir {cfg.data_dir!r} (--corpus demo): the demo corpus is not there and "
+                              f"cannot be built: {exc}") from exc
+    try:
+        utts = corpora.discover(cfg.data_dir, cfg.corpus)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        raise ConfigError(f"--data_dir {cfg.data_dir!r} (--corpus {cfg.corpus}): {exc}") from exc
+    if not utts:
+        raise ConfigError(f"--data_dir {cfg.data_dir!r} (--corpus {cfg.corpus}): no audio files found")
     parts = splits.split_utterances(utts, seed=cfg.seed)
+    empty = [s for s in ("train", "val", "test") if not parts.get(s)]
+    if empty:
+        raise ConfigError(f"--data_dir {cfg.data_dir!r}: {len(utts)} utterance(s) leave the {', '.join(empty)} "
+                          f"split(s) empty; the corpus needs more speakers")
     if cfg.max_train_minutes > 0:
         parts["train"] = _cap_minutes(parts["train"], cfg.max_train_minutes, cfg.seed)
     cache_dir = os.path.join(cfg.cache_dir, _cache_name(cfg))
@@ -125,12 +157,25 @@ def fit_tables(cfg: Config, model, utterances, minutes: float = 10.0) -> dict:
     return tables
 
 
-def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[dict]:
+def trained_modules(cfg: Config, state: dict) -> int:
+    """How many leading modules of the cascade have been trained, from a checkpoint's state: a
+    mode-1 run of a 2-module config leaves module 2 at its initial weights."""
+    done = state.get("done", {})
+    if done.get("finetune"):
+        return cfg.num_modules
+    trained = [k for k in range(2, cfg.num_modules + 1) if done.get(f"m{k}")]
+    if trained:
+        return max(trained)
+    return 1 if done.get("m1") else cfg.num_modules   # nothing recorded (a legacy folder): all
+
+
+def evaluate(cfg: Config, model, utterances, out_dir: str, source=None, modules: int | None = None) -> list[dict]:
     """Compresses to real .nac bytes and decodes up to `cfg.eval_clips` test utterances at every
     operating point (modules 1..N); writes audio/, eval.csv and eval.md. `kbps` is measured from
     the coded chunks (payload with each chunk's length and CRC, as Opus packets are counted
     without a container), `file_kbps` from the whole file (its 34-42 byte header included),
-    `entropy_kbps` is the zeroth-order entropy of the same codes."""
+    `entropy_kbps` is the zeroth-order entropy of the same codes. `modules`: score operating points
+    1..modules only (default: every module of the model)."""
     import csv
     from cq_codec.api import Codec
     from cq_codec.bitstream.container import read_nac
@@ -156,7 +201,7 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[
                              "file_kbps": float("nan"), "entropy_kbps": float("nan"), **score(wav, noisy, name=base)})
                 inputs.append((snr, noisy, f"denoised_{snr:g}dB"))
         for snr, x, tag in inputs:
-            for n in range(1, len(model.codec_modules) + 1):
+            for n in range(1, (modules or len(model.codec_modules)) + 1):
                 data = codec.compress(x, C.SAMPLE_RATE, num_modules=n)
                 decoded, _ = codec.decompress(data)
                 codes = codec.encode(x, C.SAMPLE_RATE, num_modules=n)
@@ -170,10 +215,11 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None) -> list[
                 rows.append(row)
                 log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k != "clip"})
     if rows:
-        with open(os.path.join(out_dir, "eval.csv"), "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        with atomic_write(os.path.join(out_dir, "eval.csv")) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
         _write_summary(rows, os.path.join(out_dir, "eval.md"))
     return rows
 
@@ -187,8 +233,7 @@ def _write_summary(rows: list[dict], path: str) -> None:
         sel = [r for r in rows if tuple(r[k] for k in group) == g]
         means = [np.nanmean([float(r[k]) for r in sel]) for k in keys]
         lines.append("| " + " | ".join(f"{v:g}" for v in g) + " | " + " | ".join(f"{m:.3f}" for m in means) + " |")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_history(csv_path: str, out_path: str) -> None:
@@ -227,7 +272,11 @@ def plot_history(csv_path: str, out_path: str) -> None:
 
 
 def run(cfg: Config) -> dict:
-    """Runs one training mode (or evaluation) end to end; returns a summary dict."""
+    """Runs one training mode (or evaluation) end to end; returns a summary dict.
+
+    One run at a time holds an experiment folder (a second one stops with a message). In a
+    multi-worker job only the chief writes it; the other workers train the same steps (reading
+    the chief's checkpoint when resuming) into a scratch folder that is removed at the end."""
     if cfg.base_model_id and cfg.training_mode in (1, 3, 4):
         log.info("--base_model_id %s is not used by mode %d: it trains from the start (as in the original)",
                  cfg.base_model_id, cfg.training_mode)
@@ -235,35 +284,91 @@ def run(cfg: Config) -> dict:
         log.info("--from_where_step %d is not used by mode %d: it picks the checkpoint mode 0 evaluates",
                  cfg.from_where_step, cfg.training_mode)
     strategy = make_strategy(cfg)
+    chief = is_chief(strategy)
+    exp = cfg.experiment_dir
+    out = exp if chief else tempfile.mkdtemp(prefix="cq-codec-worker-")
+    if not chief:
+        log.info("multi-worker: this worker is not the chief; it writes to %s (removed at the end)", out)
+    try:
+        with ExperimentLock(out):
+            return _run(cfg, strategy, chief, exp, out)
+    finally:
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def weights_fingerprint(model) -> dict:
+    """sha256 of every weight's bytes and each weight's L2 norm: multi-worker replicas compare."""
+    import hashlib
+    h = hashlib.sha256()
+    norms = []
+    for w in model.weights:
+        v = np.ascontiguousarray(keras.ops.convert_to_numpy(w.value))
+        h.update(v.tobytes())
+        norms.append(float(np.sqrt(np.sum(v.astype(np.float64) ** 2))))
+    return {"sha256": h.hexdigest(), "norms": norms}
+
+
+def _run(cfg: Config, strategy, chief: bool, exp: str, out: str) -> dict:
+    import json
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    exp = cfg.experiment_dir
-    os.makedirs(exp, exist_ok=True)
-    cfg.save(os.path.join(exp, "config.json"))
+    trainer.clean_partial_files(out)
+    cfg.save(os.path.join(out, "config.json"))
     parts, cache = load_data(cfg)
     model_path = os.path.join(exp, "model.keras")
     with strategy.scope():
         model = trainer.build_model(cfg, signal_std=cache.std, sample=_first_batch(cache))
     if cfg.training_mode == 0:
-        weights = trainer.latest_weights(exp) or (trainer.latest_weights(os.path.join(cfg.results_dir, cfg.base_model_id))
-                                                 if cfg.base_model_id else None)
-        if not weights:
-            raise FileNotFoundError(f"mode 0 evaluates a trained model: no checkpoint in {exp}/checkpoints "
-                                    f"(train first, or name one with --base_model_id)")
-        model.load_weights(weights)
-        if os.path.exists(model_path):  # the entropy tables live in the saved model
-            import keras as _k
-            model = _k.models.load_model(model_path)
-        else:
-            fit_tables(cfg, model, parts["train"])
+        model, modules = _restore_for_evaluation(cfg, model, parts)
     else:
         train_ds, val_ds, steps = _datasets(cfg, cache, parts["train"])
         base = os.path.join(cfg.results_dir, cfg.base_model_id) if cfg.training_mode in (2, 5) else None
         with strategy.scope():
-            trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base)
+            state = trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base, out_dir=out)
+        fp = weights_fingerprint(model)
+        log.info("weights after %d optimizer steps: sha256 %s norms %s", int(model.optimizer.iterations.numpy()),
+                 fp["sha256"], json.dumps([round(n, 6) for n in fp["norms"]]))
+        if not chief:
+            return {"experiment": out, "eval_rows": 0, "chief": False}
         fit_tables(cfg, model, parts["train"])
         model.optimizer = None  # the codec file holds no optimizer slots (checkpoints/ keep them)
-        model.save(model_path)
+        with atomic_write(model_path, suffix=".keras") as tmp:
+            model.save(tmp)
+            fault_point("model_write")
         plot_history(os.path.join(exp, "metrics.csv"), os.path.join(exp, "plots", "training.png"))
-    rows = evaluate(cfg, model, parts["test"], exp, source=noise_source(cfg, parts["train"]) if cfg.eval_snr else None)
-    return {"experiment": exp, "eval_rows": len(rows)}
+        modules = trained_modules(cfg, state)
+    if modules < len(model.codec_modules):
+        log.info("modules %s are not trained yet: scoring operating points 1..%d only",
+                 list(range(modules + 1, len(model.codec_modules) + 1)), modules)
+    rows = evaluate(cfg, model, parts["test"], exp, source=noise_source(cfg, parts["train"]) if cfg.eval_snr else None,
+                    modules=modules)
+    return {"experiment": exp, "eval_rows": len(rows), "chief": True}
+
+
+def _restore_for_evaluation(cfg: Config, model, parts):
+    """Mode 0: the checkpoint --from_where_step names (2 the latest, 1 the end of the greedy
+    followers, 0 the end of the first module) of this experiment, else of --base_model_id."""
+    exp = cfg.experiment_dir
+    src = exp if trainer.latest_weights(exp) else (
+        os.path.join(cfg.results_dir, cfg.base_model_id) if cfg.base_model_id else None)
+    if not src or not trainer.latest_weights(src):
+        raise ConfigError(f"mode 0 evaluates a trained model: no checkpoint in {exp}/checkpoints "
+                          f"(train first, or name one with --base_model_id)")
+    state, weights, _ = trainer.load_state(src)
+    modules = trained_modules(cfg, state)
+    if cfg.from_where_step < 2:
+        stage = "m1" if cfg.from_where_step == 0 else f"m{cfg.num_modules}"
+        weights = trainer.stage_weights(src, stage)
+        if not weights:
+            raise ConfigError(f"--from_where_step {cfg.from_where_step}: {src} keeps no checkpoint of the end of "
+                              f"stage {stage} (stage ends are kept from this version on)")
+        modules = 1 if cfg.from_where_step == 0 else cfg.num_modules
+    model.load_weights(weights)
+    log.info("mode 0: evaluating %s", weights)
+    saved = os.path.join(src, "model.keras")
+    if cfg.from_where_step == 2 and os.path.exists(saved):  # the entropy tables live in the saved model
+        model = keras.models.load_model(saved)
+    else:
+        fit_tables(cfg, model, parts["train"])
+    return model, modules

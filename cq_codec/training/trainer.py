@@ -3,8 +3,10 @@
 Stages: `m1` (first module, with quantization-free pretrain epochs), `m2..mN` (each follower
 trained with the earlier modules frozen, loss on the full sum), `finetune` (all jointly).
 Mode 1 runs m1, 2 runs the followers on a restored base, 3 runs m1..mN, 4 adds finetune, 5 runs
-finetune only. Every epoch writes `checkpoints/latest.*` and `state.json`; a later run of the same
-experiment (any mode) skips finished epochs, so modes chain and a killed run resumes.
+finetune only. Every epoch writes a checkpoint directory `checkpoints/ckpt-<n>/` (weights,
+optimizer slots, state.json with the metrics history) that appears by one rename; a later run of
+the same experiment (any mode) skips finished epochs, so modes chain and a killed run resumes.
+One run at a time holds an experiment folder (atomic.ExperimentLock).
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import numpy as np
 import tensorflow as tf
 
 import constants as C
-from cq_codec.config import Config
+from cq_codec.config import Config, ConfigError
 from cq_codec.losses import bits_per_symbol_target
 from cq_codec.models.cq import CQCodec, default_lsf_grid
-from cq_codec.training.callbacks import AlphaSchedule, EpochCheckpoint, PretrainBypass, TauController, load_optimizer
+from cq_codec.training.atomic import ExperimentLock
+from cq_codec.training.callbacks import (OPTIMIZER, WEIGHTS, AlphaSchedule, EpochCheckpoint, FaultPoints, PretrainBypass,
+                                         TauController, TemperatureSchedule, _legacy_state, latest_checkpoint, load_optimizer,
+                                         read_checkpoint_state, write_metrics)
 
-__all__ = ["Stage", "plan_stages", "module_configs", "build_model", "train", "latest_weights"]
+__all__ = ["Stage", "plan_stages", "module_configs", "build_model", "train", "latest_weights", "load_state",
+           "stage_weights", "clean_partial_files"]
 
 log = logging.getLogger("cq_codec.training")
 
@@ -115,17 +121,60 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     return model
 
 
+def load_state(experiment_dir: str) -> tuple[dict, str | None, str | None]:
+    """(state, weights file, optimizer file) of the experiment's newest complete checkpoint
+    (an empty state and None, None when there is none)."""
+    ckpt_dir = os.path.join(experiment_dir, "checkpoints")
+    latest = latest_checkpoint(ckpt_dir)
+    if latest:
+        return read_checkpoint_state(latest), os.path.join(latest, WEIGHTS), os.path.join(latest, OPTIMIZER)
+    legacy = _legacy_state(ckpt_dir, os.path.join(experiment_dir, "metrics.csv"))
+    if legacy is not None:
+        return legacy, os.path.join(ckpt_dir, "latest.weights.h5"), os.path.join(ckpt_dir, "latest.optimizer.npz")
+    return {"done": {}, "stage": None, "seq": 0, "history": []}, None, None
+
+
 def latest_weights(experiment_dir: str) -> str | None:
-    path = os.path.join(experiment_dir, "checkpoints", "latest.weights.h5")
+    return load_state(experiment_dir)[1]
+
+
+def stage_weights(experiment_dir: str, stage: str) -> str | None:
+    """The weights at the end of `stage` (m1, m2, ..., finetune), if it finished."""
+    path = os.path.join(experiment_dir, "checkpoints", f"end-{stage}", WEIGHTS)
     return path if os.path.exists(path) else None
 
 
-def _state(ckpt_dir: str) -> dict:
-    path = os.path.join(ckpt_dir, "state.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    return {"done": {}, "stage": None}
+def _skip_symbolic_build(model) -> None:
+    """Keras 3's TF `fit()` first "symbolically builds" a model under a distribution strategy by
+    reducing a distributed batch with `strategy.reduce`, which MultiWorkerMirroredStrategy cannot
+    do for a dict of PerReplica values (every worker died at the first step with "Attempt to
+    convert a value ({'x': PerReplica ...}) ... dict to a Tensor"). The model and its optimizer
+    are built before fit() here, so that step has nothing to build: it is skipped."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy) and model.built:
+        model._maybe_symbolic_build = lambda *args, **kwargs: None
+
+
+def _keep_stage_end(exp: str, ckpt_dir: str, state: dict, stage: Stage) -> None:
+    """A run killed between a stage's last checkpoint and its end-<stage> copy: copy it now (the
+    newest checkpoint is that stage's end when the state says so)."""
+    from cq_codec.training.atomic import replace_dir
+    end = os.path.join(ckpt_dir, f"end-{stage.name}")
+    latest = latest_checkpoint(os.path.join(exp, "checkpoints"))
+    if not os.path.exists(end) and latest and state.get("stage") == stage.name:
+        replace_dir(latest, end)
+
+
+def clean_partial_files(experiment_dir: str) -> None:
+    """Removes what a killed run left half-written (temporary files and checkpoint directories;
+    call under the experiment's lock)."""
+    import shutil
+    for d in (experiment_dir, os.path.join(experiment_dir, "checkpoints")):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            if name.startswith(".") and (".tmp" in name or name.endswith((".new", ".old"))):
+                path = os.path.join(d, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
 
 
 def _set_trainable(model: CQCodec, stage: Stage, prefix_loss: bool = False) -> None:
@@ -149,29 +198,39 @@ def _tau_targets(cfg: Config, model: CQCodec, stage: Stage) -> dict:
 
 
 def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, base_dir: str | None = None,
-          extra_callbacks=()) -> dict:
+          extra_callbacks=(), out_dir: str | None = None) -> dict:
     """Runs the mode's stages, resuming from `<experiment>/checkpoints`. Returns the state dict.
 
     `extra_callbacks` run after the checkpoint of each epoch is written (tests use one to
-    interrupt a run)."""
+    interrupt a run). `out_dir` (default: the experiment folder) receives checkpoints, metrics and
+    TensorBoard logs: a non-chief multi-worker replica writes to a scratch folder and resumes
+    from the chief's experiment folder like the chief."""
     exp = cfg.experiment_dir
-    ckpt_dir = os.path.join(exp, "checkpoints")
+    out = out_dir or exp
+    with ExperimentLock(out):
+        clean_partial_files(out)
+        return _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callbacks, exp, out)
+
+
+def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callbacks, exp, out) -> dict:
+    ckpt_dir = os.path.join(out, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
-    state = _state(ckpt_dir)
-    own = latest_weights(exp)
+    state, own, own_optimizer = load_state(exp)
     if own:
         model.load_weights(own)
         log.info("resuming from %s (finished: %s)", own, state["done"])
+        write_metrics(os.path.join(out, "metrics.csv"), state.get("history", []))
     elif base_dir:
         base = latest_weights(base_dir)
         if not base:
-            raise FileNotFoundError(f"--base_model_id: no checkpoint at {base_dir}/checkpoints/latest.weights.h5")
+            raise ConfigError(f"--base_model_id: no checkpoint in {base_dir}/checkpoints (train that experiment first)")
         model.load_weights(base)
         log.info("restored base model %s", base)
     for stage in plan_stages(cfg):
         done = int(state["done"].get(stage.name, 0))
         if done >= stage.epochs:
             log.info("stage %s already finished (%d epochs)", stage.name, done)
+            _keep_stage_end(exp, ckpt_dir, state, stage)
             continue
         _set_trainable(model, stage, cfg.finetune_prefix_loss)
         lr = stage.lr
@@ -181,8 +240,11 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
                                                         alpha=0.1)
         model.compile(optimizer=keras.optimizers.Adam(lr))
         if done > 0 and state.get("stage") == stage.name:
-            ok = load_optimizer(model.optimizer, model.trainable_variables, os.path.join(ckpt_dir, "latest.optimizer.npz"))
+            ok = load_optimizer(model.optimizer, model.trainable_variables, own_optimizer)
             log.info("stage %s resumes at epoch %d (optimizer state %s)", stage.name, done + 1, "restored" if ok else "fresh")
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        _skip_symbolic_build(model)
         trained = [model.codec_modules[i] for i in stage.train_modules]
         quantized_epochs = stage.epochs - stage.pretrain
         anneal = (AlphaSchedule([m.quantizer for m in trained], cfg.alpha_start, cfg.alpha_end,
@@ -190,11 +252,14 @@ def train(cfg: Config, model: CQCodec, train_ds, val_ds, steps_per_epoch: int, b
                   if stage.name != "finetune" else AlphaSchedule([], 1.0, 1.0, 1, 0, 1))
         callbacks = [
             anneal,
+            TemperatureSchedule([m.quantizer for m in trained] if stage.name != "finetune" else [], stage.pretrain,
+                                steps_per_epoch),
             PretrainBypass(trained if stage.name != "finetune" else [], stage.pretrain),
             TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
                           tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed),
-            EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(exp, "metrics.csv")),
-            keras.callbacks.TensorBoard(os.path.join(exp, "tensorboard", stage.name), write_graph=False),
+            EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(out, "metrics.csv"), stage.epochs),
+            keras.callbacks.TensorBoard(os.path.join(out, "tensorboard", stage.name), write_graph=False),
+            FaultPoints(),
             *extra_callbacks,
         ]
         log.info("stage %s: %d active modules, training %s, %d epochs, lr %g", stage.name, stage.active,
