@@ -65,13 +65,13 @@ class TemperatureSchedule(keras.callbacks.Callback):
     """Anneals the Gumbel-softmax quantizers' temperature over a stage: before every training
     batch of the quantized epochs, `q.anneal(step)` with `step` counted from the first quantized
     batch (tau = max(min_temperature, temperature * exp(-anneal_rate * step)), Jang et al.
-    2017); quantization-free epochs keep the initial temperature. Quantizers without `anneal`
-    are left alone. The step comes from the epoch and batch index, so a resumed stage continues
-    the schedule where it stopped."""
+    2017); quantization-free epochs keep the initial temperature. Quantizers without a
+    temperature (softmax: see AlphaSchedule) are left alone. The step comes from the epoch and
+    batch index, so a resumed stage continues the schedule where it stopped."""
 
     def __init__(self, quantizers, begin_epoch: int, steps_per_epoch: int):
         super().__init__()
-        self.quantizers = [q for q in quantizers if hasattr(q, "anneal")]
+        self.quantizers = [q for q in quantizers if hasattr(q, "set_temperature")]   # Gumbel (softmax anneals alpha)
         self.begin_epoch = int(begin_epoch)
         self.steps_per_epoch = int(steps_per_epoch)
         self._epoch = 0
