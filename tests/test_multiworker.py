@@ -41,7 +41,7 @@ def _start(args, ports, index, kill_at=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait(procs, timeout=900):
+def _wait(procs, timeout=3600):
     outs = []
     for p in procs:
         try:
@@ -106,7 +106,7 @@ def test_a_killed_job_resumes_from_the_chiefs_checkpoint(setup):
     # and is stopped too (a dead job), as a cluster manager would.
     chief = _start(args, ports, 0, kill_at="ckpt_renamed:1")
     other = _start(args, ports, 1)
-    assert _wait([chief], timeout=900)[0][0] == -signal.SIGKILL
+    assert _wait([chief], timeout=3600)[0][0] == -signal.SIGKILL
     time.sleep(2)
     other.kill()
     _wait([other])

@@ -36,7 +36,7 @@ def _args(tmp_path, corpus, name="faults"):
             "--validation_steps=1", "--batch_size=8", "--eval_clips=0"]
 
 
-def _main(args, kill_at=None, timeout=900):
+def _main(args, kill_at=None, timeout=3600):
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("CQ_CODEC_KILL_AT", None)
     if kill_at:
