@@ -58,6 +58,7 @@ def atomic_write(path: str, suffix: str = ""):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; the file gets the usual mode
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -65,6 +66,12 @@ def atomic_write(path: str, suffix: str = ""):
             os.unlink(tmp)
         raise
     fsync_dir(d)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:
@@ -85,6 +92,7 @@ def atomic_dir(path: str):
         for name in os.listdir(tmp):
             _fsync_file(os.path.join(tmp, name))
         fsync_dir(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

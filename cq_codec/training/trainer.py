@@ -144,14 +144,24 @@ def stage_weights(experiment_dir: str, stage: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def _skip_symbolic_build(model) -> None:
-    """Keras 3's TF `fit()` first "symbolically builds" a model under a distribution strategy by
-    reducing a distributed batch with `strategy.reduce`, which MultiWorkerMirroredStrategy cannot
-    do for a dict of PerReplica values (every worker died at the first step with "Attempt to
-    convert a value ({'x': PerReplica ...}) ... dict to a Tensor"). The model and its optimizer
-    are built before fit() here, so that step has nothing to build: it is skipped."""
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy) and model.built:
+def _multiworker_workarounds(model) -> None:
+    """Two Keras 3 (TF backend) steps that fail under MultiWorkerMirroredStrategy, patched on this
+    model instance only (the model and its optimizer are built before fit()):
+
+    - fit() first "symbolically builds" the model by reducing a distributed batch with
+      `strategy.reduce`, which cannot take a dict of PerReplica values (every worker died at the
+      first step with "Attempt to convert a value ({'x': PerReplica ...}) ... dict to a Tensor"):
+      there is nothing left to build, so it is skipped;
+    - each step's metrics are averaged over the workers with `strategy.reduce("MEAN", v,
+      axis=0)`, which fails on scalars ("Invalid reduction dimension 0 for input with 0
+      dimensions"): the steps return them with shape [1], reduced to the workers' mean."""
+    if not (isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy) and model.built):
+        return
+    if "_maybe_symbolic_build" not in vars(model):
         model._maybe_symbolic_build = lambda *args, **kwargs: None
+        train_step, test_step = model.train_step, model.test_step
+        model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in train_step(data).items()}
+        model.test_step = lambda data: {k: tf.reshape(v, [1]) for k, v in test_step(data).items()}
 
 
 def _keep_stage_end(exp: str, ckpt_dir: str, state: dict, stage: Stage) -> None:
@@ -244,7 +254,7 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
             log.info("stage %s resumes at epoch %d (optimizer state %s)", stage.name, done + 1, "restored" if ok else "fresh")
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        _skip_symbolic_build(model)
+        _multiworker_workarounds(model)
         trained = [model.codec_modules[i] for i in stage.train_modules]
         quantized_epochs = stage.epochs - stage.pretrain
         anneal = (AlphaSchedule([m.quantizer for m in trained], cfg.alpha_start, cfg.alpha_end,
