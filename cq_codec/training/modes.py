@@ -327,7 +327,9 @@ def _run(cfg: Config, strategy, chief: bool, exp: str, out: str) -> dict:
         with strategy.scope():
             state = trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base, out_dir=out)
         fp = weights_fingerprint(model)
-        log.info("weights after %d optimizer steps: sha256 %s norms %s", int(model.optimizer.iterations.numpy()),
+        optimizer = getattr(model, "optimizer", None)   # none when every stage had finished already
+        log.info("weights after %d optimizer steps: sha256 %s norms %s",
+                 int(optimizer.iterations.numpy()) if optimizer is not None else 0,
                  fp["sha256"], json.dumps([round(n, 6) for n in fp["norms"]]))
         if not chief:
             return {"experiment": out, "eval_rows": 0, "chief": False}
