@@ -155,7 +155,7 @@ def test_a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over(tmp_p
 @pytest.mark.parametrize("extra, message", [
     (["--corpus=librispeech", "--data_dir=/nonexistent"], "--data_dir '/nonexistent'"),
     (["--corpus=demo", "--data_dir=/nonexistent/demo"], "--data_dir '/nonexistent/demo': no such folder"),
-    (["--corpus=folder", "--data_dir={empty}"], "no audio files"),
+    (["--corpus=folder", "--data_dir={empty}"], "(--corpus folder): no folder audio files found under"),
 ])
 def test_missing_or_empty_corpus_is_a_message_naming_the_flag(tmp_path, extra, message):
     (tmp_path / "empty").mkdir()
