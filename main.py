@@ -94,6 +94,21 @@ _HELP = {
     "eval_snr": "denoising: evaluation input SNRs in dB, e.g. 0,5,10 (empty = clean input)",
     "noise_dir": "folder of noise recordings (default: generated coloured noise + babble of training speech)",
     "distribute": "none|mirrored (two logical CPU devices)|multiworker (TF_CONFIG)",
+    "model_type": "cq (LPC + residual cascade) or waveform (end-to-end causal conv codec with RVQ; mode 1 trains, "
+                  "mode 0 evaluates; uses num_stages, codebook_size(s), stage_dims, block_type, epoch_tanh, "
+                  "learning_rate_tanh)",
+    "wave_strides": "waveform: encoder strides; their product is the downsampling factor (64..320)",
+    "wave_channels": "waveform: channels of the first stage (doubled per stage, capped at 8x)",
+    "wave_latent_dim": "waveform: dimension of the latent frames the RVQ codes",
+    "wave_units": "waveform: residual units per stage (dilations 1, 3, 9, ...)",
+    "wave_patch": "waveform: the first stride as a patch reshape (no layer at the sample rate)",
+    "wave_segment": "waveform: seconds of audio per training example",
+    "quantizer_dropout": "waveform: probability that a batch trains with n ~ U{1..N} codebooks",
+    "adversarial": "waveform: add HiFi-GAN multi-period + multi-scale discriminators and feature matching",
+    "adversarial_start": "waveform: training steps before the adversarial terms start",
+    "adversarial_weight": "waveform: weight of the generator's LSGAN term",
+    "feature_matching_weight": "waveform: weight of the feature-matching term",
+    "disc_channels": "waveform: channels of the discriminators' first layers",
 }
 
 

@@ -47,15 +47,18 @@ def _frames_per_chunk(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=_PROG, description="CQ neural speech codec: .wav <-> .nac")
     sub = p.add_subparsers(dest="command", required=True)
-    model_help = "trained .keras model (default: cq_codec/pretrained/default.keras)"
+    model_help = ("trained .keras model, CQ or waveform (default: cq_codec/pretrained/default.keras; "
+                  "'waveform_rvq' names the shipped waveform codec)")
     e = sub.add_parser("encode", help="audio file -> .nac")
     e.add_argument("input", help="audio file (any rate / channel count libsndfile reads), or - for stdin")
     e.add_argument("output", help=".nac file, or - for stdout")
     e.add_argument("--model", default=None, help=model_help)
     e.add_argument("--bitrate", type=float, default=None,
-                   help="target kbps: the operating point (number of modules) nearest to it is used")
+                   help="target kbps: the operating point (number of modules) nearest to it is used; for a "
+                        "waveform model the most codebooks whose expected rate fits it (error if none does)")
     e.add_argument("--frames-per-chunk", type=_frames_per_chunk, default=None,
-                   help="hops (30 ms) per .nac chunk, 1..4096 (default 250)")
+                   help="hops (30 ms) per .nac chunk, 1..4096 (default 250; a waveform model needs whole "
+                        "latent frames per chunk: 248 by default for hop 128)")
     d = sub.add_parser("decode", help=".nac -> 16 kHz audio file (format from the extension, else WAV)")
     d.add_argument("input", help=".nac file, or - for stdin")
     d.add_argument("output", help="audio file, or - for stdout (WAV)")
@@ -116,6 +119,16 @@ def _encode(args) -> None:
               f"{'downmixed to mono and ' if audio.channels != 1 else ''}resampled to 16000 Hz"
               if audio.sample_rate != 16000 else
               f"note: input has {audio.channels} channels; downmixed to mono")
+    if getattr(codec, "kind", "cq") == "waveform":   # operating points = RVQ codebook counts
+        p = codec.point_for_bitrate(args.bitrate)     # BitrateError (a ValueError) when unreachable
+        if args.bitrate is not None:
+            _note(f"--bitrate {args.bitrate:g} kbps -> {p.codebooks} codebook(s) of the waveform codec, about "
+                  f"{p.kbps:.2f} kbps (available: {', '.join(f'{q.codebooks}: {q.kbps:.2f}' for q in codec.operating_points)})")
+        data = codec.compress_blocks(audio.blocks, num_codebooks=p.codebooks)
+        with _atomic_output(args.output) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        return
     n = codec.modules_for_bitrate(args.bitrate)
     points = dict(codec.operating_points)
     if args.bitrate is not None:

@@ -31,9 +31,20 @@ from cq_codec import inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
 
-__all__ = ["DEFAULT_MODEL_PATH", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
+__all__ = ["DEFAULT_MODEL_PATH", "WAVEFORM_MODEL_PATH", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
 
 DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default.keras")
+# The shipped waveform codec (scripts/train_waveform.sh); `load("waveform_rvq")` / `--model waveform_rvq`.
+WAVEFORM_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "waveform_rvq.keras")
+
+
+def _pretrained(path: str) -> str:
+    """A bare name of a shipped model ("default", "waveform_rvq") -> its path; other paths as given."""
+    if not os.path.exists(path) and os.sep not in path and not path.endswith(".keras"):
+        candidate = os.path.join(os.path.dirname(DEFAULT_MODEL_PATH), path + ".keras")
+        if os.path.isfile(candidate):
+            return candidate
+    return path
 _BLOCK = 1 << 16         # input samples per read
 
 
@@ -239,10 +250,14 @@ class Codec:
 def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK,
          postfilter: bool = True) -> Codec:
     """Load a `.keras` CQ model (with entropy tables) as a `Codec`; None: the default model.
-    `postfilter`: decode through the adaptive postfilter (`lpc.postfilter`; no effect on the bytes)."""
+    `postfilter`: decode through the adaptive postfilter (`lpc.postfilter`; no effect on the bytes).
+    A waveform model (cq_codec.models.waveform) loads as a `cq_codec.waveform_api.WaveformCodecAPI`
+    (same methods; its chunks default to whole latent frames). A shipped model may be named
+    without its path: "default", "waveform_rvq"."""
     import keras
     import cq_codec.models.cq  # noqa: F401  (registers the serializable classes)
-    path = DEFAULT_MODEL_PATH if path is None else str(path)
+    import cq_codec.models.waveform  # noqa: F401
+    path = DEFAULT_MODEL_PATH if path is None else _pretrained(str(path))
     if not os.path.isfile(path):
         hint = (" (the shipped default model is missing: reinstall cq-codec, re-train it with "
                 "scripts/train_default.sh, or pass a trained model with --model PATH / load(path))"
@@ -254,6 +269,12 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad archive
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
+    if isinstance(model, cq_codec.models.waveform.WaveformCodec):
+        from cq_codec.waveform_api import WaveformCodecAPI, default_frames_per_chunk
+        fpc = frames_per_chunk
+        if fpc == inference.DEFAULT_FRAMES_PER_CHUNK:     # CQ's default: the waveform codec's own
+            fpc = default_frames_per_chunk(model.hop)
+        return WaveformCodecAPI(model, name=os.path.splitext(os.path.basename(path))[0], frames_per_chunk=fpc)
     cs.entropy_models(model)     # fail now, with a clear message, if the tables are missing
     name = os.path.splitext(os.path.basename(path))[0]
     return Codec(model, name=name, frames_per_chunk=frames_per_chunk, postfilter=postfilter)

@@ -23,6 +23,7 @@ BLOCK_TYPES = ("gln", "bottleneck", "separable")
 FRONT_ENDS = ("conv", "patch")   # ResidualModule front ends
 CORPORA = ("auto", "demo", "timit", "vctk", "librispeech", "folder")
 DISTRIBUTE = ("none", "mirrored", "multiworker")
+MODEL_TYPES = ("cq", "waveform")   # cq: LPC + residual cascade; waveform: end-to-end conv + RVQ
 
 
 class ConfigError(ValueError):
@@ -155,6 +156,24 @@ class Config:
     train_snr: tuple = ()
     eval_snr: tuple = ()
     noise_dir: str = ""
+    # The waveform codec (--model_type waveform; cq_codec/models/waveform.py): a causal strided
+    # conv encoder / decoder on the 16 kHz signal with an RVQ (quantizer dropout: one model, 1..N
+    # codebooks). It trains in one stage (mode 1; mode 0 evaluates) with epoch_tanh epochs at
+    # learning_rate_tanh, and uses num_stages, codebook_size / codebook_sizes, stage_dims,
+    # block_type, batch_size, steps_per_epoch and validation_steps.
+    model_type: str = "cq"
+    wave_strides: tuple = (2, 4, 4, 4)     # product = downsampling factor (64..320)
+    wave_channels: int = 32                # channels at the first stage (doubling, capped at 8x)
+    wave_latent_dim: int = 64
+    wave_units: int = 2                    # residual units per stage (dilations 1, 3, 9, ...)
+    wave_patch: bool = False               # first stride as a patch reshape (no sample-rate layer)
+    wave_segment: float = 1.0              # seconds of audio per training example
+    quantizer_dropout: float = 0.5         # probability that a batch uses n ~ U{1..N} codebooks
+    adversarial: bool = False              # HiFi-GAN MPD + MSD discriminators, feature matching
+    adversarial_start: int = 0             # training steps before the adversarial terms start
+    adversarial_weight: float = 1.0
+    feature_matching_weight: float = 2.0
+    disc_channels: int = 16
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "Config":
@@ -192,19 +211,31 @@ class Config:
         need(self.codebook_size >= 2, "codebook_size", f"must be >= 2; got {self.codebook_size}")
         need(self.embedding_dim >= 1, "embedding_dim", f"must be >= 1; got {self.embedding_dim}")
         need(self.num_stages >= 1, "num_stages", f"must be >= 1; got {self.num_stages}")
+        rvq = self.quantizer == "rvq" or self.model_type == "waveform"
+        need(self.model_type in MODEL_TYPES, "model_type", f"must be one of {', '.join(MODEL_TYPES)}; got {self.model_type!r}")
         if self.codebook_sizes:
             need(all(k >= 2 for k in self.codebook_sizes), "codebook_sizes", "every entry must be >= 2")
-            need(len(set(self.codebook_sizes)) == 1, "codebook_sizes",
-                 f"stages/groups share one codebook size in this version; got {list(self.codebook_sizes)}")
+            if rvq:   # RVQ stages may differ (seed 000): one size per stage
+                need(len(self.codebook_sizes) == self.num_stages, "codebook_sizes",
+                     f"RVQ needs one codebook size per stage (--num_stages {self.num_stages}); got {list(self.codebook_sizes)}")
+            else:
+                need(len(set(self.codebook_sizes)) == 1, "codebook_sizes",
+                     f"{self.quantizer} groups share one codebook size (unequal sizes are for rvq); got {list(self.codebook_sizes)}")
         if self.stage_dims:
             need(all(d >= 1 for d in self.stage_dims), "stage_dims", "every entry must be >= 1")
-            need(len(set(self.stage_dims)) == 1, "stage_dims",
-                 f"PQ sub-vectors must have equal sizes in this version; got {list(self.stage_dims)}")
+            if rvq:
+                need(len(self.stage_dims) == self.num_stages, "stage_dims",
+                     f"RVQ needs one code dimension per stage (--num_stages {self.num_stages}); got {list(self.stage_dims)}")
+            else:
+                need(len(set(self.stage_dims)) == 1, "stage_dims",
+                     f"PQ sub-vectors must have equal sizes in this version; got {list(self.stage_dims)}")
             need(sum(self.stage_dims) == self.embedding_dim or self.quantizer != "pq", "stage_dims",
                  f"for pq the sub-vector sizes must add up to --embedding_dim ({self.embedding_dim}); got {list(self.stage_dims)}")
         if self.quantizer == "pq" and not self.stage_dims:
             need(self.embedding_dim % 2 == 0, "embedding_dim", f"pq splits it into 2 groups by default: must be even; got {self.embedding_dim}")
-        if self.quantizer != "softmax":
+        if self.model_type == "waveform":
+            self._validate_waveform(need)
+        elif self.quantizer != "softmax":
             positions = C.FRAME_SIZE // max(self.the_strides)
             need(positions % self.embedding_dim == 0, "embedding_dim",
                  f"{positions} latent positions per frame cannot be grouped into vectors of {self.embedding_dim}")
@@ -268,6 +299,30 @@ class Config:
             need(self.base_model_id != "", "base_model_id",
                  f"mode {self.training_mode} restores a trained model: name its results folder with --base_model_id")
         return self
+
+    def _validate_waveform(self, need) -> None:
+        import math
+        need(self.training_mode in (0, 1), "training_mode",
+             f"--model_type waveform is one model trained in one stage: mode 1 trains it (and resumes "
+             f"from its checkpoints), mode 0 evaluates it; modes 2-5 are CQ's greedy schedule of "
+             f"cascade modules and mean nothing here (its 1..N codebooks all come from one model, "
+             f"trained with quantizer dropout); got {self.training_mode}")
+        hop = math.prod(self.wave_strides) if self.wave_strides else 0
+        need(len(self.wave_strides) >= 1 and all(s >= 1 for s in self.wave_strides) and 64 <= hop <= 320,
+             "wave_strides", f"the downsampling factor (product of the strides) must be in 64..320; got "
+             f"{list(self.wave_strides)} (product {hop})")
+        need(not self.wave_patch or self.wave_strides[0] > 1, "wave_patch",
+             "the patch front end takes the first stride's samples as channels: it must be > 1")
+        need(self.wave_channels >= 2, "wave_channels", f"must be >= 2; got {self.wave_channels}")
+        need(self.wave_latent_dim >= 1, "wave_latent_dim", f"must be >= 1; got {self.wave_latent_dim}")
+        need(self.wave_units >= 0, "wave_units", f"must be >= 0; got {self.wave_units}")
+        need(self.wave_segment * 16000 >= 4 * hop, "wave_segment",
+             f"a training segment needs at least 4 latent frames ({4 * hop / 16000:g} s); got {self.wave_segment}")
+        need(0.0 <= self.quantizer_dropout <= 1.0, "quantizer_dropout", f"must be in [0, 1]; got {self.quantizer_dropout}")
+        need(self.adversarial_start >= 0, "adversarial_start", f"must be >= 0; got {self.adversarial_start}")
+        need(self.adversarial_weight >= 0 and self.feature_matching_weight >= 0, "adversarial_weight",
+             "the adversarial and feature-matching weights must be >= 0")
+        need(self.disc_channels >= 4, "disc_channels", f"must be >= 4; got {self.disc_channels}")
 
     # ------------------------------------------------------------------ helpers
     def per_module(self, field: str, i: int):
@@ -349,7 +404,7 @@ ORIGINAL_FLAGS = {
 }
 # Fields whose list entries are integers (the other tuple fields hold floats).
 INT_LISTS = {"kernel_and_dilation", "the_strides", "num_bins_followers", "stage_dims", "codebook_sizes",
-             "epoch_followers"}
+             "epoch_followers", "wave_strides"}
 
 
 def config_from_flags(values: dict, given=(), warn=None) -> Config:

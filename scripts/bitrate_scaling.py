@@ -1,5 +1,6 @@
-"""Quality against MEASURED bitrate: trained CQ models at every operating point (1..N modules)
-and the baselines (Opus 6-32 kbps, every AMR-WB mode, Speex-WB) on the same test clips.
+"""Quality against MEASURED bitrate: trained CQ models at every operating point (1..N modules),
+waveform codecs (--model_type waveform) at every codebook count 1..N from their one file of
+weights, and the baselines (Opus 6-32 kbps, every AMR-WB mode, Speex-WB) on the same test clips.
 
     python scripts/bitrate_scaling.py --models results/main                 # one or more model folders
     python scripts/bitrate_scaling.py --models "results/_work/quantizers/*" --max_clips 30
@@ -129,6 +130,15 @@ def run(opts) -> None:
     for d in model_dirs(opts.models):
         codec = studies.load_codec(d, parts["train"])
         name = os.path.basename(os.path.normpath(d))
+        if getattr(codec, "kind", "cq") == "waveform":   # no postfilter; n codebooks per point
+            for n in range(1, codec.num_codebooks + 1):
+                got = studies.codec_rows(codec, clips, name, num_modules=n, processes=opts.processes,
+                                         diagnostics=diag)
+                for r in got:
+                    r.update(codec=f"waveform {name}", codebooks=n, modules=1,
+                             label=f"waveform {name} {n} codebook{'s' if n > 1 else ''}")
+                rows += got
+            continue
         for post in {"on": (True,), "off": (False,), "both": (True, False)}[opts.postfilter]:
             codec.postfilter = post
             label = name + ("" if post else " (no postfilter)")
@@ -155,11 +165,11 @@ def run(opts) -> None:
     summary = studies.mean_rows(rows, ["codec", "label"], values)
     studies.write_csv(summary, os.path.join(opts.out, "summary.csv"))
     plot_rows = list(summary) + [dict(r, codec=r["codec"] + " (payload only)", kbps=r["payload_kbps"])
-                                 for r in summary if r["codec"].startswith("cq ")]
+                                 for r in summary if r["codec"].startswith(("cq ", "waveform "))]
     studies.plot_metric_vs_kbps(plot_rows, os.path.join(opts.out, "bitrate_scaling.png"),
                                 title=f"Quality against measured bitrate ({len(clips)} {opts.split} clips)")
     notes = (f"{len(clips)} clips of {studies.corpus_phrase(opts)}, its {opts.split} split ({len({u.speaker for u in utts})} speakers), "
-             f"each at most {opts.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ the whole `.nac` file "
+             f"each at most {opts.max_seconds:g} s. kbps = compressed bytes * 8 / seconds: for CQ and the waveform codec the whole `.nac` file "
              "(its compact header included), payload_kbps = its entropy-coded chunks only; for the baselines "
              "the codec packets (Opus packets, AMR-WB storage frames, Speex audio packets; no container), so "
              "payload_kbps is the like-for-like comparison.\n\n"

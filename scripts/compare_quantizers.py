@@ -10,6 +10,12 @@ quantizers code 8-dim vectors (32 per frame) with 8 bits each (VQ and Gumbel: 25
 2 stages x 16 codes; PQ: 2 groups of 4 dims x 16 codes), i.e. 8.53 kbps before entropy coding;
 softmax codes 128 scalars per frame (stride 4) with 32 bins. Writes <out>/quantizers.csv (per seed),
 summary.csv, summary.md, per_clip.csv and plots; models go under <work>.
+
+`--quantizers ...,waveform` adds the end-to-end waveform codec (--model_type waveform: causal conv
+encoder / decoder, no LPC, RVQ with quantizer dropout) on the same training split, steps and
+batch size (batch of 0.5 s segments), with 8 codebooks of 256 at 125 latent frames/s (8.0 kbps
+before entropy coding, next to the 8.53 of the vector quantizers); it has no entropy target, so
+the rate-control columns are empty for it, and its codebook counts are its operating points.
 """
 
 from __future__ import annotations
@@ -76,9 +82,22 @@ def options(**overrides):
     from cq_codec.evaluation import studies
     return studies.options(DEFAULTS, **overrides)
 
+WAVEFORM = "waveform"
+
+
 def make_config(quantizer: str, seed: int, work: str, **budget) -> Config:
     """The study's config of one codec (one module; `budget`: steps, epochs, batch_size, channels,
     target_kbps, learning_rate, max_train_minutes, data_dir, corpus, cache_dir)."""
+    if quantizer == WAVEFORM:
+        epochs, steps = int(budget["epochs"]), int(budget["steps"])
+        return Config(name=f"waveform_s{seed}", results_dir=work, seed=seed, corpus=budget["corpus"],
+                      data_dir=budget["data_dir"], max_train_minutes=budget["max_train_minutes"], training_mode=1,
+                      model_type="waveform", wave_strides=(4, 2, 4, 4), wave_patch=True,
+                      wave_channels=max(2, budget["channels"] // 2), num_stages=8, codebook_size=256,
+                      block_type="bottleneck", wave_segment=0.5, epoch_tanh=max(1, epochs), pretrain_step=0,
+                      steps_per_epoch=max(1, steps // max(1, epochs)), batch_size=budget["batch_size"],
+                      validation_steps=int(budget.get("validation_steps", 10)),
+                      learning_rate_tanh=(budget["learning_rate"],)).validate()
     if quantizer not in QUANTIZER_KWARGS:
         raise ValueError(f"unknown quantizer {quantizer!r}; choose from {sorted(QUANTIZER_KWARGS)}")
     epochs, steps = int(budget["epochs"]), int(budget["steps"])
@@ -124,6 +143,42 @@ def rvq_stage_rows(codec, clips, label) -> list[dict]:
     return rows
 
 
+def _waveform_row(cfg, opts, clips, per_seed, per_clip, histories):
+    """Trains and scores the waveform codec with all its codebooks; appends its rows. Returns the clips."""
+    from cq_codec.evaluation import studies
+    from cq_codec.training import waveform as wt
+    nan = float("nan")
+    trained = wt.train_codec(cfg)
+    if clips is None:
+        clips = studies.load_clips(studies.select_clips(trained["parts"]["test"], opts.max_clips))
+    codec = studies.load_codec(cfg.experiment_dir)
+    rows = studies.codec_rows(codec, clips, cfg.name)          # every codebook
+    for r in rows:
+        r.update(quantizer=WAVEFORM, seed=cfg.seed)
+    per_clip += rows
+    hist = _history(cfg.experiment_dir)
+    histories[(WAVEFORM, cfg.seed)] = hist
+    mean = studies.mean_rows(rows, ["quantizer", "seed"], ["kbps", "payload_kbps", "pesq_wb", "stoi", "si_sdr",
+                                                             "encode_ms_per_s", "decode_ms_per_s"])[0]
+    codes = np.concatenate([codec.encode(w, C.SAMPLE_RATE) for _, w in clips])
+    util, perp, ent = [], [], []
+    for s, k in enumerate(codec.model.codebook_sizes):
+        counts = np.bincount(codes[:, s], minlength=k).astype(np.float64)
+        p = counts[counts > 0] / counts.sum()
+        h = float(-(p * np.log2(p)).sum())
+        util.append(np.count_nonzero(counts) / k)
+        perp.append(2 ** h)
+        ent.append(h)
+    mean.update(utilisation=float(np.mean(util)), perplexity=float(np.mean(perp)), bits_per_code=float(np.mean(ent)),
+                code_error_pct=nan, params=int(codec.model.count_params()), target_bits=nan, val_bits=nan,
+                train_bits=nan, entropy_error_pct=nan, train_seconds=trained["train_seconds"],
+                steps=cfg.steps_per_epoch * cfg.epoch_tanh,
+                final_val_loss=float(hist[-1][f"val_stft_{codec.model.num_codebooks}"]),
+                operating_points=codec.model.num_codebooks, collapsed=float(np.mean(util)) < 0.1)
+    per_seed.append(mean)
+    return clips
+
+
 def plots(per_seed: list[dict], summary: list[dict], histories: dict, out: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -152,6 +207,8 @@ def plots(per_seed: list[dict], summary: list[dict], histories: dict, out: str) 
     for (q, seed), rows in histories.items():
         ep = np.arange(1, len(rows) + 1)
         for ax, key in zip(axes, ("val_loss", "val_kbps")):
+            if key not in rows[0]:      # the waveform codec logs other terms (val_stft_n)
+                continue
             ax.plot(ep, [float(r[key]) for r in rows], marker=".", label=f"{q} seed {seed}",
                     color=f"C{names.index(q)}", ls="-" if seed == min(s for qq, s in histories if qq == q) else "--")
     for ax, lab in zip(axes, ("validation loss", "validation entropy estimate (kbps)")):
@@ -179,6 +236,10 @@ def run(opts) -> None:
     per_seed, per_clip, histories, stage_rows, clips = [], [], {}, [], None
     for cfg in cfgs:
         logging.info("training %s", cfg.name)
+        if cfg.model_type == WAVEFORM:
+            clips = _waveform_row(cfg, opts, clips, per_seed, per_clip, histories)
+            studies.write_csv(per_seed, os.path.join(opts.out, "quantizers.csv"))
+            continue
         trained = studies.train_codec(cfg)
         if clips is None:
             clips = studies.load_clips(studies.select_clips(trained["parts"]["test"], opts.max_clips))

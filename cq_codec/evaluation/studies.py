@@ -181,12 +181,15 @@ def load_codec(model_dir_or_path: str, train_utterances: Sequence | None = None)
     import keras
     from cq_codec import api
     import cq_codec.models.cq  # noqa: F401
+    from cq_codec.models.waveform import WaveformCodec
     path = model_dir_or_path
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no trained model at {path}")
     model = keras.saving.load_model(path, compile=False)
+    if isinstance(model, WaveformCodec):    # the waveform codec: n codebooks = its operating points
+        return api.load(path)
     if not getattr(model, "entropy_tables", None):
         if not train_utterances:
             raise ValueError(f"{path} has no entropy tables and no training utterances were given to fit them")

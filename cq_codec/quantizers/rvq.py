@@ -4,10 +4,16 @@ N EMA vector quantizers in cascade, each coding what the earlier ones left. Quan
 (SoundStream): in training, with probability `dropout_prob` a batch uses a random number of
 stages n ~ U{1..N}, so one model serves every bitrate; at inference `num_stages` (or the
 `num_active_stages` attribute) picks how many stages to use.
+
+Stages may differ (seed 000's `--codebook_sizes 256,256,256 --stage_dims ...`): stage i has its
+own codebook size K_i and may code a d_i-dimensional projection of the residual (a learned
+linear map D -> d_i before its codebook and d_i -> D after it, the factorised codes of DAC,
+Kumar et al. 2023); a stage whose d_i equals D has no projection.
 """
 
 import keras
 import tensorflow as tf
+from keras import layers
 
 from cq_codec.quantizers.base import Quantizer, QuantizerOutput
 from cq_codec.quantizers.vq import VectorQuantizer
@@ -22,6 +28,8 @@ class ResidualVectorQuantizer(Quantizer):
     Args:
       num_stages: N (default 8).
       codebook_size: K of every stage (default 256).
+      codebook_sizes: per-stage K_i (N entries; overrides `codebook_size`; unequal allowed).
+      stage_dims: per-stage code dims d_i (N entries; None = every stage codes the full D).
       dropout_prob: probability that a training batch uses a random number of stages.
       num_active_stages: stages used at inference when `call` gets no `num_stages` (default N).
         A Python attribute: a compiled predict function must be retraced after changing it,
@@ -32,7 +40,8 @@ class ResidualVectorQuantizer(Quantizer):
     """
 
     def __init__(self, num_stages=8, codebook_size=256, dropout_prob=0.5,
-                 num_active_stages=None, seed=None, vq_config=None, **kwargs):
+                 num_active_stages=None, seed=None, vq_config=None, codebook_sizes=None,
+                 stage_dims=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_stages, int) or isinstance(num_stages, bool) or num_stages < 1:
             raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
@@ -44,8 +53,20 @@ class ResidualVectorQuantizer(Quantizer):
         self.dropout_prob = float(dropout_prob)
         self.seed = seed
         self.vq_config = vq_config
+        if codebook_sizes is not None:
+            codebook_sizes = [int(k) for k in codebook_sizes]
+            if len(codebook_sizes) != num_stages or min(codebook_sizes) < 2:
+                raise ValueError(f"codebook_sizes needs {num_stages} entries (one per stage), each "
+                                 f">= 2; got {codebook_sizes}")
+        if stage_dims is not None:
+            stage_dims = [int(d) for d in stage_dims]
+            if len(stage_dims) != num_stages or min(stage_dims) < 1:
+                raise ValueError(f"stage_dims needs {num_stages} entries (one per stage), each "
+                                 f">= 1; got {stage_dims}")
+        self._sizes = codebook_sizes or [codebook_size] * num_stages
+        self.stage_dims = stage_dims
         self.stages = [
-            VectorQuantizer(codebook_size=codebook_size, name=f"stage_{i}",
+            VectorQuantizer(codebook_size=self._sizes[i], name=f"stage_{i}",
                             seed=None if seed is None else seed + i, **vq_config)
             for i in range(num_stages)]
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -68,12 +89,25 @@ class ResidualVectorQuantizer(Quantizer):
     @property
     def codebook_sizes(self):
         """Alphabet of every stage (all N; a stream cut to n stages uses the first n)."""
-        return [self.codebook_size] * self.num_stages
+        return list(self._sizes)
 
     def build(self, input_shape):
-        for stage in self.stages:
-            stage.build(input_shape)
         self.dim = int(input_shape[-1])
+        self.project_in, self.project_out = [], []
+        for i, stage in enumerate(self.stages):
+            d = self.dim if self.stage_dims is None else self.stage_dims[i]
+            if d == self.dim:
+                self.project_in.append(None)
+                self.project_out.append(None)
+                stage.build(input_shape)
+                continue
+            pin = layers.Dense(d, name=f"stage_{i}_in")
+            pout = layers.Dense(self.dim, name=f"stage_{i}_out")
+            pin.build(tuple(input_shape))
+            pout.build(tuple(input_shape[:-1]) + (d,))
+            stage.build(tuple(input_shape[:-1]) + (d,))
+            self.project_in.append(pin)
+            self.project_out.append(pout)
 
     def call(self, z, training=None, num_stages=None):
         """z `[B, T, D]` -> QuantizerOutput with codes `[B, T, n]`.
@@ -93,9 +127,15 @@ class ResidualVectorQuantizer(Quantizer):
             n_active = tf.where(drop, tf.cast(random_n, tf.int32), n_active)
         residual, total, aux = z, tf.zeros_like(z), tf.constant(0.0)
         codes, probs, weights, metrics = [], [], [], {}
+        k_max = max(self._sizes[:n])
         for i, stage in enumerate(self.stages[:n]):
             active = tf.cast(i < n_active, tf.float32)
-            q, c, p, a, m = stage.quantize_latents(residual, training, active)
+            x = residual if self.project_in[i] is None else self.project_in[i](residual)
+            q, c, p, a, m = stage.quantize_latents(x, training, active)
+            if self.project_out[i] is not None:
+                q = self.project_out[i](q)
+            if self._sizes[i] < k_max:
+                p = tf.pad(p, [[0, 0]] * (p.shape.rank - 1) + [[0, k_max - self._sizes[i]]])
             total = total + active * q
             residual = residual - q
             aux = aux + a
@@ -105,7 +145,7 @@ class ResidualVectorQuantizer(Quantizer):
             metrics[f"commitment_{i}"] = m["commitment"]
         codes = tf.stack(codes, axis=-1)
         bits, base_metrics = self._entropy_terms(
-            tf.stack(probs, axis=-2), codes, self.codebook_size, training, tf.stack(weights))
+            tf.stack(probs, axis=-2), codes, k_max, training, tf.stack(weights))
         metrics.update(base_metrics)
         metrics["active_stages"] = tf.cast(n_active, tf.float32)
         return QuantizerOutput(total, codes, bits, aux, metrics)
@@ -122,7 +162,10 @@ class ResidualVectorQuantizer(Quantizer):
                              f"number of code streams), got {num_stages!r}")
         total = tf.zeros(tf.concat([tf.shape(codes)[:-1], [self.dim]], 0))
         for i in range(n):
-            total = total + self.stages[i].lookup(codes[..., i])
+            q = self.stages[i].lookup(codes[..., i])
+            if self.project_out[i] is not None:
+                q = self.project_out[i](q)
+            total = total + q
         return total
 
     def get_config(self):
@@ -131,4 +174,9 @@ class ResidualVectorQuantizer(Quantizer):
                       dropout_prob=self.dropout_prob,
                       num_active_stages=self.num_active_stages, seed=self.seed,
                       vq_config=self.vq_config)
+        # Only when set: an equal-stage model's config (its identity) stays what it was.
+        if self._sizes != [self.codebook_size] * self.num_stages:
+            config["codebook_sizes"] = list(self._sizes)
+        if self.stage_dims is not None:
+            config["stage_dims"] = list(self.stage_dims)
         return config

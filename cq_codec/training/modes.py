@@ -277,6 +277,9 @@ def run(cfg: Config) -> dict:
     One run at a time holds an experiment folder (a second one stops with a message). In a
     multi-worker job only the chief writes it; the other workers train the same steps (reading
     the chief's checkpoint when resuming) into a scratch folder that is removed at the end."""
+    if cfg.model_type == "waveform":   # the end-to-end waveform codec has its own driver
+        from cq_codec.training.waveform import run as run_waveform
+        return run_waveform(cfg)
     if cfg.base_model_id and cfg.training_mode in (1, 3, 4):
         log.info("--base_model_id %s is not used by mode %d: it trains from the start (as in the original)",
                  cfg.base_model_id, cfg.training_mode)
