@@ -119,18 +119,22 @@ def _encode(args) -> None:
               f"{'downmixed to mono and ' if audio.channels != 1 else ''}resampled to 16000 Hz"
               if audio.sample_rate != 16000 else
               f"note: input has {audio.channels} channels; downmixed to mono")
-    if getattr(codec, "kind", "cq") == "waveform":   # operating points = RVQ codebook counts
-        p = codec.point_for_bitrate(args.bitrate)     # BitrateError (a ValueError) when unreachable
+    if getattr(codec, "kind", "cq") == "waveform" or codec.has_rvq:
+        # Operating points = codebook counts (and modules): the most expensive one that fits.
+        p = codec.point_for_bitrate(args.bitrate)     # BitrateError (a ValueError) when none fits
         if args.bitrate is not None:
-            _note(f"--bitrate {args.bitrate:g} kbps -> {p.codebooks} codebook(s) of the waveform codec, about "
-                  f"{p.kbps:.2f} kbps (available: {', '.join(f'{q.codebooks}: {q.kbps:.2f}' for q in codec.operating_points)})")
-        data = codec.compress_blocks(audio.blocks, num_codebooks=p.codebooks)
+            what = ("codebook(s) of the waveform codec" if getattr(codec, "kind", "cq") == "waveform"
+                    else f"module(s) {p.modules} with codebooks per module")
+            _note(f"--bitrate {args.bitrate:g} kbps -> {list(p.codebooks)} {what}, about {p.kbps:.2f} kbps "
+                  f"({len(codec.operating_points)} operating points from {codec.operating_points[0].kbps:.2f} "
+                  f"to {max(q.kbps for q in codec.operating_points):.2f} kbps)")
+        data = codec.compress_blocks(audio.blocks, codebooks=p.codebooks)
         with _atomic_output(args.output) as tmp:
             with open(tmp, "wb") as f:
                 f.write(data)
         return
     n = codec.modules_for_bitrate(args.bitrate)
-    points = dict(codec.operating_points)
+    points = {p.modules: p.kbps for p in codec.operating_points}
     if args.bitrate is not None:
         _note(f"--bitrate {args.bitrate:g} kbps -> operating point {n} module(s), about {points[n]:.2f} kbps "
               f"(available: {', '.join(f'{k}: {v:.2f}' for k, v in points.items())})")

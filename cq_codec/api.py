@@ -6,7 +6,7 @@
     data = codec.compress(wav, sr, bitrate=6.0)   # .nac bytes at the operating point nearest 6 kbps
     wav16, sr = codec.decompress(data)
     codec.postfilter = False                 # decode without the adaptive postfilter (default on)
-    codec.operating_points                  # [(num_modules, expected kbps), ...]
+    codec.operating_points                  # [OperatingPoint(modules, kbps, codebooks), ...]
 
 Files stream through `read_audio_blocks` + `compress_blocks` and `decompress_blocks` (one chunk
 at a time: bounded memory).
@@ -20,7 +20,7 @@ import io
 import os
 import re
 import zipfile
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -31,7 +31,7 @@ from cq_codec import inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
 
-__all__ = ["DEFAULT_MODEL_PATH", "WAVEFORM_MODEL_PATH", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
+__all__ = ["DEFAULT_MODEL_PATH", "WAVEFORM_MODEL_PATH", "OperatingPoint", "BitrateError", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
 
 DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default.keras")
 # The shipped waveform codec (scripts/train_waveform.sh); `load("waveform_rvq")` / `--model waveform_rvq`.
@@ -134,6 +134,39 @@ def frame_functions(model, num_active: int | None = None):
     return encode_frames, decode_frames
 
 
+class OperatingPoint(NamedTuple):
+    """One way to code with a model: `modules` used (the cascade's first k; 1 for the waveform
+    codec), expected `kbps` (entropy-coded, from the tables fitted after training), `codebooks`
+    used per module (RVQ: any number of its first codebooks; other quantizers: all their streams).
+    Indexing keeps the old pair's meaning: p[0] modules, p[1] kbps."""
+
+    modules: int
+    kbps: float
+    codebooks: tuple
+
+
+class BitrateError(ValueError):
+    """A requested bitrate that no operating point of the model can reach."""
+
+
+def fitting_point(points: list, bitrate_kbps: float, what: str = "codebooks") -> OperatingPoint:
+    """The point with the highest expected kbps <= bitrate_kbps; BitrateError naming the
+    cheapest point when none fits (or for a bitrate that is not a positive number)."""
+    import math
+    try:
+        kbps = float(bitrate_kbps)
+    except (TypeError, ValueError):
+        kbps = float("nan")
+    if not kbps > 0 or not math.isfinite(kbps):
+        raise BitrateError(f"bitrate must be a positive number of kbps, got {bitrate_kbps!r}")
+    fits = [p for p in points if p.kbps <= kbps]
+    if not fits:
+        low = min(points, key=lambda p: p.kbps)
+        raise BitrateError(f"--bitrate {kbps:g} kbps is below every operating point of this model: the cheapest "
+                           f"is {low.modules} module(s) with {list(low.codebooks)} {what} at about {low.kbps:.2f} kbps")
+    return max(fits, key=lambda p: (p.kbps, p.modules))
+
+
 class Codec:
     """A loaded CQ codec with its entropy tables. `frames_per_chunk` hops per `.nac` chunk."""
 
@@ -157,24 +190,85 @@ class Codec:
         return len(self.model.codec_modules)
 
     @property
-    def operating_points(self) -> list[tuple[int, float]]:
-        """[(num_modules, expected kbps)] from the entropy tables (bits per frame when fitted)."""
-        return cs.operating_points(self.model)
+    def has_rvq(self) -> bool:
+        """True when some module's quantizer is an RVQ (then its codebook counts are operating points too)."""
+        return any(cs._is_rvq(m) for m in self.model.codec_modules)
+
+    @property
+    def operating_points(self) -> list[OperatingPoint]:
+        """Every combination of modules and, for RVQ modules, codebooks per module, with its
+        expected kbps from the entropy tables (`codec_stream.operating_combinations`). Without RVQ
+        modules: one point per number of modules, as before."""
+        return [OperatingPoint(k, kbps, combo) for k, combo, kbps in cs.operating_combinations(self.model)]
+
+    def _full(self, k: int) -> tuple:
+        return tuple(m.quantizer.num_streams for m in self.model.codec_modules[:k])
 
     def modules_for_bitrate(self, bitrate_kbps: float | None) -> int:
-        """The operating point (number of modules) nearest `bitrate_kbps`; None: all modules."""
+        """The operating point (number of modules, all codebooks) nearest `bitrate_kbps`; None: all modules."""
         if bitrate_kbps is None:
             return self.num_modules
         kbps = float(bitrate_kbps)
         if not kbps > 0:
             raise ValueError(f"bitrate must be a positive number of kbps, got {bitrate_kbps!r}")
-        return min(self.operating_points, key=lambda p: (abs(p[1] - kbps), p[0]))[0]
+        full = [p for p in self.operating_points if p.codebooks == self._full(p.modules)]
+        return min(full, key=lambda p: (abs(p.kbps - kbps), p.modules)).modules
+
+    def point_for_bitrate(self, bitrate_kbps: float | None) -> OperatingPoint:
+        """The operating point `--bitrate` selects. With RVQ modules: the combination with the
+        highest expected kbps that fits the request (BitrateError when none does). Without: the
+        number of modules nearest the request (the CQ codec's rule before RVQ points existed).
+        None: every module with every codebook."""
+        points = self.operating_points
+        if bitrate_kbps is None:
+            return next(p for p in points if p.modules == self.num_modules and p.codebooks == self._full(self.num_modules))
+        if self.has_rvq:
+            return fitting_point(points, bitrate_kbps)
+        n = self.modules_for_bitrate(bitrate_kbps)
+        return next(p for p in points if p.modules == n)
+
+    def _use_codebooks(self, codebooks):
+        """Context manager: the RVQ modules' `num_active_stages` set to `codebooks` (per module)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            saved = [getattr(m.quantizer, "num_active_stages", None) for m in self.model.codec_modules]
+            try:
+                for m, c in zip(self.model.codec_modules, codebooks or ()):
+                    if cs._is_rvq(m):
+                        m.quantizer.num_active_stages = int(c)
+                    elif c != m.quantizer.num_streams:
+                        raise ValueError(f"module {m.name} is not an RVQ: it codes all {m.quantizer.num_streams} "
+                                         f"streams, not {c}")
+                yield
+            finally:
+                for m, v in zip(self.model.codec_modules, saved):
+                    if v is not None:
+                        m.quantizer.num_active_stages = v
+        return cm()
+
+    def _resolve(self, bitrate, num_modules, codebooks) -> tuple[int, tuple]:
+        if codebooks is not None:
+            codebooks = tuple(int(c) for c in codebooks)
+            if not 1 <= len(codebooks) <= self.num_modules:
+                raise ValueError(f"codebooks needs one count per module used (1..{self.num_modules} modules); got {codebooks}")
+            for m, c in zip(self.model.codec_modules, codebooks):
+                if not 1 <= c <= m.quantizer.num_streams:
+                    raise ValueError(f"module {m.name}: {c} codebooks, it has 1..{m.quantizer.num_streams}")
+            return len(codebooks), codebooks
+        if num_modules:
+            return int(num_modules), self._full(int(num_modules))
+        p = self.point_for_bitrate(bitrate)
+        return p.modules, tuple(p.codebooks)
 
     # ------------------------------------------------------------------ codes
-    def encode(self, wav, sr: int, num_modules: int | None = None) -> inference.Codes:
-        """wav [N] or [N, channels] at `sr` -> Codes (16 kHz hops)."""
-        return inference.encode_blocks(self.model, _array_blocks(wav, sr), num_modules or self.num_modules,
-                                       self.frames_per_chunk)
+    def encode(self, wav, sr: int, num_modules: int | None = None, codebooks=None) -> inference.Codes:
+        """wav [N] or [N, channels] at `sr` -> Codes (16 kHz hops); `codebooks`: per module used
+        (RVQ modules: their first c codebooks)."""
+        n, cb = self._resolve(None, num_modules or (None if codebooks else self.num_modules), codebooks)
+        with self._use_codebooks(cb):
+            return inference.encode_blocks(self.model, _array_blocks(wav, sr), n, self.frames_per_chunk)
 
     def decode(self, codes: inference.Codes) -> np.ndarray:
         """Codes -> float32 wav [num_samples] at 16 kHz."""
@@ -182,21 +276,27 @@ class Codec:
 
     # ------------------------------------------------------------------ bytes
     def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
-                        num_modules: int | None = None) -> bytes:
-        """16 kHz mono blocks -> `.nac` bytes. Holds only the compressed chunks in memory."""
-        n = num_modules or self.modules_for_bitrate(bitrate)
+                        num_modules: int | None = None, codebooks=None) -> bytes:
+        """16 kHz mono blocks -> `.nac` bytes. Holds only the compressed chunks in memory.
+        The operating point: `codebooks` (per module used), else `num_modules` (all codebooks),
+        else `point_for_bitrate(bitrate)`. The header records the codebooks of cut RVQ modules."""
+        n, cb = self._resolve(bitrate, num_modules, codebooks)
         models = cs.entropy_models(self.model)
-        enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk)
-        payloads = [cs.encode_chunk(c, models) for b in blocks for c in enc.push(b)]
-        payloads += [cs.encode_chunk(c, models) for c in enc.finish()]
+        with self._use_codebooks(cb):
+            enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk)
+            payloads = [cs.encode_chunk(c, models) for b in blocks for c in enc.push(b)]
+            payloads += [cs.encode_chunk(c, models) for c in enc.finish()]
         kbps = sum(len(p) for p in payloads) * 8 / (enc.num_samples / C.SAMPLE_RATE) / C.BITS_PER_KBIT
+        full = self._full(n)
+        header_cb = None if cb == full else [c if c != f else 0 for c, f in zip(cb, full)]
         meta = cs.stream_metadata(self.model, model_name=self.name, num_samples=enc.num_samples, num_active=n,
-                                  frames_per_chunk=self.frames_per_chunk, sha256=self.sha256)
+                                  frames_per_chunk=self.frames_per_chunk, sha256=self.sha256, codebooks=header_cb)
         return write_nac(meta, payloads, kbps)
 
-    def compress(self, wav, sr: int, bitrate: float | None = None, num_modules: int | None = None) -> bytes:
-        """wav [N] or [N, channels] at `sr` -> `.nac` bytes (operating point nearest `bitrate` kbps)."""
-        return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules)
+    def compress(self, wav, sr: int, bitrate: float | None = None, num_modules: int | None = None,
+                 codebooks=None) -> bytes:
+        """wav [N] or [N, channels] at `sr` -> `.nac` bytes (operating point: see `compress_blocks`)."""
+        return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules, codebooks)
 
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
         """A `.nac` stream (or a `NacReader` of one) -> (metadata, generator of float32 16 kHz
@@ -215,7 +315,8 @@ class Codec:
             for i, data in enumerate(reader):
                 n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
                 bounds.check(len(data), n, f"chunk {i}")
-                yield dec.push(cs.decode_chunk(data, n, info["num_active"], models, info["layout"]))
+                yield dec.push(cs.decode_chunk(data, n, info["num_active"], models, info["layout"],
+                                               info.get("codebooks")))
         return reader.metadata, blocks()
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, int]:

@@ -26,45 +26,25 @@ from __future__ import annotations
 
 import io
 import math
-from typing import BinaryIO, Iterable, Iterator, NamedTuple
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
 import constants as C
+from cq_codec.api import BitrateError, OperatingPoint, fitting_point
+from cq_codec.bitstream.codec_stream import prefix_model
 
 __all__ = ["WAVE_STREAM_FORMAT", "BitrateError", "WaveformCodecAPI", "OperatingPoint",
-           "default_frames_per_chunk", "prefix_model", "fit_entropy_tables"]
+           "default_frames_per_chunk", "fit_entropy_tables"]
 
 WAVE_STREAM_FORMAT = 2
 _TABLES_FORMAT = "cq_codec.waveform_entropy_tables"
-
-
-class BitrateError(ValueError):
-    """A requested bitrate no operating point of the model can reach."""
-
-
-class OperatingPoint(NamedTuple):
-    """modules used (CQ; 1 for the waveform codec), codebooks of the last module used, expected kbps."""
-
-    modules: int
-    codebooks: int
-    kbps: float
 
 
 def default_frames_per_chunk(hop: int, target: int = 250) -> int:
     """Largest hop count <= target (>= the step) whose samples are whole latent frames."""
     step = hop // math.gcd(C.HOP_SIZE, hop)
     return max(step, target // step * step)
-
-
-def prefix_model(model, n: int):
-    """The entropy model of the first n streams of `model` (tables are per stream)."""
-    from cq_codec.bitstream import entropy
-    if n == model.num_streams:
-        return model
-    if isinstance(model, entropy.ContextModel):
-        return entropy.ContextModel(model.tables[:n], getattr(model, "prior_strength", None))
-    return entropy.CategoricalModel(model.tables[:n])
 
 
 def fit_entropy_tables(model, wavs, max_seconds: float = 600.0) -> dict:
@@ -140,14 +120,13 @@ class WaveStreamDecoder:
         self.done = 0
 
     def push(self, codes: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
         codes = np.asarray(codes, np.int32)
-        q = np.asarray(self.model.quantizer.decode(tf.constant(codes[None])))
+        q = np.asarray(self.model.codes_to_latents(codes[None]))
         skip = 0
         if self.history is not None and self.context:
             skip = self.history.shape[1]
             q = np.concatenate([self.history, q], axis=1)
-        y = np.asarray(self.model.decode_latent(tf.constant(q)))[0, skip * self.model.hop:]
+        y = np.asarray(self.model.latents_to_audio(q))[0, skip * self.model.hop:]
         self.history = q[:, -self.context:] if self.context else None
         y = y[: max(0, self.num_samples - self.done)]
         self.done += len(y)
@@ -196,6 +175,8 @@ class WaveformCodecAPI:
         `compress(num_modules=n)` work unchanged): here the number of codebooks."""
         return self.model.num_codebooks
 
+    has_rvq = True
+
     @property
     def num_codebooks(self) -> int:
         return self.model.num_codebooks
@@ -205,7 +186,7 @@ class WaveformCodecAPI:
         """Every codebook count n = 1..N with its expected kbps (entropy-coded, from the tables)."""
         bpf = self._tables()[1]
         fps = self.model.frames_per_second
-        return [OperatingPoint(1, n, float(sum(bpf[:n]) * fps / C.BITS_PER_KBIT)) for n in range(1, len(bpf) + 1)]
+        return [OperatingPoint(1, float(sum(bpf[:n]) * fps / C.BITS_PER_KBIT), (n,)) for n in range(1, len(bpf) + 1)]
 
     def point_for_bitrate(self, bitrate_kbps: float | None) -> OperatingPoint:
         """The operating point with the highest expected rate <= bitrate_kbps; None: all codebooks.
@@ -214,18 +195,11 @@ class WaveformCodecAPI:
         points = self.operating_points
         if bitrate_kbps is None:
             return points[-1]
-        kbps = float(bitrate_kbps)
-        if not kbps > 0 or not math.isfinite(kbps):
-            raise BitrateError(f"bitrate must be a positive number of kbps, got {bitrate_kbps!r}")
-        fits = [p for p in points if p.kbps <= kbps]
-        if not fits:
-            raise BitrateError(f"--bitrate {kbps:g} kbps is below every operating point of this model: the "
-                               f"cheapest is {points[0].codebooks} codebook at about {points[0].kbps:.2f} kbps "
-                               f"(available: {', '.join(f'{p.codebooks}: {p.kbps:.2f}' for p in points)})")
-        return max(fits, key=lambda p: p.kbps)
+        return fitting_point(points, bitrate_kbps)
 
     def modules_for_bitrate(self, bitrate_kbps: float | None) -> int:
-        return self.point_for_bitrate(bitrate_kbps).codebooks
+        """The codebook count `point_for_bitrate` picks (the CQ API's name)."""
+        return self.point_for_bitrate(bitrate_kbps).codebooks[0]
 
     def _point(self, bitrate, num_codebooks) -> int:
         if num_codebooks is not None:
@@ -233,7 +207,7 @@ class WaveformCodecAPI:
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= self.num_codebooks:
                 raise ValueError(f"num_codebooks must be an int in 1..{self.num_codebooks}, got {num_codebooks!r}")
             return int(n)
-        return self.point_for_bitrate(bitrate).codebooks
+        return self.point_for_bitrate(bitrate).codebooks[0]
 
     # ------------------------------------------------------------------ codes
     def encode(self, wav, sr: int, num_codebooks: int | None = None, bitrate: float | None = None) -> np.ndarray:
@@ -255,11 +229,16 @@ class WaveformCodecAPI:
 
     # ------------------------------------------------------------------ bytes
     def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
-                        num_modules: int | None = None, num_codebooks: int | None = None) -> bytes:
+                        num_modules: int | None = None, num_codebooks: int | None = None, codebooks=None) -> bytes:
         """16 kHz mono blocks -> `.nac` bytes with n codebooks (num_codebooks, else the point for
         `bitrate`; `num_modules` is accepted as a synonym of num_codebooks, the CQ API's name)."""
         from cq_codec.bitstream import entropy
         from cq_codec.bitstream.container import build_metadata, write_nac
+        if codebooks is not None:          # the CQ API's per-module form: (n,)
+            codebooks = tuple(codebooks)
+            if len(codebooks) != 1:
+                raise ValueError(f"the waveform codec has one module: codebooks must be (n,), got {codebooks}")
+            num_codebooks = int(codebooks[0])
         n = self._point(bitrate, num_codebooks if num_codebooks is not None else num_modules)
         table = prefix_model(self._tables()[0], n)
         enc = WaveStreamEncoder(self.model, n, self.chunk_frames)
@@ -272,9 +251,11 @@ class WaveformCodecAPI:
         return write_nac(meta, payloads, kbps)
 
     def compress(self, wav, sr: int, bitrate: float | None = None, num_modules: int | None = None,
-                 num_codebooks: int | None = None) -> bytes:
+                 num_codebooks: int | None = None, codebooks=None) -> bytes:
+        """wav at sr -> `.nac` bytes with n codebooks (num_codebooks, or codebooks=(n,), or the
+        point for `bitrate`)."""
         from cq_codec.api import _array_blocks
-        return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules, num_codebooks)
+        return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules, num_codebooks, codebooks)
 
     def check_metadata(self, meta: dict) -> dict:
         from cq_codec.bitstream.codec_stream import ModelMismatchError

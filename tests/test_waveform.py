@@ -247,13 +247,13 @@ def test_codes_bytes_codes_at_every_codebook_count(model):
 def test_operating_points_bitrate_choice_and_unreachable_error(model):
     codec = WaveformCodecAPI(model, name="tiny")
     points = codec.operating_points
-    assert [p.codebooks for p in points] == [1, 2, 3]
+    assert [p.codebooks for p in points] == [(1,), (2,), (3,)] and {p.modules for p in points} == {1}
     kbps = [p.kbps for p in points]
     assert all(b > a for a, b in zip(kbps, kbps[1:]))
-    assert codec.point_for_bitrate(kbps[1] + 1e-3).codebooks == 2
-    assert codec.point_for_bitrate(1000).codebooks == 3
-    assert codec.point_for_bitrate(None).codebooks == 3
-    with pytest.raises(BitrateError, match="below every operating point.*cheapest is 1 codebook"):
+    assert codec.point_for_bitrate(kbps[1] + 1e-3).codebooks == (2,)
+    assert codec.point_for_bitrate(1000).codebooks == (3,)
+    assert codec.point_for_bitrate(None).codebooks == (3,)
+    with pytest.raises(BitrateError, match=r"below every operating point.*cheapest is 1 module\(s\) with \[1\] codebooks"):
         codec.point_for_bitrate(kbps[0] * 0.5)
     with pytest.raises(BitrateError, match="positive number"):
         codec.point_for_bitrate(-1)

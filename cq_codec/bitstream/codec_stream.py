@@ -34,7 +34,8 @@ from cq_codec.bitstream.container import (MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES,
 from cq_codec.codes import CodeChunk, Codes
 
 __all__ = ["STREAM_FORMAT", "ModelMismatchError", "EntropyModels", "model_sha256", "code_layout",
-           "fit_tables", "check_kinds", "entropy_models", "operating_points", "encode_chunk",
+           "fit_tables", "check_kinds", "entropy_models", "operating_points", "operating_combinations",
+           "prefix_model", "encode_chunk",
            "decode_chunk", "chunk_bits", "PayloadBounds", "payload_bounds", "check_stream_size",
            "stream_metadata", "check_metadata"]
 
@@ -171,10 +172,61 @@ def operating_points(model) -> list[tuple[int, float]]:
     return [(k, float(sum(bpf[: k + 1]) * C.FRAMES_PER_SECOND / C.BITS_PER_KBIT)) for k in range(1, len(bpf))]
 
 
+def prefix_model(model: entropy.EntropyModel, num_streams: int | None) -> entropy.EntropyModel:
+    """The model of the first `num_streams` streams (None or 0: all). Tables are per stream, so
+    the codes of an RVQ module run with fewer codebooks are coded with the first streams' tables."""
+    if not num_streams or num_streams == model.num_streams:
+        return model
+    if not 1 <= num_streams <= model.num_streams:
+        raise ValueError(f"{num_streams} code streams requested, the tables have {model.num_streams}")
+    if isinstance(model, entropy.ContextModel):
+        return entropy.ContextModel(model.tables[:num_streams], model.prior_strength)
+    return entropy.CategoricalModel(model.tables[:num_streams])
+
+
+def _stream_entropies(model: entropy.EntropyModel) -> np.ndarray:
+    """Entropy (bits) of each stream's unconditional table (a context model's row 0)."""
+    out = []
+    for t in model.tables:
+        f = np.asarray(t, np.float64)
+        f = f[0] if f.ndim == 2 else f
+        p = f / f.sum()
+        out.append(float(-(p * np.log2(p)).sum()))
+    return np.asarray(out)
+
+
+def operating_combinations(model) -> list[tuple[int, tuple, float]]:
+    """Every (modules k, codebooks per module (c_1..c_k), expected kbps): c_i ranges over 1..S_i for
+    modules whose quantizer is an RVQ (any number of its first codebooks is a valid code) and is
+    S_i otherwise. Expected kbps: the fitted bits per frame of the LSFs and of each module, a
+    module cut to c of its S codebooks costing the share of its first c streams in the entropies
+    of their tables (exact for full modules, an estimate for cut ones)."""
+    import itertools
+    models = entropy_models(model)
+    bpf = models.bits_per_frame
+    per_module = []
+    for i, m in enumerate(model.codec_modules):
+        full = m.quantizer.num_streams
+        h = _stream_entropies(models.modules[i])
+        share = np.cumsum(h) / max(h.sum(), 1e-12)
+        counts = range(1, full + 1) if _is_rvq(m) else [full]
+        per_module.append([(c, float(bpf[i + 1] * share[c - 1])) for c in counts])
+    out = []
+    for k in range(1, len(per_module) + 1):
+        for combo in itertools.product(*per_module[:k]):
+            bits = bpf[0] + sum(b for _, b in combo)
+            out.append((k, tuple(c for c, _ in combo), float(bits * C.FRAMES_PER_SECOND / C.BITS_PER_KBIT)))
+    return out
+
+
+def _is_rvq(module) -> bool:
+    return type(module.quantizer).__name__ == "ResidualVectorQuantizer"
+
+
 def _groups(chunk, models: EntropyModels):
     yield chunk.lsf, models.lsf
     for codes, m in zip(chunk.modules, models.modules):
-        yield _rows(codes), m
+        yield _rows(codes), prefix_model(m, np.shape(codes)[-1])   # an RVQ module may carry fewer codebooks
 
 
 def encode_chunk(chunk, models: EntropyModels) -> bytes:
@@ -187,8 +239,10 @@ def encode_chunk(chunk, models: EntropyModels) -> bytes:
     return encoder.get_compressed().astype(">u4").tobytes()
 
 
-def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyModels, layout: dict):
-    """Payload bytes -> CodeChunk with `num_frames` hops of the first `num_active` modules.
+def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyModels, layout: dict,
+                 codebooks=None):
+    """Payload bytes -> CodeChunk with `num_frames` hops of the first `num_active` modules
+    (`codebooks`: streams of each, from the header; 0 or None = all).
 
     Raises NacFormatError when the payload does not decode to exactly that (damaged data)."""
     data = bytes(data)
@@ -200,7 +254,8 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
         mods = []
         for i in range(num_active):
             p = layout["modules"][i]["positions"]
-            rows = models.modules[i]._decode(decoder, num_frames * p)
+            m = prefix_model(models.modules[i], codebooks[i] if codebooks else None)
+            rows = m._decode(decoder, num_frames * p)
             mods.append(rows.reshape(num_frames, p, -1))
         exhausted = decoder.maybe_exhausted()
     except (ValueError, RuntimeError, AssertionError) as e:
@@ -250,12 +305,12 @@ def _table_bits(model: entropy.EntropyModel) -> tuple[float, float]:
     return lo, hi
 
 
-def payload_bounds(models: EntropyModels, layout: dict, num_active: int) -> PayloadBounds:
-    """PayloadBounds of a chunk with the first `num_active` modules: one LSF row and P_i rows of
-    module i per hop."""
+def payload_bounds(models: EntropyModels, layout: dict, num_active: int, codebooks=None) -> PayloadBounds:
+    """PayloadBounds of a chunk with the first `num_active` modules (`codebooks`: streams of each,
+    0 or None = all): one LSF row and P_i rows of module i per hop."""
     lo, hi = _table_bits(models.lsf)
     for i in range(num_active):
-        m_lo, m_hi = _table_bits(models.modules[i])
+        m_lo, m_hi = _table_bits(prefix_model(models.modules[i], codebooks[i] if codebooks else None))
         p = layout["modules"][i]["positions"]
         lo, hi = lo + p * m_lo, hi + p * m_hi
     return PayloadBounds(lo, hi)
@@ -265,7 +320,7 @@ def check_stream_size(bytes_left: int | None, info: dict, models: EntropyModels)
     """The PayloadBounds of a stream (`check_metadata`'s info); when the bytes after the header
     are known, refuses (NacFormatError) a file too short for the hops it declares, before any
     chunk is read or decoded."""
-    bounds = payload_bounds(models, info["layout"], info["num_active"])
+    bounds = payload_bounds(models, info["layout"], info["num_active"], info.get("codebooks"))
     if bytes_left is not None:
         fpc, n = info["frames_per_chunk"], info["num_chunks"]
         last = info["num_frames"] - (n - 1) * fpc
@@ -329,9 +384,12 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
         raise NacFormatError(f"metadata 'codebooks' must hold one count per module ({len(stages)}), got {codebooks!r}")
     for i, c in enumerate(codebooks):
         full = len(layout["modules"][i]["alphabet_sizes"])
-        if c not in (0, full):      # 0 = all; fewer RVQ codebooks than trained need a decoder that drops them
-            raise NacFormatError(f"module {i + 1} uses {c!r} codebooks; this decoder reads all "
-                                 f"{full} (written as 0 or {full})")
+        # 0 = all; an RVQ module may carry any number of its first codebooks (quantizer dropout)
+        allowed = range(0, full + 1) if _is_rvq(model.codec_modules[i]) else (0, full)
+        if isinstance(c, bool) or c not in allowed:
+            raise NacFormatError(f"module {i + 1} uses {c!r} codebooks; this model's module {i + 1} has "
+                                 f"{full} code streams" + (f" (1..{full} for its RVQ)" if _is_rvq(model.codec_modules[i])
+                                                            else " and reads all of them (written as 0)"))
     want = {"lsf": layout["lsf"], "modules": layout["modules"][: len(stages)]}
     if meta.get("layout", want) != want:          # version 1 files repeat the layout; the sha256 covers it
         raise ModelMismatchError(f"model mismatch: the file's code layout {meta.get('layout')!r} differs from the model's {want!r}")

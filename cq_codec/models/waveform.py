@@ -339,13 +339,40 @@ class WaveformCodec(keras.Model):
         out = self.quantizer(z, training=training, num_stages=num_stages)
         return self.decode_latent(out.quantized), out
 
+    def _traced(self, kind: str, n: int):
+        """A traced `tf.function` per (kind, codebooks): eager Keras calls cost several times the
+        convolutions on this model size."""
+        fns = self.__dict__.setdefault("_wave_fns", {})
+        if (kind, n) not in fns:
+            if kind == "encode":
+                fns[kind, n] = tf.function(
+                    lambda x: self.quantizer(self.encode_latent(x), training=False, num_stages=n).codes,
+                    input_signature=[tf.TensorSpec([None, None], tf.float32)], reduce_retracing=True)
+            elif kind == "latents":
+                fns[kind, n] = tf.function(lambda c: self.quantizer.decode(c),
+                                           input_signature=[tf.TensorSpec([None, None, n], tf.int32)])
+            else:
+                fns[kind, n] = tf.function(self.decode_latent,
+                                           input_signature=[tf.TensorSpec([None, None, self.latent_dim], tf.float32)])
+        return fns[kind, n]
+
     def encode_codes(self, x, num_stages=None):
         """Audio [B, N] -> int32 codes [B, N / hop, n] (hard, inference)."""
-        return self.quantizer(self.encode_latent(x), training=False, num_stages=num_stages).codes
+        n = self.quantizer.num_active_stages if num_stages is None else int(num_stages)
+        return self._traced("encode", n)(tf.convert_to_tensor(x, tf.float32))
+
+    def codes_to_latents(self, codes):
+        """Codes [B, T, n] -> quantized latents [B, T, D]."""
+        codes = tf.convert_to_tensor(codes, tf.int32)
+        return self._traced("latents", int(codes.shape[-1]))(codes)
+
+    def latents_to_audio(self, q):
+        """Quantized latents [B, T, D] -> audio [B, T * hop] (traced `decode_latent`)."""
+        return self._traced("decode", 0)(tf.convert_to_tensor(q, tf.float32))
 
     def decode_codes(self, codes):
         """Codes [B, T, n] (the first n codebooks) -> audio [B, T * hop]."""
-        return self.decode_latent(self.quantizer.decode(codes))
+        return self.latents_to_audio(self.codes_to_latents(codes))
 
     def get_config(self):
         cfg = super().get_config()

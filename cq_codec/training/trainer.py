@@ -75,7 +75,14 @@ def quantizer_config(cfg: Config, i: int) -> dict:
         return {"name": "vq", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i}
     if name == "rvq":
         size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
-        return {"name": "rvq", "num_stages": cfg.num_stages, "codebook_size": int(size), "seed": cfg.seed + i}
+        q = {"name": "rvq", "num_stages": cfg.num_stages, "codebook_size": int(size), "seed": cfg.seed + i}
+        # Per-stage sizes and dims (seed 000) only when they differ, so an equal-stage model's
+        # config (its .nac identity) is what it was before the option existed.
+        if cfg.codebook_sizes and len(set(cfg.codebook_sizes)) > 1:
+            q["codebook_sizes"] = [int(k) for k in cfg.codebook_sizes]
+        if cfg.stage_dims:
+            q["stage_dims"] = [int(d) for d in cfg.stage_dims]
+        return q
     if name == "gumbel":
         return {"name": "gumbel", "codebook_size": cfg.codebook_size, "seed": cfg.seed + i,
                 "entropy_temperature": cfg.gumbel_entropy_temperature}
