@@ -67,7 +67,7 @@ def measure(codec, wav: np.ndarray) -> None:
     seconds = len(wav) / C.SAMPLE_RATE
     models = cs.entropy_models(codec.model)
     from cq_codec.flops import count_flops
-    for n, expected in codec.operating_points:
+    for n, expected, _ in codec.operating_points:
         gflops = count_flops(codec.model, n) * C.FRAMES_PER_SECOND / 1e9
         codec.decompress(codec.compress(wav[:16000], C.SAMPLE_RATE, num_modules=n))  # warm-up (tracing)
         t_enc = t_dec = float("inf")
@@ -124,7 +124,7 @@ def main(_):
     model_path = FLAGS.model or tiny_model(wav, FLAGS.train_steps, os.path.join(workdir, "tiny.keras"))
     codec = api.load(model_path, postfilter=FLAGS.postfilter)
     print(f"model {model_path}; {len(wav) / C.SAMPLE_RATE:.2f} s of {FLAGS.wav}; "
-          f"operating points {[(n, round(k, 2)) for n, k in codec.operating_points]}; postfilter {'on' if codec.postfilter else 'off'}")
+          f"operating points {[(p.modules, round(p.kbps, 2)) for p in codec.operating_points]}; postfilter {'on' if codec.postfilter else 'off'}")
     print("entropy model kinds:", {k: v["kind"] for k, v in codec.model.entropy_tables["report"].items()})
     measure(codec, wav)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

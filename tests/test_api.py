@@ -136,7 +136,8 @@ def test_entropy_tables_saved_and_measured_bits_near_estimate(codec):
 
 def test_operating_points_and_bitrate_choice(codec):
     points = codec.operating_points
-    assert [n for n, _ in points] == [1, 2] and points[0][1] < points[1][1]
+    assert [p.modules for p in points] == [1, 2] and points[0][1] < points[1][1]
+    assert [p.codebooks for p in points] == [(1,), (1, 1)]     # softmax modules: one stream each
     assert codec.modules_for_bitrate(points[0][1] * 0.5) == 1
     assert codec.modules_for_bitrate(points[1][1] * 2) == 2
     assert codec.modules_for_bitrate(None) == 2
@@ -212,7 +213,7 @@ def test_shipped_default_model_round_trip():
     """The committed default model loads, reports its operating points and round-trips audio."""
     codec = cq_codec.load()
     points = codec.operating_points
-    assert [n for n, _ in points] == list(range(1, codec.num_modules + 1))
+    assert [p.modules for p in points] == list(range(1, codec.num_modules + 1))
     assert all(a[1] < b[1] for a, b in zip(points, points[1:]))
     wav = ar_signal(0.5, 3)
     data = codec.compress(wav, 16000, bitrate=points[0][1])
