@@ -279,9 +279,11 @@ class WaveformCodecAPI:
                 "chunk_frames": fpc * C.HOP_SIZE // self.model.hop}
 
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
+        """A `.nac` stream (or a `NacReader` of one) -> (metadata, generator of float32 16 kHz
+        blocks, one per chunk); header, model identity and codebook count checked first."""
         from cq_codec.bitstream import entropy
         from cq_codec.bitstream.container import NacFormatError, NacReader
-        reader = NacReader(fileobj)
+        reader = fileobj if isinstance(fileobj, NacReader) else NacReader(fileobj)
         info = self.check_metadata(reader.metadata)
         table = prefix_model(self._tables()[0], info["num_codebooks"])
         total_frames = -(-info["num_samples"] // self.model.hop)

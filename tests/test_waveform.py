@@ -296,3 +296,23 @@ def test_discriminator_shapes_and_gradients():
     gy = tape.gradient(g_loss, y)
     assert gy is not None and float(tf.reduce_sum(tf.abs(gy))) > 0
     assert float(D.feature_matching_loss(real, real)) == 0.0
+
+
+def test_cli_encodes_at_several_bitrates_and_decodes(model, tmp_path, capsys):
+    import soundfile as sf
+    from cq_codec.__main__ import main as cli
+    path = str(tmp_path / "w.keras")
+    model.save(path)
+    wav = tmp_path / "in.wav"
+    sf.write(str(wav), _speechlike(12000, seed=5), 16000)
+    points = WaveformCodecAPI(model).operating_points
+    for p in points:
+        nac = tmp_path / f"{p.codebooks[0]}.nac"
+        assert cli(["encode", str(wav), str(nac), "--model", path, "--bitrate", f"{p.kbps + 1e-3:.6f}"]) == 0
+        assert read_nac(nac.read_bytes())[1]["codebooks"] == list(p.codebooks)
+        out = tmp_path / f"{p.codebooks[0]}.wav"
+        assert cli(["decode", str(nac), str(out), "--model", path]) == 0
+        assert sf.info(str(out)).frames == 12000
+    capsys.readouterr()
+    assert cli(["encode", str(wav), str(tmp_path / "x.nac"), "--model", path, "--bitrate", f"{points[0].kbps / 2:.6f}"]) == 1
+    assert "below every operating point" in capsys.readouterr().err and not (tmp_path / "x.nac").exists()
