@@ -31,7 +31,7 @@ def codec(tmp_path_factory):
     ts = range(1, len(lsf) - 2)
     sample = {"x": np.array([sig[t * 480 - 16: t * 480 + 512] for t in ts], np.float32),
               "lsf": np.array([lsf[t - 1: t + 2] for t in ts], np.float32)}
-    cfg = Config(num_modules=2, channels=8, bottleneck=4, num_resnets=1, quantizer="rvq", num_stages=3,
+    cfg = Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1, quantizer="rvq", num_stages=3,
                  codebook_sizes=(16, 8, 4), embedding_dim=4, the_strides=(4,)).validate()
     model = build_model(cfg, 1.0, sample)
     assert model.codec_modules[0].quantizer.codebook_sizes == [16, 8, 4]
