@@ -254,8 +254,8 @@ class Config:
         need(self.tau_init > 0 or (self.tau_signed and self.tau_init == 0), "tau_init",
              f"must be > 0 (or 0 with --tau_signed); got {self.tau_init}")
         need(0 < self.weighting_gamma <= 1, "weighting_gamma", f"must be in (0, 1]; got {self.weighting_gamma}")
-        need(self.spectral_loss in ("none", "mrstft", "nsr"), "spectral_loss",
-             f"must be none, mrstft or nsr; got {self.spectral_loss!r}")
+        need(self.spectral_loss in ("none", "mrstft", "nsr", "nsr_mel"), "spectral_loss",
+             f"must be none, mrstft, nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.spectral_weight >= 0, "spectral_weight", f"must be >= 0; got {self.spectral_weight}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import constants as C
 
-__all__ = ["time_rmse", "multiscale_mel_loss", "mrstft_loss", "relative_spectral_loss", "spectral_loss",
+__all__ = ["time_rmse", "multiscale_mel_loss", "mrstft_loss", "relative_spectral_loss", "mel_relative_spectral_loss", "spectral_loss",
            "SPECTRAL_LOSSES", "bits_per_symbol_target", "MEL_BANDS"]
 
 MEL_BANDS = (8, 16, 32, 128)
@@ -90,8 +90,30 @@ def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, 
     return total / len(sizes)
 
 
+@functools.lru_cache(maxsize=None)
+def _band_matrix(bands: int, fft: int):
+    with tf.init_scope():
+        return tf.signal.linear_to_mel_weight_matrix(bands, fft // 2 + 1, C.SAMPLE_RATE, 0.0,
+                                                     C.SAMPLE_RATE / 2).numpy()
+
+
+def mel_relative_spectral_loss(x, y, fft: int = 512, bands: int = 64, floor_db: float = -35.0,
+                               abs_floor: float = 3e-5):
+    """`relative_spectral_loss` with the bins pooled into `bands` mel bands first: the
+    noise-to-signal ratio per mel band and STFT frame. Below ~1 kHz a band is one or two bins
+    (harmonics stay resolved); above, bands widen as critical bands do, so 4-8 kHz weighs as
+    much as the ear gives it instead of half the bins. [B, N], [B, N] -> scalar."""
+    px, pe, _, _ = _power_spectra(x, y, fft)
+    m = _band_matrix(bands, fft)
+    bx, be = tf.tensordot(px, m, 1), tf.tensordot(pe, m, 1)
+    floor = (10.0 ** (floor_db / 10.0) * tf.reduce_mean(bx, axis=-1, keepdims=True)
+             + abs_floor * 3.0 * fft / 8.0 * tf.reduce_sum(m, axis=0))
+    return tf.reduce_mean(tf.math.log1p(be / (bx + floor)))
+
+
 # name -> function of (x, x_hat); "none" adds no term.
-SPECTRAL_LOSSES = {"none": None, "mrstft": mrstft_loss, "nsr": relative_spectral_loss}
+SPECTRAL_LOSSES = {"none": None, "mrstft": mrstft_loss, "nsr": relative_spectral_loss,
+                   "nsr_mel": mel_relative_spectral_loss}
 
 
 def spectral_loss(name: str, x, y):

@@ -15,7 +15,7 @@ def _harmonic(b=4, n=512, f0=150.0, seed=0):
     return np.tile(x[None], (b, 1)).astype(np.float32), rng
 
 
-@pytest.mark.parametrize("name", ["mrstft", "nsr"])
+@pytest.mark.parametrize("name", ["mrstft", "nsr", "nsr_mel"])
 def test_spectral_loss_is_zero_at_identity_and_grows_with_error(name):
     x, rng = _harmonic()
     noise = rng.standard_normal(x.shape).astype(np.float32)
@@ -40,7 +40,7 @@ def test_nsr_prefers_error_under_the_harmonics():
     assert float(L.time_rmse(x, x + shaped)) == pytest.approx(float(L.time_rmse(x, x + white)), rel=1e-3)
 
 
-@pytest.mark.parametrize("name", ["mrstft", "nsr"])
+@pytest.mark.parametrize("name", ["mrstft", "nsr", "nsr_mel"])
 def test_spectral_loss_has_finite_gradients_on_silence_and_speech(name):
     x, rng = _harmonic(b=2)
     x[1] = 0.0   # a silent frame must not give NaN / inf
@@ -49,6 +49,29 @@ def test_spectral_loss_has_finite_gradients_on_silence_and_speech(name):
         loss = L.spectral_loss(name, tf.constant(x), y)
     g = tape.gradient(loss, y).numpy()
     assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+def test_nsr_mel_weighs_high_bands_less_than_per_bin_nsr():
+    """Equal relative error at 1-2 kHz or at 5-7 kHz: per-bin nsr counts 4-8 kHz as half the
+    bins, so the high band's error costs it more; mel pooling weighs it by critical bands."""
+    x, rng = _harmonic(b=8, f0=120.0)
+    x = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)   # some energy in every band
+    def band_noise(lo, hi):
+        spec = np.fft.rfft(rng.standard_normal(x.shape), axis=-1)
+        f = np.fft.rfftfreq(x.shape[-1], 1 / 16000)
+        spec[:, (f < lo) | (f >= hi)] = 0
+        return np.fft.irfft(spec, n=x.shape[-1], axis=-1).astype(np.float32)
+    def at_snr(e, lo, hi, snr_db=0.0):
+        sx = np.fft.rfft(x, axis=-1)
+        f = np.fft.rfftfreq(x.shape[-1], 1 / 16000)
+        px = np.mean(np.abs(sx[:, (f >= lo) & (f < hi)]) ** 2)
+        pe = np.mean(np.abs(np.fft.rfft(e, axis=-1)[:, (f >= lo) & (f < hi)]) ** 2)
+        return e * np.sqrt(px / pe * 10 ** (-snr_db / 10))
+    low = at_snr(band_noise(1000, 2000), 1000, 2000)
+    high = at_snr(band_noise(5000, 7000), 5000, 7000)
+    ratio_bin = float(L.relative_spectral_loss(x, x + high)) / float(L.relative_spectral_loss(x, x + low))
+    ratio_mel = float(L.mel_relative_spectral_loss(x, x + high)) / float(L.mel_relative_spectral_loss(x, x + low))
+    assert ratio_mel < ratio_bin
 
 
 def test_unknown_spectral_loss_is_refused():
