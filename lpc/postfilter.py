@@ -24,6 +24,7 @@ import scipy.fft
 import scipy.signal
 
 import constants as C
+from lpc.filters import lfilter_with_state
 
 __all__ = ["PITCH_MIN", "PITCH_MAX", "Postfilter"]
 
@@ -80,16 +81,16 @@ class Postfilter:
         k = np.arange(_P + 1)
         xin = np.concatenate([self._xh, x])
         out = np.concatenate([self._yh, np.zeros(len(x))])
-        for t, a in enumerate(a_hop):
-            b, d = a * self.gamma_num ** k, a * self.gamma_den ** k
+        bs, ds = a_hop * self.gamma_num ** k, a_hop * self.gamma_den ** k
+        for t in range(len(a_hop)):
+            b, d = bs[t], ds[t]
             s = t * C.HOP_SIZE                                    # x[s] is xin[s + P]
             # Transposed-DF-II state reproducing the direct-form history, what
             # scipy.signal.lfiltic computes (its Python loops made the postfilter 4x slower):
             # zi[m] = sum_j b[m+1+j] x[n-1-j] - d[m+1+j] y[n-1-j]
             zi = (np.correlate(b[1:], xin[s:s + _P][::-1], mode="full")[_P - 1:]
                   - np.correlate(d[1:], out[s:s + _P][::-1], mode="full")[_P - 1:])
-            out[s + _P:s + _P + C.HOP_SIZE], _ = scipy.signal.lfilter(
-                b, d, xin[s + _P:s + _P + C.HOP_SIZE], zi=zi)
+            out[s + _P:s + _P + C.HOP_SIZE] = lfilter_with_state(b, d, xin[s + _P:s + _P + C.HOP_SIZE], zi)[0]
         self._xh, self._yh = xin[-_P:].copy(), out[-_P:].copy()
         return out[_P:]
 
