@@ -1,7 +1,7 @@
 """The cq-codec command line: a thin layer over `cq_codec.api` (argparse, for the subcommands).
 
-    python -m cq_codec encode IN.wav OUT.nac [--model PATH] [--bitrate KBPS]
-    python -m cq_codec decode IN.nac OUT.wav [--model PATH] [--no-postfilter]
+    python -m cq_codec encode IN.wav OUT.nac [--model PATH] [--bitrate KBPS] [--backend keras|tflite]
+    python -m cq_codec decode IN.nac OUT.wav [--model PATH] [--no-postfilter] [--backend keras|tflite]
     python -m cq_codec info FILE.nac
 
 `-` reads stdin / writes stdout. Outputs are written to a temporary file in the destination's
@@ -59,12 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--frames-per-chunk", type=_frames_per_chunk, default=None,
                    help="hops (30 ms) per .nac chunk, 1..4096 (default 250; a waveform model needs whole "
                         "latent frames per chunk: 248 by default for hop 128)")
+    e.add_argument("--backend", choices=("keras", "tflite"), default=None,
+                   help="network runtime: keras (TensorFlow, default) or tflite (LiteRT + XNNPACK)")
     d = sub.add_parser("decode", help=".nac -> 16 kHz audio file (format from the extension, else WAV)")
     d.add_argument("input", help=".nac file, or - for stdin")
     d.add_argument("output", help="audio file, or - for stdout (WAV)")
     d.add_argument("--model", default=None, help=model_help)
     d.add_argument("--no-postfilter", dest="postfilter", action="store_false",
                    help="skip the decoder's adaptive pitch + formant postfilter (lpc/postfilter.py)")
+    d.add_argument("--backend", choices=("keras", "tflite"), default=None,
+                   help="network runtime: keras (TensorFlow, default) or tflite (LiteRT + XNNPACK)")
     i = sub.add_parser("info", help="print a .nac file's header and metadata (no model needed)")
     i.add_argument("input", help=".nac file, or - for stdin")
     return p
@@ -112,7 +116,8 @@ def _open_input(path: str):
 def _encode(args) -> None:
     from cq_codec import api
     from cq_codec.inference import DEFAULT_FRAMES_PER_CHUNK
-    codec = api.load(args.model, args.frames_per_chunk if args.frames_per_chunk is not None else DEFAULT_FRAMES_PER_CHUNK)
+    codec = api.load(args.model, args.frames_per_chunk if args.frames_per_chunk is not None else DEFAULT_FRAMES_PER_CHUNK,
+                     backend=args.backend or api.DEFAULT_BACKEND)
     audio = api.read_audio_blocks(args.input)
     if audio.converted:
         _note(f"note: input is {audio.sample_rate} Hz, {audio.channels} channel(s); "
@@ -151,7 +156,7 @@ def _decode(args) -> None:
     with _open_input(args.input) as src:
         reader = NacReader(src)         # the container's checks and limits first, before loading anything
         from cq_codec import api
-        codec = api.load(args.model, postfilter=args.postfilter)
+        codec = api.load(args.model, postfilter=args.postfilter, backend=args.backend or api.DEFAULT_BACKEND)
         _, blocks = codec.decompress_blocks(reader)
         ext = os.path.splitext(args.output)[1].lstrip(".").upper()
         fmt = ext if args.output != "-" and ext in sf.available_formats() else "WAV"

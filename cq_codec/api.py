@@ -27,7 +27,7 @@ import soundfile as sf
 import soxr
 
 import constants as C
-from cq_codec import inference
+from cq_codec import backends, inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
 
@@ -46,6 +46,9 @@ def _pretrained(path: str) -> str:
             return candidate
     return path
 _BLOCK = 1 << 16         # input samples per read
+# The keras backend: its codes define the .nac bytes (golden files), and on the 2-core machine it
+# was as fast as or faster than LiteRT (docs/DESIGN.md "Speed").
+DEFAULT_BACKEND = "keras"
 
 
 class AudioInput:
@@ -171,8 +174,10 @@ class Codec:
     """A loaded CQ codec with its entropy tables. `frames_per_chunk` hops per `.nac` chunk."""
 
     def __init__(self, model, name: str = "cq_codec",
-                 frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK, postfilter: bool = True):
+                 frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK, postfilter: bool = True,
+                 backend: str = DEFAULT_BACKEND):
         self.model, self.name = model, str(name)
+        self.backend = backend    # "keras" or "tflite" (cq_codec.backends); codes of either decode with both
         if not isinstance(postfilter, bool):
             raise TypeError(f"postfilter must be True or False; got {postfilter!r}")
         self.postfilter = postfilter  # decoder-side only: the .nac bytes do not depend on it
@@ -183,6 +188,17 @@ class Codec:
         self.frames_per_chunk = int(fpc)
         self.sha256 = cs.model_sha256(model)
         self._fns = None
+
+    @property
+    def backend(self) -> str:
+        """The frame codec's runtime: "keras" (TensorFlow, the default) or "tflite" (LiteRT + XNNPACK)."""
+        return self._backend.name
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        if isinstance(name, str) and name not in backends.BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; valid: {', '.join(backends.BACKENDS)}")
+        self._backend = backends.get_backend(self.model, name)
 
     # ------------------------------------------------------------------ operating points
     @property
@@ -268,11 +284,12 @@ class Codec:
         (RVQ modules: their first c codebooks)."""
         n, cb = self._resolve(None, num_modules or (None if codebooks else self.num_modules), codebooks)
         with self._use_codebooks(cb):
-            return inference.encode_blocks(self.model, _array_blocks(wav, sr), n, self.frames_per_chunk)
+            return inference.encode_blocks(self.model, _array_blocks(wav, sr), n, self.frames_per_chunk,
+                                           self._backend)
 
     def decode(self, codes: inference.Codes) -> np.ndarray:
         """Codes -> float32 wav [num_samples] at 16 kHz."""
-        return inference.decode(self.model, codes, self.frames_per_chunk, self.postfilter)
+        return inference.decode(self.model, codes, self.frames_per_chunk, self.postfilter, self._backend)
 
     # ------------------------------------------------------------------ bytes
     def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
@@ -283,7 +300,7 @@ class Codec:
         n, cb = self._resolve(bitrate, num_modules, codebooks)
         models = cs.entropy_models(self.model)
         with self._use_codebooks(cb):
-            enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk)
+            enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk, self._backend)
             payloads = [cs.encode_chunk(c, models) for b in blocks for c in enc.push(b)]
             payloads += [cs.encode_chunk(c, models) for c in enc.finish()]
         kbps = sum(len(p) for p in payloads) * 8 / (enc.num_samples / C.SAMPLE_RATE) / C.BITS_PER_KBIT
@@ -311,7 +328,7 @@ class Codec:
         bounds = cs.check_stream_size(reader.bytes_left, info, models)   # before any decoding work
 
         def blocks():
-            dec = inference.StreamDecoder(self.model, info["num_samples"], self.postfilter)
+            dec = inference.StreamDecoder(self.model, info["num_samples"], self.postfilter, self._backend)
             for i, data in enumerate(reader):
                 n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
                 bounds.check(len(data), n, f"chunk {i}")
@@ -349,12 +366,14 @@ class Codec:
 
 
 def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK,
-         postfilter: bool = True) -> Codec:
+         postfilter: bool = True, backend: str = DEFAULT_BACKEND) -> Codec:
     """Load a `.keras` CQ model (with entropy tables) as a `Codec`; None: the default model.
     `postfilter`: decode through the adaptive postfilter (`lpc.postfilter`; no effect on the bytes).
     A waveform model (cq_codec.models.waveform) loads as a `cq_codec.waveform_api.WaveformCodecAPI`
     (same methods; its chunks default to whole latent frames). A shipped model may be named
-    without its path: "default", "waveform_rvq"."""
+    without its path: "default", "waveform_rvq".
+    `backend`: "keras" (default) or "tflite" (`cq_codec.backends`: LiteRT + XNNPACK; the first use
+    of an operating point converts it, about 2-10 s, then cached on disk)."""
     import keras
     import cq_codec.models.cq  # noqa: F401  (registers the serializable classes)
     import cq_codec.models.waveform  # noqa: F401
@@ -372,10 +391,12 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
     if isinstance(model, cq_codec.models.waveform.WaveformCodec):
         from cq_codec.waveform_api import WaveformCodecAPI, default_frames_per_chunk
+        if backend != "keras":
+            raise ValueError(f"backend {backend!r} serves CQ models only; {path!r} is a waveform codec (use keras)")
         fpc = frames_per_chunk
         if fpc == inference.DEFAULT_FRAMES_PER_CHUNK:     # CQ's default: the waveform codec's own
             fpc = default_frames_per_chunk(model.hop)
         return WaveformCodecAPI(model, name=os.path.splitext(os.path.basename(path))[0], frames_per_chunk=fpc)
     cs.entropy_models(model)     # fail now, with a clear message, if the tables are missing
     name = os.path.splitext(os.path.basename(path))[0]
-    return Codec(model, name=name, frames_per_chunk=frames_per_chunk, postfilter=postfilter)
+    return Codec(model, name=name, frames_per_chunk=frames_per_chunk, postfilter=postfilter, backend=backend)

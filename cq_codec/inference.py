@@ -13,7 +13,9 @@ frame needs from the next hop, the decoder's 32-sample overlap-add tail and the 
 state. The model always sees batches of exactly one chunk's frames, aligned to absolute frame
 indices, so the codes (and the decoded audio) do not depend on how the input was split into
 `push` calls: whole-utterance `encode` / `decode` are the same code run in one call. Memory is
-bounded by one chunk plus about two hops of look-ahead, whatever the input length.
+bounded by one chunk plus about two hops of look-ahead, whatever the input length. The network
+halves run on a `cq_codec.backends` backend ("keras", the default, or "tflite"), one call per
+chunk; the rest is numpy.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 import constants as C
 import lpc
 from lpc.postfilter import Postfilter
+from cq_codec.backends import get_backend
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.codes import DEFAULT_FRAMES_PER_CHUNK, CodeChunk, Codes, num_hops_for
 
@@ -69,11 +71,12 @@ class StreamEncoder:
     """
 
     def __init__(self, model, num_active: int | None = None,
-                 frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK):
+                 frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None):
         n = model.num_active if num_active is None else int(num_active)
         if not 1 <= n <= len(model.codec_modules):
             raise ValueError(f"num_active must be in 1..{len(model.codec_modules)}; got {num_active}")
         self.model, self.num_active = model, n
+        self.backend = get_backend(model, backend)   # the frame codec: "keras" (default) or "tflite"
         self.frames_per_chunk = _check_chunk_size(frames_per_chunk)
         self.num_samples = 0            # input samples pushed so far
         self._hp = self._pe = None      # high-pass, pre-emphasis states
@@ -159,8 +162,8 @@ class StreamEncoder:
         s = 0
         while len(frames) - s >= f or (final and len(frames) > s):
             batch = frames[s: s + f]
-            codes = self.model.encode_frames(batch, num_active=self.num_active)
-            out.append(CodeChunk(lsf[s: s + len(batch)], [c.numpy().astype(np.int32) for c in codes]))
+            codes = self.backend.encode_frames(batch, self.num_active)
+            out.append(CodeChunk(lsf[s: s + len(batch)], codes))
             s += len(batch)
         self._frames = [frames[s:]] if s < len(frames) else []
         self._lsf_codes = [lsf[s:]] if s < len(lsf) else []
@@ -175,8 +178,9 @@ class StreamDecoder:
     a `lpc.Postfilter` (fresh: it carries the stream's state).
     """
 
-    def __init__(self, model, num_samples: int | None = None, postfilter=True):
+    def __init__(self, model, num_samples: int | None = None, postfilter=True, backend=None):
         self.model = model
+        self.backend = get_backend(model, backend)
         self.postfilter = make_postfilter(postfilter)
         self.num_samples = None if num_samples is None else int(num_samples)
         self.emitted = 0
@@ -193,8 +197,7 @@ class StreamDecoder:
         lsf_q = _quantized_lsf(self.model, lsf_codes)
         a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
         self._lsf_prev = lsf_q[-1]
-        frames = self.model.decode_frames([tf.constant(np.asarray(m, np.int32)) for m in chunk.modules])
-        frames = frames.numpy().astype(np.float64)
+        frames = self.backend.decode_frames(chunk.modules).astype(np.float64)
         e = frames[:, : C.HOP_SIZE].copy()
         e[0, : C.OVERLAP] += self._tail
         e[1:, : C.OVERLAP] += frames[:-1, C.HOP_SIZE:]
@@ -210,21 +213,21 @@ class StreamDecoder:
 
 
 def encode_blocks(model, blocks: Iterable[np.ndarray], num_active: int | None = None,
-                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Codes:
+                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None) -> Codes:
     """16 kHz mono float blocks (any sizes) -> Codes: the whole signal through one StreamEncoder."""
-    enc = StreamEncoder(model, num_active, frames_per_chunk)
+    enc = StreamEncoder(model, num_active, frames_per_chunk, backend)
     chunks = [c for b in blocks for c in enc.push(b)]
     chunks += enc.finish()
     return Codes.join(chunks, enc.num_samples)
 
 
 def encode(model, wav: np.ndarray, num_active: int | None = None,
-           frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Codes:
+           frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None) -> Codes:
     """Float wav [N] at 16 kHz -> Codes (hard codes of the first `num_active` modules)."""
     wav = np.asarray(wav, np.float64)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"encode expects a non-empty 1-D 16 kHz signal; got shape {wav.shape}")
-    return encode_blocks(model, [wav], num_active, frames_per_chunk)
+    return encode_blocks(model, [wav], num_active, frames_per_chunk, backend)
 
 
 def fit_entropy_tables(model, wavs: Sequence[np.ndarray], held_out_every: int = 5,
@@ -250,8 +253,9 @@ def make_postfilter(postfilter):
     raise TypeError(f"postfilter must be True, False or an lpc.postfilter.Postfilter; got {type(postfilter).__name__}")
 
 
-def decode(model, codes: Codes, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, postfilter=True) -> np.ndarray:
+def decode(model, codes: Codes, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, postfilter=True,
+           backend=None) -> np.ndarray:
     """Codes -> float32 wav [num_samples] at 16 kHz (any prefix of the modules); `postfilter`
     as in `StreamDecoder`."""
-    dec = StreamDecoder(model, codes.num_samples, postfilter)
+    dec = StreamDecoder(model, codes.num_samples, postfilter, backend)
     return np.concatenate([dec.push(c) for c in codes.chunks(frames_per_chunk)])

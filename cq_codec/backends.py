@@ -1,0 +1,233 @@
+"""Inference backends for the frame-level codec: "keras" (the default) and "tflite".
+
+A backend runs the two network halves that `inference.StreamEncoder` / `StreamDecoder` call
+once per chunk; everything else (LPC analysis, the switched filters, the postfilter, range
+coding) is the same numpy code for both:
+
+    encode_frames(frames float32 [N, 512], num_active) -> [int32 [N, P_i, S_i] per module]
+    decode_frames([int32 [N, P_i, S_i], ...])            -> float32 [N, 512]
+
+"keras": the model's traced `tf.function`s (`CQCodec.encode_frames` / `decode_frames`). Its codes
+define the `.nac` bytes the golden-file tests pin.
+
+"tflite": the same functions frozen (variables folded into constants: a hand conversion of the
+SavedModel keeps READ_VARIABLE ops whose resources LiteRT never initialises, so it fails with
+`variable != nullptr` or decodes NaN) and converted to `.tflite` flatbuffers, one encoder and one
+decoder per operating point, run by the LiteRT interpreter (`ai-edge-litert`; TensorFlow's own
+`tf.lite.Interpreter` is deprecated) with the XNNPACK delegate. Its float arithmetic is not
+TensorFlow's, so a latent within a rounding error of a bin boundary may take the neighbouring
+code (none did on the test files; docs/DESIGN.md "Speed"): the bytes may differ from the keras
+backend's, and either backend's codes decode with the other (decoded audio within the tolerance
+tests/test_tflite.py states). Conversions are cached in memory, and on disk under
+`cache_dir` (default `$CQ_CODEC_CACHE` or `~/.cache/cq_codec`, keyed by the weights, config and
+TensorFlow version) when it is writable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+import constants as C
+
+__all__ = ["BACKENDS", "KerasBackend", "TFLiteBackend", "get_backend", "model_key", "default_cache_dir",
+           "tflite_interpreter_class"]
+
+BACKENDS = ("keras", "tflite")
+_FORMAT = 1          # bump when the exported functions change (invalidates disk caches)
+
+
+class KerasBackend:
+    """The model's own traced functions (looked up at call time, so wrappers see every call)."""
+
+    name = "keras"
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode_frames(self, frames: np.ndarray, num_active: int) -> list[np.ndarray]:
+        codes = self.model.encode_frames(np.asarray(frames, np.float32), num_active=num_active)
+        return [np.asarray(c, np.int32) for c in codes]
+
+    def decode_frames(self, codes) -> np.ndarray:
+        import tensorflow as tf
+        return np.asarray(self.model.decode_frames([tf.constant(np.asarray(c, np.int32)) for c in codes]))
+
+
+def tflite_interpreter_class():
+    """The LiteRT interpreter: `ai_edge_litert` (pinned in requirements.txt), else TensorFlow's
+    deprecated `tf.lite.Interpreter` (the same runtime, built into tensorflow-cpu 2.21)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - the pinned package is missing
+        import tensorflow as tf
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+def model_key(model) -> str:
+    """sha256 (hex, 16 chars) of the weights, the config and the TensorFlow version: the disk
+    cache key of a model's `.tflite` files."""
+    import tensorflow as tf
+    h = hashlib.sha256()
+    h.update(json.dumps([_FORMAT, tf.__version__, model.get_config()], sort_keys=True, default=str).encode())
+    for w in model.weights:
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("CQ_CODEC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cq_codec")
+
+
+def _layout(model, n: int) -> list[tuple[int, int]]:
+    """(positions, code streams) of each of the first n modules."""
+    out = []
+    for m in model.codec_modules[:n]:
+        streams = len(m.quantizer.codebook_sizes)
+        out.append((m.num_positions, streams))
+    return out
+
+
+def convert_frame_function(model, kind: str, n: int) -> bytes:
+    """The `.tflite` flatbuffer of the frame encoder ("encode") or decoder ("decode") of the first
+    n modules, with frozen weights. Inputs: "frames" float32 [N, 512] / "codes_i" int32 [N, P_i, S_i];
+    outputs (frozen functions keep no signature; named by position "Identity", "Identity_1", ...):
+    the codes of each module / the frames."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    if kind == "encode":
+        @tf.function(input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32, name="frames")])
+        def fn(frames):
+            return tuple(model.encode_frames(frames, num_active=n))
+    elif kind == "decode":
+        specs = [tf.TensorSpec([None, p, s], tf.int32, name=f"codes_{i}") for i, (p, s) in enumerate(_layout(model, n))]
+
+        @tf.function(input_signature=specs)
+        def fn(*codes):
+            return (model.decode_frames(list(codes)),)
+    else:
+        raise ValueError(f"kind must be 'encode' or 'decode'; got {kind!r}")
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises many types (ConverterError, RuntimeError, ...)
+        raise RuntimeError(f"cannot convert the {kind} function of {n} module(s) to TFLite "
+                           f"(a quantizer whose ops LiteRT lacks?): {type(e).__name__}: {e}") from e
+
+
+def _output_position(name: str) -> int:
+    """"Identity" -> 0, "Identity_3" -> 3 (how a frozen function's flat outputs are named)."""
+    tail = name.rsplit(":", 1)[0].split("Identity", 1)[-1]
+    return int(tail.lstrip("_")) if tail else 0
+
+
+class _Runner:
+    """One interpreter; inputs by name, outputs in order; resizes only when the batch size changes."""
+
+    def __init__(self, content: bytes, num_threads: int):
+        self.interpreter = it = tflite_interpreter_class()(model_content=content, num_threads=num_threads)
+        self.inputs = {d["name"]: d["index"] for d in it.get_input_details()}
+        self.outputs = [d["index"] for d in sorted(it.get_output_details(), key=lambda d: _output_position(d["name"]))]
+        self._shapes = None
+
+    def run(self, **feed) -> list[np.ndarray]:
+        it = self.interpreter
+        shapes = {k: v.shape for k, v in feed.items()}
+        if shapes != self._shapes:
+            for k, v in feed.items():
+                it.resize_tensor_input(self.inputs[k], v.shape, strict=False)
+            it.allocate_tensors()
+            self._shapes = shapes
+        for k, v in feed.items():
+            it.set_tensor(self.inputs[k], v)
+        it.invoke()
+        return [it.get_tensor(i) for i in self.outputs]
+
+
+class TFLiteBackend:
+    """LiteRT + XNNPACK (see the module docstring). `num_threads` defaults to the CPU count;
+    `cache_dir=False` disables the disk cache."""
+
+    name = "tflite"
+
+    def __init__(self, model, num_threads: int | None = None, cache_dir=None):
+        self.model = model
+        self.num_threads = int(num_threads or os.cpu_count() or 1)
+        self.cache_dir = None if cache_dir is False else (cache_dir or default_cache_dir())
+        self._key = None
+        self._runners: dict = {}
+
+    def flatbuffer(self, kind: str, n: int) -> bytes:
+        """The `.tflite` bytes (from the disk cache when there, else converted and stored)."""
+        path = None
+        if self.cache_dir:
+            self._key = self._key or model_key(self.model)
+            path = os.path.join(self.cache_dir, "tflite", self._key, f"{kind}_{n}.tflite")
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError:
+                pass
+        content = convert_frame_function(self.model, kind, n)
+        if path:
+            try:   # atomic: concurrent processes never read a half-written file
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)
+                os.replace(tmp, path)
+            except OSError:
+                pass   # an unwritable cache only costs the conversion next time
+        return content
+
+    def _runner(self, kind: str, n: int) -> _Runner:
+        if (kind, n) not in self._runners:
+            self._runners[kind, n] = _Runner(self.flatbuffer(kind, n), self.num_threads)
+        return self._runners[kind, n]
+
+    def export(self, directory: str, num_active: int | None = None) -> list[str]:
+        """Writes encode_<n>.tflite / decode_<n>.tflite for n = 1..num_active (default: all)."""
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        for n in range(1, (num_active or len(self.model.codec_modules)) + 1):
+            for kind in ("encode", "decode"):
+                p = os.path.join(directory, f"{kind}_{n}.tflite")
+                with open(p, "wb") as f:
+                    f.write(self.flatbuffer(kind, n))
+                paths.append(p)
+        return paths
+
+    def encode_frames(self, frames: np.ndarray, num_active: int) -> list[np.ndarray]:
+        out = self._runner("encode", int(num_active)).run(frames=np.ascontiguousarray(frames, np.float32))
+        return [np.array(c, np.int32) for c in out]
+
+    def decode_frames(self, codes) -> np.ndarray:
+        n = len(codes)
+        if not 1 <= n <= len(self.model.codec_modules):
+            raise ValueError(f"decode_frames: expected codes of 1..{len(self.model.codec_modules)} modules; got {n}")
+        layout = _layout(self.model, n)
+        feed = {}
+        for i, (c, (p, s)) in enumerate(zip(codes, layout)):
+            c = np.ascontiguousarray(c, np.int32)
+            if c.ndim != 3 or c.shape[1:] != (p, s):
+                raise ValueError(f"decode_frames: module {i}'s codes must be [N, {p}, {s}]; got {c.shape}")
+            feed[f"codes_{i}"] = c
+        return np.array(self._runner("decode", n).run(**feed)[0], np.float32)
+
+
+def get_backend(model, backend="keras", **kwargs):
+    """"keras" / "tflite" / None (keras) / a backend object (returned as it is)."""
+    if backend is None or backend == "keras":
+        return KerasBackend(model)
+    if backend == "tflite":
+        return TFLiteBackend(model, **kwargs)
+    if hasattr(backend, "encode_frames") and hasattr(backend, "decode_frames"):
+        return backend
+    raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
