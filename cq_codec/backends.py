@@ -97,8 +97,7 @@ def _layout(model, n: int) -> list[tuple[int, int]]:
 def convert_frame_function(model, kind: str, n: int) -> bytes:
     """The `.tflite` flatbuffer of the frame encoder ("encode") or decoder ("decode") of the first
     n modules, with frozen weights. Inputs: "frames" float32 [N, 512] / "codes_i" int32 [N, P_i, S_i];
-    outputs (frozen functions keep no signature; named by position "Identity", "Identity_1", ...):
-    the codes of each module / the frames."""
+    outputs "output_k": the codes of module k / the frames ("output_0")."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     if kind == "encode":
@@ -114,7 +113,7 @@ def convert_frame_function(model, kind: str, n: int) -> bytes:
     else:
         raise ValueError(f"kind must be 'encode' or 'decode'; got {kind!r}")
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
     try:
         return converter.convert()
     except Exception as e:  # the converter raises many types (ConverterError, RuntimeError, ...)
@@ -122,33 +121,16 @@ def convert_frame_function(model, kind: str, n: int) -> bytes:
                            f"(a quantizer whose ops LiteRT lacks?): {type(e).__name__}: {e}") from e
 
 
-def _output_position(name: str) -> int:
-    """"Identity" -> 0, "Identity_3" -> 3 (how a frozen function's flat outputs are named)."""
-    tail = name.rsplit(":", 1)[0].split("Identity", 1)[-1]
-    return int(tail.lstrip("_")) if tail else 0
-
-
 class _Runner:
-    """One interpreter; inputs by name, outputs in order; resizes only when the batch size changes."""
+    """One interpreter's signature runner (inputs "frames" / "codes_i", outputs "output_k")."""
 
     def __init__(self, content: bytes, num_threads: int):
-        self.interpreter = it = tflite_interpreter_class()(model_content=content, num_threads=num_threads)
-        self.inputs = {d["name"]: d["index"] for d in it.get_input_details()}
-        self.outputs = [d["index"] for d in sorted(it.get_output_details(), key=lambda d: _output_position(d["name"]))]
-        self._shapes = None
+        self.interpreter = tflite_interpreter_class()(model_content=content, num_threads=num_threads)
+        self._run = self.interpreter.get_signature_runner()
 
     def run(self, **feed) -> list[np.ndarray]:
-        it = self.interpreter
-        shapes = {k: v.shape for k, v in feed.items()}
-        if shapes != self._shapes:
-            for k, v in feed.items():
-                it.resize_tensor_input(self.inputs[k], v.shape, strict=False)
-            it.allocate_tensors()
-            self._shapes = shapes
-        for k, v in feed.items():
-            it.set_tensor(self.inputs[k], v)
-        it.invoke()
-        return [it.get_tensor(i) for i in self.outputs]
+        out = self._run(**feed)     # resizes the inputs to the feed (a no-op when unchanged)
+        return [out[k] for k in sorted(out, key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
 class TFLiteBackend:
