@@ -112,13 +112,17 @@ def convert_frame_function(model, kind: str, n: int) -> bytes:
             return (model.decode_frames(list(codes)),)
     else:
         raise ValueError(f"kind must be 'encode' or 'decode'; got {kind!r}")
-    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+    import absl.logging
+    verbosity = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.ERROR)   # the converter logs every SavedModel step it takes
     try:
-        return converter.convert()
+        frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+        return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
     except Exception as e:  # the converter raises many types (ConverterError, RuntimeError, ...)
         raise RuntimeError(f"cannot convert the {kind} function of {n} module(s) to TFLite "
                            f"(a quantizer whose ops LiteRT lacks?): {type(e).__name__}: {e}") from e
+    finally:
+        absl.logging.set_verbosity(verbosity)
 
 
 class _Runner:

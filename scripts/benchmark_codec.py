@@ -1,7 +1,13 @@
 """Benchmark the codec end to end: speed (x real time, entropy coding included), bitrate vs the
 entropy estimate, and peak memory of the CLI on a long generated input.
 
-    python scripts/benchmark_codec.py [--model PATH] [--wav PATH] [--hours 1.0]
+    python scripts/benchmark_codec.py [--model PATH] [--wav PATH] [--hours 1.0] [--repeats 5]
+        [--backends keras,tflite] [--profile] [--nopostfilter]
+
+Speed is the median of `--repeats` rounds after a warm-up run of the whole input; within a round
+the backends run in turn (encode, then decode of those bytes), so a shared machine's slow phases
+hit all of them. With two backends it also reports their agreement (codes, and each decoding
+the other's bytes). The memory test runs the CLI on `--hours` of generated audio per backend.
 
 Without --model, a tiny model (2 modules, 8 channels) is trained for --train_steps steps on --wav
 and its entropy tables fitted on it (a smoke-scale stand-in for a real model).
@@ -30,7 +36,9 @@ flags.DEFINE_string("model", None, "trained .keras model with entropy tables (de
 flags.DEFINE_string("wav", "tests/fixtures/real_speech.wav", "speech file to measure on")
 flags.DEFINE_integer("train_steps", 100, "steps for the tiny stand-in model")
 flags.DEFINE_float("hours", 1.0, "length of the generated input for the memory test (0: skip)")
-flags.DEFINE_integer("repeats", 3, "timed repetitions per operating point (the best is reported)")
+flags.DEFINE_integer("repeats", 5, "timed rounds per operating point after a warm-up (the median is reported)")
+flags.DEFINE_list("backends", ["keras", "tflite"], "backends to measure, in turn within each round")
+flags.DEFINE_bool("profile", False, "also print where the time goes (cProfile), per backend and operating point")
 flags.DEFINE_string("workdir", None, "where to put generated files (default: a temp dir)")
 flags.DEFINE_bool("postfilter", True, "decode through the adaptive postfilter (--nopostfilter: without)")
 
@@ -61,75 +69,176 @@ def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
     return path
 
 
-def measure(codec, wav: np.ndarray) -> None:
+def _load(path: str, backend: str):
+    from cq_codec import api
+    try:
+        return api.load(path, postfilter=FLAGS.postfilter, backend=backend)
+    except TypeError:   # a tree from before the backends (the "old" side of an old-vs-new run)
+        if backend != "keras":
+            raise
+        return api.load(path, postfilter=FLAGS.postfilter)
+
+
+def _median(v):
+    return float(np.median(v))
+
+
+def measure(codecs: dict, wav: np.ndarray) -> None:
+    """Speed (median of `repeats` interleaved rounds after a warm-up), rate and backend agreement."""
     from cq_codec.bitstream import codec_stream as cs
     from cq_codec.bitstream.container import read_nac
-    seconds = len(wav) / C.SAMPLE_RATE
-    models = cs.entropy_models(codec.model)
     from cq_codec.flops import count_flops
-    for n, expected, _ in codec.operating_points:
-        gflops = count_flops(codec.model, n) * C.FRAMES_PER_SECOND / 1e9
-        codec.decompress(codec.compress(wav[:16000], C.SAMPLE_RATE, num_modules=n))  # warm-up (tracing)
-        t_enc = t_dec = float("inf")
-        for _ in range(FLAGS.repeats):   # best of `repeats`: the least disturbed run
-            t0 = time.perf_counter()
-            data = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
-            t_enc = min(t_enc, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            y, _ = codec.decompress(data)
-            t_dec = min(t_dec, time.perf_counter() - t0)
-        _, _, chunks = read_nac(data)
-        codes = codec.encode(wav, C.SAMPLE_RATE, num_modules=n)
-        estimate = sum(cs.chunk_bits(c, models) for c in codes.chunks(codec.frames_per_chunk))
-        empirical = codes.entropy_bits()
+    seconds = len(wav) / C.SAMPLE_RATE
+    first = next(iter(codecs.values()))
+    models = cs.entropy_models(first.model)
+    rows = []
+    for point in first.operating_points:
+        n, expected = point[0], point[1]
+        gflops = count_flops(first.model, n) * C.FRAMES_PER_SECOND / 1e9
+        times = {b: ([], []) for b in codecs}
+        data = {}
+        for b, codec in codecs.items():   # warm-up: tracing / conversion, caches, the whole input once
+            data[b] = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
+            codec.decompress(data[b])
+        for _ in range(FLAGS.repeats):    # backends in turn, so slow phases of a shared machine hit both
+            for b, codec in codecs.items():
+                t0 = time.perf_counter()
+                data[b] = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
+                t1 = time.perf_counter()
+                codec.decompress(data[b])
+                t2 = time.perf_counter()
+                times[b][0].append(t1 - t0)
+                times[b][1].append(t2 - t1)
+        ref = next(iter(codecs))
+        y, _ = codecs[ref].decompress(data[ref])
+        _, _, chunks = read_nac(data[ref])
+        codes = codecs[ref].encode(wav, C.SAMPLE_RATE, num_modules=n)
+        estimate = sum(cs.chunk_bits(c, models) for c in codes.chunks(codecs[ref].frames_per_chunk))
         kbps = lambda bits: bits / seconds / 1000.0  # noqa: E731
         payload = 8 * sum(len(c) for c in chunks)
         snr = 10 * np.log10(np.sum(wav ** 2) / max(np.sum((wav - y) ** 2), 1e-20))
-        print(f"{n} module(s): file {kbps(8 * len(data)):.2f} kbps, payload {kbps(payload):.2f} kbps, "
-              f"estimate {kbps(estimate):.2f} kbps (payload/estimate "
-              f"{payload / estimate:.4f}, file/estimate {8 * len(data) / estimate:.4f}), "
-              f"zeroth-order empirical entropy {kbps(empirical):.2f} kbps, tables' expectation {expected:.2f} kbps; "
-              f"encode {seconds / t_enc:.1f}x real time, decode {seconds / t_dec:.1f}x real time, "
-              f"encode + decode {seconds / (t_enc + t_dec):.1f}x; forward pass {gflops:.2f} GFLOP per second of audio; "
-              f"SNR {snr:.2f} dB")
+        print(f"{n} module(s): file {kbps(8 * len(data[ref])):.2f} kbps, payload {kbps(payload):.2f} kbps, "
+              f"estimate {kbps(estimate):.2f} kbps (payload/estimate {payload / estimate:.4f}), zeroth-order "
+              f"empirical entropy {kbps(codes.entropy_bits()):.2f} kbps, tables' expectation {expected:.2f} kbps; "
+              f"forward pass {gflops:.2f} GFLOP per second of audio; SNR {snr:.2f} dB ({ref})")
+        for b, (enc, dec) in times.items():
+            both = [e + d for e, d in zip(enc, dec)]
+            x = lambda t: seconds / _median(t)  # noqa: E731
+            print(f"  {b:6s}: encode {x(enc):6.1f}x, decode {x(dec):6.1f}x, encode + decode {x(both):6.1f}x real time "
+                  f"(median of {len(enc)}; encode + decode range {seconds / max(both):.1f}-{seconds / min(both):.1f}x)")
+            rows.append((n, b, x(enc), x(dec), x(both)))
+        if len(codecs) > 1:
+            agreement(codecs, wav, n, data)
+    print("\n| modules | backend | encode | decode | encode + decode |\n|---|---|---|---|---|")
+    for n, b, e, d, ed in rows:
+        print(f"| {n} | {b} | {e:.1f}x | {d:.1f}x | {ed:.1f}x |")
 
 
-def memory_test(model_path: str, hours: float, workdir: str) -> None:
+def agreement(codecs: dict, wav: np.ndarray, n: int, data: dict) -> None:
+    """Codes of the backends, and each one's decode of the other's bytes."""
+    names = list(codecs)
+    a, b = names[0], names[1]
+    ca, cb = (codecs[k].encode(wav, C.SAMPLE_RATE, num_modules=n) for k in (a, b))
+    total = sum(m.size for m in ca.modules)
+    diff = sum(int(np.sum(x != y)) for x, y in zip(ca.modules, cb.modules))
+    out = []
+    for src in (a, b):
+        ya, _ = codecs[a].decompress(data[src])
+        yb, _ = codecs[b].decompress(data[src])
+        err = np.abs(ya - yb)
+        out.append(f"{src} bytes decoded by {a} vs {b}: max |diff| {err.max():.2e}, rms {np.sqrt(np.mean(err ** 2)):.2e}")
+    print(f"  agreement: {diff} of {total} module codes differ, LSF codes equal {np.array_equal(ca.lsf, cb.lsf)}, "
+          f"bytes equal {data[a] == data[b]}; " + "; ".join(out) + f" (signal rms {np.sqrt(np.mean(wav ** 2)):.3f})")
+
+
+def profile(codec, wav: np.ndarray) -> None:
+    """Where encode / decode time goes (cProfile, cumulative times of the parts), per operating point."""
+    import cProfile
+    import pstats
+    parts = {"network (frame encoder / decoder, tensor copies)": ("encode_frames", "decode_frames"),
+             "range coding": ("encode_chunk", "decode_chunk"),
+             "LPC analysis + LSF codes": ("_analyse",),
+             "switched filters (residual, synthesis)": ("residual", "synthesis"),
+             "postfilter": ("__call__@postfilter.py",)}
+    seconds = len(wav) / C.SAMPLE_RATE
+    print(f"\nprofile ({codec.backend if hasattr(codec, 'backend') else 'keras'}; ms per second of audio, "
+          f"cProfile on, {FLAGS.repeats} runs)")
+    print("| modules | side | " + " | ".join(parts) + " | other | total |\n|" + "---|" * (len(parts) + 4))
+    for point in codec.operating_points:
+        n = point[0]
+        data = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
+        codec.decompress(data)
+        for side in ("encode", "decode"):
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(FLAGS.repeats):
+                codec.compress(wav, C.SAMPLE_RATE, num_modules=n) if side == "encode" else codec.decompress(data)
+            pr.disable()
+            st = pstats.Stats(pr).stats
+            total = max(v[3] for v in st.values())
+            cum = {}      # function -> cumulative seconds (the outermost of same-named ones)
+            for (file, _, func), v in st.items():
+                key = func if func != "__call__" else f"__call__@{os.path.basename(file)}"
+                cum[key] = max(cum.get(key, 0.0), v[3])
+            vals = [sum(cum.get(f, 0.0) for f in fs) for fs in parts.values()]
+            vals[2] = max(0.0, vals[2] - cum.get("residual", 0.0))   # _analyse calls the residual filter
+            ms = lambda t: 1000 * t / FLAGS.repeats / seconds  # noqa: E731
+            print(f"| {n} | {side} | " + " | ".join(f"{ms(v):.1f}" for v in vals)
+                  + f" | {ms(total - sum(vals)):.1f} | {ms(total):.1f} |")
+
+
+def memory_test(model_path: str, hours: float, workdir: str, backend: str = "keras") -> None:
     """Generate `hours` of audio block by block, run the CLI encode/decode, report peak RSS."""
     path = os.path.join(workdir, "long.wav")
+    if os.path.exists(path) and sf.info(path).frames == int(hours * 3600 / 60) * 60 * C.SAMPLE_RATE:
+        return _run_cli(model_path, hours, path, backend)
     rng = np.random.default_rng(0)
     with sf.SoundFile(path, "w", samplerate=C.SAMPLE_RATE, channels=1, subtype="PCM_16") as f:
         for _ in range(int(hours * 3600 / 60)):
             t = np.arange(60 * C.SAMPLE_RATE) / C.SAMPLE_RATE
             f.write((0.3 * np.sin(2 * np.pi * 150 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
                      + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+    _run_cli(model_path, hours, path, backend)
+
+
+def _run_cli(model_path: str, hours: float, path: str, backend: str) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root)
+    extra = [] if backend == "keras" else ["--backend", backend]
     for argv in (["encode", path, path + ".nac"], ["decode", path + ".nac", path + ".out.wav"]):
+        argv = argv + extra
         t0 = time.perf_counter()
         out = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "cq_codec", *argv, "--model", model_path],
                              capture_output=True, text=True, env=env, cwd=root)
         rss = [line for line in out.stderr.splitlines() if "Maximum resident" in line]
-        print(f"{argv[0]} {hours:g} h: exit {out.returncode}, {time.perf_counter() - t0:.0f} s, "
+        print(f"{backend} {argv[0]} {hours:g} h: exit {out.returncode}, {time.perf_counter() - t0:.0f} s, "
               f"{rss[0].strip() if rss else out.stderr[-500:]}")
     print(f".nac size {os.path.getsize(path + '.nac')} bytes for {hours:g} h")
 
 
 def main(_):
-    from cq_codec import api
     from cq_codec.data.audio import load_audio
     wav = load_audio(FLAGS.wav)
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cq_bench_")
     os.makedirs(workdir, exist_ok=True)
     model_path = FLAGS.model or tiny_model(wav, FLAGS.train_steps, os.path.join(workdir, "tiny.keras"))
-    codec = api.load(model_path, postfilter=FLAGS.postfilter)
+    codecs = {b: _load(model_path, b) for b in FLAGS.backends}
+    first = next(iter(codecs.values()))
     print(f"model {model_path}; {len(wav) / C.SAMPLE_RATE:.2f} s of {FLAGS.wav}; "
-          f"operating points {[(p.modules, round(p.kbps, 2)) for p in codec.operating_points]}; postfilter {'on' if codec.postfilter else 'off'}")
-    print("entropy model kinds:", {k: v["kind"] for k, v in codec.model.entropy_tables["report"].items()})
-    measure(codec, wav)
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+          f"operating points {[(p[0], round(p[1], 2)) for p in first.operating_points]}; "
+          f"postfilter {'on' if first.postfilter else 'off'}; backends {', '.join(codecs)}; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    print("entropy model kinds:", {k: v["kind"] for k, v in first.model.entropy_tables["report"].items()})
+    if FLAGS.repeats > 0:
+        measure(codecs, wav)
+    if FLAGS.profile:
+        for codec in codecs.values():
+            profile(codec, wav)
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
     if FLAGS.hours > 0:
-        memory_test(model_path, FLAGS.hours, workdir)
+        for b in FLAGS.backends:
+            memory_test(model_path, FLAGS.hours, workdir, b)
 
 
 if __name__ == "__main__":
