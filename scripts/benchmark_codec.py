@@ -39,6 +39,7 @@ flags.DEFINE_float("hours", 1.0, "length of the generated input for the memory t
 flags.DEFINE_integer("repeats", 5, "timed rounds per operating point after a warm-up (the median is reported)")
 flags.DEFINE_list("backends", ["keras", "tflite"], "backends to measure, in turn within each round")
 flags.DEFINE_bool("profile", False, "also print where the time goes (cProfile), per backend and operating point")
+flags.DEFINE_integer("profile_runs", 3, "runs per operating point and side under the profiler")
 flags.DEFINE_string("workdir", None, "where to put generated files (default: a temp dir)")
 flags.DEFINE_bool("postfilter", True, "decode through the adaptive postfilter (--nopostfilter: without)")
 
@@ -162,7 +163,7 @@ def profile(codec, wav: np.ndarray) -> None:
              "postfilter": ("__call__@postfilter.py",)}
     seconds = len(wav) / C.SAMPLE_RATE
     print(f"\nprofile ({codec.backend if hasattr(codec, 'backend') else 'keras'}; ms per second of audio, "
-          f"cProfile on, {FLAGS.repeats} runs)")
+          f"cProfile on, {FLAGS.profile_runs} runs)")
     print("| modules | side | " + " | ".join(parts) + " | other | total |\n|" + "---|" * (len(parts) + 4))
     for point in codec.operating_points:
         n = point[0]
@@ -171,7 +172,7 @@ def profile(codec, wav: np.ndarray) -> None:
         for side in ("encode", "decode"):
             pr = cProfile.Profile()
             pr.enable()
-            for _ in range(FLAGS.repeats):
+            for _ in range(FLAGS.profile_runs):
                 codec.compress(wav, C.SAMPLE_RATE, num_modules=n) if side == "encode" else codec.decompress(data)
             pr.disable()
             st = pstats.Stats(pr).stats
@@ -182,7 +183,7 @@ def profile(codec, wav: np.ndarray) -> None:
                 cum[key] = max(cum.get(key, 0.0), v[3])
             vals = [sum(cum.get(f, 0.0) for f in fs) for fs in parts.values()]
             vals[2] = max(0.0, vals[2] - cum.get("residual", 0.0))   # _analyse calls the residual filter
-            ms = lambda t: 1000 * t / FLAGS.repeats / seconds  # noqa: E731
+            ms = lambda t: 1000 * t / FLAGS.profile_runs / seconds  # noqa: E731
             print(f"| {n} | {side} | " + " | ".join(f"{ms(v):.1f}" for v in vals)
                   + f" | {ms(total - sum(vals)):.1f} | {ms(total):.1f} |")
 
