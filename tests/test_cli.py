@@ -42,10 +42,11 @@ _LOADED = {}
 _real_load = api.load
 
 
-def _cached_load(path=None, frames_per_chunk=250, postfilter=True):
-    key = (path, os.path.getmtime(path) if path and os.path.exists(path) else None, frames_per_chunk, postfilter)
+def _cached_load(path=None, frames_per_chunk=250, postfilter=True, backend="keras"):
+    key = (path, os.path.getmtime(path) if path and os.path.exists(path) else None, frames_per_chunk, postfilter,
+           backend)
     if key not in _LOADED:
-        _LOADED[key] = _real_load(path, frames_per_chunk, postfilter)
+        _LOADED[key] = _real_load(path, frames_per_chunk, postfilter, backend)
     return _LOADED[key]
 
 
@@ -138,7 +139,7 @@ def bad_inputs(models, tmp_path_factory):
     nested = b'{"num_chunks":1,"x":' + b"[" * 100000 + b"]" * 100000 + b"}"
     put("nested_v1.nac", with_crc(b"NAC\x01" + struct.pack(">I", 60000) + b"\x04" + nested[:60000]))
     keras.utils.set_random_seed(0)
-    bare = build_model(Config(num_modules=1, channels=8, bottleneck=4, num_resnets=1).validate())
+    bare = build_model(Config(num_modules=1, channels=8, bottleneck=4, blocks_per_section=1).validate())
     bare.save(str(d / "no_tables.keras"))
     paths["no_tables.keras"] = str(d / "no_tables.keras")
     paths["dir"] = str(d)
