@@ -49,6 +49,8 @@ _BLOCK = 1 << 16         # input samples per read
 # The keras backend: its codes define the .nac bytes (golden files), and on the 2-core machine it
 # was as fast as or faster than LiteRT (docs/DESIGN.md "Speed").
 DEFAULT_BACKEND = "keras"
+_DECODE_HOPS = inference.DEFAULT_FRAMES_PER_CHUNK   # hops per network call when decoding: bounds
+                         # memory for any chunk size (a 4096-hop chunk in one call peaked at 2.1 GB)
 
 
 class AudioInput:
@@ -317,7 +319,7 @@ class Codec:
 
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
         """A `.nac` stream (or a `NacReader` of one) -> (metadata, generator of float32 16 kHz
-        blocks, one per chunk).
+        blocks: one per chunk, or per 250 hops of a longer chunk).
 
         The header, metadata, model identity and (for a seekable stream) the file's size against
         the hops it declares are checked before this returns; a damaged chunk, or one whose size
@@ -332,8 +334,10 @@ class Codec:
             for i, data in enumerate(reader):
                 n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
                 bounds.check(len(data), n, f"chunk {i}")
-                yield dec.push(cs.decode_chunk(data, n, info["num_active"], models, info["layout"],
-                                               info.get("codebooks")))
+                chunk = cs.decode_chunk(data, n, info["num_active"], models, info["layout"], info.get("codebooks"))
+                for s in range(0, n, _DECODE_HOPS):    # the network sees <= 250 hops at a time
+                    yield dec.push(inference.CodeChunk(chunk.lsf[s:s + _DECODE_HOPS],
+                                                       [m[s:s + _DECODE_HOPS] for m in chunk.modules]))
         return reader.metadata, blocks()
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, int]:
