@@ -77,7 +77,7 @@ def tiny_codecs(seed: int = 0, frames_per_chunk: int = 8) -> list:
         ts = range(1, len(lsf) - 2)
         sample = {"x": np.array([sig[t * 480 - 16: t * 480 + 512] for t in ts], np.float32),
                   "lsf": np.array([lsf[t - 1: t + 2] for t in ts], np.float32)}
-        cfg = Config(num_modules=2, channels=8, bottleneck=4, num_resnets=1).validate()
+        cfg = Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1).validate()
         model = build_model(cfg, 1.0, sample)
         inference.fit_entropy_tables(model, [signal_(0.5, seed + k) for k in range(4)], kinds=(kind,))
         codecs.append(api.Codec(model, name=f"tiny_{kind}", frames_per_chunk=frames_per_chunk))
