@@ -32,6 +32,7 @@ import numpy as np
 
 import constants as C
 from cq_codec.api import BitrateError, OperatingPoint, fitting_point
+from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.codec_stream import prefix_model
 
 __all__ = ["WAVE_STREAM_FORMAT", "BitrateError", "WaveformCodecAPI", "OperatingPoint",
@@ -268,11 +269,18 @@ class WaveformCodecAPI:
             raise ModelMismatchError(f"model mismatch: the file was written with model {info.get('name')!r} "
                                      f"(sha256 {str(info.get('sha256'))[:16]}...), this model's sha256 is "
                                      f"{self.sha256[:16]}...; decode it with the model that encoded it (--model PATH)")
+        from cq_codec.bitstream.codec_stream import _int
+        from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, stream_counts
         codebooks = meta.get("codebooks") or [0]
-        if len(codebooks) != 1 or not 1 <= codebooks[0] <= self.num_codebooks:
-            raise NacFormatError(f"the file's codebook counts {codebooks} do not fit this model "
+        if (not isinstance(codebooks, list) or len(codebooks) != 1 or isinstance(codebooks[0], bool)
+                or not isinstance(codebooks[0], int) or not 1 <= codebooks[0] <= self.num_codebooks):
+            raise NacFormatError(f"the file's codebook counts {codebooks!r} do not fit this model "
                                  f"(one module of 1..{self.num_codebooks} codebooks)")
-        fpc = meta["frames_per_chunk"]
+        num_samples = _int(meta, "num_samples", 1, MAX_NUM_SAMPLES)      # version-1 files: any JSON
+        fpc = _int(meta, "frames_per_chunk", 1, MAX_FRAMES_PER_CHUNK)
+        if _int(meta, "num_chunks", 1, MAX_NUM_SAMPLES) != stream_counts(num_samples, fpc)[1]:
+            raise NacFormatError(f"inconsistent counts: {num_samples} samples, {fpc} frames per chunk, "
+                                 f"{meta['num_chunks']} chunks")
         if (fpc * C.HOP_SIZE) % self.model.hop:
             raise NacFormatError(f"frames_per_chunk {fpc} is not whole latent frames of {self.model.hop} samples")
         return {"num_samples": meta["num_samples"], "num_codebooks": codebooks[0], "num_chunks": meta["num_chunks"],
@@ -287,11 +295,20 @@ class WaveformCodecAPI:
         info = self.check_metadata(reader.metadata)
         table = prefix_model(self._tables()[0], info["num_codebooks"])
         total_frames = -(-info["num_samples"] // self.model.hop)
+        # Hard limits before any decoding work (as the CQ decoder): payload bytes against frames.
+        bounds = cs.PayloadBounds(*cs._table_bits(table))
+        n, cf = info["num_chunks"], info["chunk_frames"]
+        need = (n - 1) * (8 + bounds.min_bytes(cf)) + 8 + bounds.min_bytes(total_frames - (n - 1) * cf)
+        if reader.bytes_left is not None and reader.bytes_left < need:
+            raise NacFormatError(f"the file declares {total_frames} frames in {n} chunk(s), which need at least "
+                                 f"{need} bytes under the model's tables; only {reader.bytes_left} follow the "
+                                 "header: truncated, damaged or hostile file")
 
         def blocks():
             dec = WaveStreamDecoder(self.model, info["num_samples"])
             for i, data in enumerate(reader):
                 frames = min(info["chunk_frames"], total_frames - i * info["chunk_frames"])
+                bounds.check(len(data), frames, f"chunk {i}")
                 try:
                     codes = entropy.decode(data, frames, table)
                 except ValueError as e:

@@ -368,3 +368,25 @@ def test_long_chunks_decode_250_hops_at_a_time(models):
     y, _ = long_chunks.decompress(data)
     ref, _ = api.load(models[0]).decompress(api.load(models[0]).compress(wav, 16000))
     np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())   # batch shapes differ: float rounding
+
+
+def test_waveform_codec_refuses_bombs_and_bad_version_1_metadata():
+    """The waveform codec's decoder has the same hard limits (stream format 2, shipped model)."""
+    codec = api.load("waveform_rvq")
+    mid = bytes.fromhex(codec.sha256[:16])
+
+    def v3(num_samples, fpc, codebooks):
+        body = struct.pack(">8s5sBHB", mid, num_samples.to_bytes(5, "big"), 2, fpc, 1) + bytes([codebooks]) + b"\x01a"
+        return with_crc(struct.pack(">3sBIB", b"NAC", 3, len(body) + 4, 4) + body)
+    w = {"stream_format": 2, "model": {"name": "w", "sha256": codec.sha256}}
+    cases = [(v3(4096 * 480, 4096, 12) + EMPTY_CHUNK, "15360 frames in 1 chunk\\(s\\), which need at least"),
+             (v3(40 * 4096 * 480, 4096, 12) + EMPTY_CHUNK * 40, "in 40 chunk\\(s\\), which need at least"),
+             (write_nac_v1({**w, "codebooks": [3]}, [b""], 1), "'num_samples' must be an int"),
+             (write_nac_v1({**w, "codebooks": [3], "num_samples": 4800, "frames_per_chunk": 4}, [b""] * 2, 1),
+              "inconsistent counts")]
+    for blob, message in cases:
+        with time_limit(10), pytest.raises(NacError, match=message):
+            codec.decompress(blob)
+    _, blocks = codec.decompress_blocks(Unseekable(cases[0][0]))
+    with pytest.raises(NacError, match="chunk 0: a 0-byte payload cannot hold 15360 hops"):
+        next(blocks)
