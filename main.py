@@ -193,7 +193,7 @@ def main(argv):
         print(cfg.to_json())
         return 0
     from cq_codec.training.atomic import ExperimentLocked
-    from cq_codec.training.modes import run  # heavy imports only after the flags are valid
+    from cq_codec.experiment import run  # heavy imports only after the flags are valid
     try:
         run(cfg)
     except (ConfigError, ExperimentLocked) as exc:

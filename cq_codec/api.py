@@ -22,16 +22,18 @@ import re
 import zipfile
 from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
+import keras
 import numpy as np
 import soundfile as sf
 import soxr
+import tensorflow as tf
 
 import constants as C
 from cq_codec import backends, inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
 
-__all__ = ["DEFAULT_MODEL_PATH", "WAVEFORM_MODEL_PATH", "OperatingPoint", "BitrateError", "Codec", "load", "AudioInput", "read_audio_blocks", "frame_functions"]
+__all__ = ["DEFAULT_MODEL_PATH", "WAVEFORM_MODEL_PATH", "OperatingPoint", "BitrateError", "Codec", "load", "load_model", "AudioInput", "read_audio_blocks", "frame_functions"]
 
 DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default.keras")
 # The shipped waveform codec (scripts/train_waveform.sh); `load("waveform_rvq")` / `--model waveform_rvq`.
@@ -122,7 +124,6 @@ def frame_functions(model, num_active: int | None = None):
     """`tf.function`s of the frame-level codec with input signatures (tensorflow-compression style):
     encode_frames(frames float32 [N, 512]) -> {"codes_i": int32 [N, P_i, S_i]} and
     decode_frames(codes_0, ..., codes_{k-1}) -> {"frames": float32 [N, 512]}."""
-    import tensorflow as tf
     n = num_active or len(model.codec_modules)
     layout = cs.code_layout(model)["modules"][:n]
 
@@ -359,7 +360,6 @@ class Codec:
     def export_saved_model(self, directory: str) -> str:
         """Writes a SavedModel whose signatures are the frame-level codec ("encode_frames",
         "decode_frames"). Returns `directory`."""
-        import tensorflow as tf
         enc, dec = self.frame_functions
         module = tf.Module()
         module.model = self.model
@@ -390,7 +390,7 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     if not zipfile.is_zipfile(path):     # keras says "File not found" for a truncated archive
         raise ValueError(f"cannot load model {path!r}: not a .keras (zip) archive; truncated or damaged?")
     try:
-        model = keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad archive
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
     if isinstance(model, cq_codec.models.waveform.WaveformCodec):
@@ -404,3 +404,16 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     cs.entropy_models(model)     # fail now, with a clear message, if the tables are missing
     name = os.path.splitext(os.path.basename(path))[0]
     return Codec(model, name=name, frames_per_chunk=frames_per_chunk, postfilter=postfilter, backend=backend)
+
+
+def load_model(path: str | None = None):
+    """The model of a `.keras` file (None: the shipped default model), with clear errors for a
+    missing or unreadable file; the entropy tables are not checked (see `load`)."""
+    import cq_codec.models.waveform  # noqa: F401  (registers the serializable classes)
+    path = DEFAULT_MODEL_PATH if path is None else str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {path!r} not found")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for a bad archive
+        raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e

@@ -14,14 +14,18 @@ import re
 from typing import Any
 
 import constants as C
+# Each registry owns its names; the config only checks against them (docs/DESIGN.md, layers).
+from cq_codec.data.cache import check_speeds
+from cq_codec.data.corpora import CORPORA
+from cq_codec.models.residual_module import FRONT_ENDS
+from cq_codec.nn.blocks import BLOCK_TYPES
+from cq_codec.quantizers.factory import QUANTIZERS as _QUANTIZER_CLASSES
+from cq_codec.training.atomic import write_text   # a bottom-layer utility (no repo imports)
 
 __all__ = ["Config", "ConfigError", "config_from_flags", "parse_int_list", "parse_float_list", "ORIGINAL_FLAGS", "QUANTIZERS",
            "BLOCK_TYPES", "FRONT_ENDS"]
 
-QUANTIZERS = ("softmax", "vq", "rvq", "gumbel", "pq")
-BLOCK_TYPES = ("gln", "bottleneck", "separable")
-FRONT_ENDS = ("conv", "patch")   # ResidualModule front ends
-CORPORA = ("auto", "demo", "timit", "vctk", "librispeech", "folder")
+QUANTIZERS = tuple(_QUANTIZER_CLASSES)
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 MODEL_TYPES = ("cq", "waveform")   # cq: LPC + residual cascade; waveform: end-to-end conv + RVQ
 
@@ -286,7 +290,6 @@ class Config:
         need(self.validation_steps >= 1, "validation_steps", f"must be >= 1; got {self.validation_steps}")
         need(len(self.train_snr) in (0, 2) and (not self.train_snr or self.train_snr[0] <= self.train_snr[1]),
              "train_snr", f"expects 'lo,hi' in dB with lo <= hi (or nothing for clean training); got {list(self.train_snr)}")
-        from cq_codec.data.cache import check_speeds  # numpy / soxr: only when validating
         try:
             check_speeds(self.speed_perturb)
         except ValueError as e:
@@ -361,7 +364,6 @@ class Config:
 
     def save(self, path: str) -> None:
         """Writes config.json atomically (temporary file, fsync, rename)."""
-        from cq_codec.training.atomic import write_text
         write_text(path, self.to_json())
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import constants as C
 from cq_codec.api import BitrateError, OperatingPoint, fitting_point
 from cq_codec.bitstream import codec_stream as cs
+from cq_codec.bitstream import entropy
+from cq_codec.models.waveform import pad_to_hop
 from cq_codec.bitstream.codec_stream import prefix_model
 
 __all__ = ["WAVE_STREAM_FORMAT", "BitrateError", "WaveformCodecAPI", "OperatingPoint",
@@ -52,8 +54,6 @@ def fit_entropy_tables(model, wavs, max_seconds: float = 600.0) -> dict:
     """Encodes up to max_seconds of 16 kHz signals (float, or int16) with all N codebooks and fits
     one categorical table per stage; stores them with the measured bits per latent frame of each
     stage in `model.entropy_tables` (saved inside the .keras file). Returns the tables."""
-    from cq_codec.bitstream import entropy
-    from cq_codec.models.waveform import pad_to_hop
     codes, total = [], 0
     for w in wavs:
         w = np.asarray(w)

@@ -110,6 +110,7 @@ def check_baselines(opts) -> None:
 
 def run(opts) -> None:
     """The study with options `opts` (absl FLAGS or `options(...)`)."""
+    from cq_codec import experiment
     from cq_codec.config import parse_float_list
     from cq_codec.data import corpora, splits
     from cq_codec.evaluation import diagnostics, studies
@@ -128,7 +129,7 @@ def run(opts) -> None:
     logging.info("%d clips from %d speakers", len(clips), len({u.speaker for u in utts}))
     rows = []
     for d in model_dirs(opts.models):
-        codec = studies.load_codec(d, parts["train"])
+        codec = experiment.load_codec(d, parts["train"])
         name = os.path.basename(os.path.normpath(d))
         if getattr(codec, "kind", "cq") == "waveform":   # no postfilter; n codebooks per point
             for n in range(1, codec.num_codebooks + 1):

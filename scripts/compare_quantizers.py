@@ -145,13 +145,14 @@ def rvq_stage_rows(codec, clips, label) -> list[dict]:
 
 def _waveform_row(cfg, opts, clips, per_seed, per_clip, histories):
     """Trains and scores the waveform codec with all its codebooks; appends its rows. Returns the clips."""
+    from cq_codec import experiment
     from cq_codec.evaluation import studies
     from cq_codec.training import waveform as wt
     nan = float("nan")
     trained = wt.train_codec(cfg)
     if clips is None:
         clips = studies.load_clips(studies.select_clips(trained["parts"]["test"], opts.max_clips))
-    codec = studies.load_codec(cfg.experiment_dir)
+    codec = experiment.load_codec(cfg.experiment_dir)
     rows = studies.codec_rows(codec, clips, cfg.name)          # every codebook
     for r in rows:
         r.update(quantizer=WAVEFORM, seed=cfg.seed)
@@ -222,7 +223,9 @@ def plots(per_seed: list[dict], summary: list[dict], histories: dict, out: str) 
 
 def run(opts) -> None:
     """The study with options `opts` (absl FLAGS or `options(...)`)."""
+    from cq_codec import experiment
     from cq_codec.evaluation import studies
+    from cq_codec.training import modes
     logging.set_verbosity(logging.INFO)
     quantizers = [q.strip() for q in opts.quantizers.split(",") if q.strip()]
     seeds = parse_int_list(opts.seeds, "seeds")
@@ -240,10 +243,10 @@ def run(opts) -> None:
             clips = _waveform_row(cfg, opts, clips, per_seed, per_clip, histories)
             studies.write_csv(per_seed, os.path.join(opts.out, "quantizers.csv"))
             continue
-        trained = studies.train_codec(cfg)
+        trained = modes.train(cfg)
         if clips is None:
             clips = studies.load_clips(studies.select_clips(trained["parts"]["test"], opts.max_clips))
-        codec = studies.load_codec(cfg.experiment_dir)
+        codec = experiment.load_codec(cfg.experiment_dir)
         rows = studies.codec_rows(codec, clips, cfg.name)
         for r in rows:
             r.update(quantizer=cfg.quantizer, seed=cfg.seed)

@@ -146,6 +146,7 @@ def run(opts) -> None:
     from cq_codec.data import corpora, splits
     from cq_codec.evaluation import studies
     from cq_codec.evaluation.metrics import score_many
+    from cq_codec import experiment
     from cq_codec.training import modes
     logging.set_verbosity(logging.INFO)
     snr_lo, snr_hi = parse_float_list(opts.train_snr, "train_snr")
@@ -174,8 +175,8 @@ def run(opts) -> None:
             write_wav(os.path.join(examples, f"{t['noise']}_{t['snr_db']:g}dB_{t['index']:02d}_noisy.wav"), t["noisy"])
     for cfg in cfgs:
         noiser = noise.FrameNoiser(modes.load_data(cfg)[1].std, snr_db=(snr_lo, snr_hi), source=train_source)
-        trained = studies.train_codec(cfg, noisy_examples=noiser)
-        codec = studies.load_codec(cfg.experiment_dir)
+        trained = modes.train(cfg, noisy_examples=noiser)
+        codec = experiment.load_codec(cfg.experiment_dir)
         for (nz, snr) in dict.fromkeys((t["noise"], t["snr_db"]) for t in tests):
             sel = [t for t in tests if t["noise"] == nz and t["snr_db"] == snr]
             got = studies.codec_rows(codec, [clips[t["index"]] for t in sel], cfg.quantizer,
@@ -191,10 +192,10 @@ def run(opts) -> None:
     references = [m.strip() for m in opts.reference_models.split(",") if m.strip()]
     for q in (q.strip() for q in opts.clean_reference.split(",") if q.strip()):
         cfg = make_config(q, prefix="clean", **b)
-        studies.train_codec(cfg)
+        modes.train(cfg)
         references.append(cfg.experiment_dir)
     for d in references:
-        codec = studies.load_codec(d, parts["train"])
+        codec = experiment.load_codec(d, parts["train"], opts.seed)
         system = f"{os.path.basename(os.path.normpath(d))} (clean-trained)"
         for (nz, snr) in dict.fromkeys((t["noise"], t["snr_db"]) for t in tests):
             sel = [t for t in tests if t["noise"] == nz and t["snr_db"] == snr]

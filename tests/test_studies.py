@@ -9,7 +9,9 @@ import pytest
 
 from cq_codec.config import Config
 from cq_codec.data.corpora import Utterance
+from cq_codec import experiment
 from cq_codec.evaluation import studies
+from cq_codec.training import modes
 from tests.conftest import write_librispeech
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ def trained(tmp_path_factory, corpus):
                  data_dir=corpus, training_mode=1, num_modules=1, channels=8, bottleneck=2, blocks_per_section=1,
                  quantizer="vq", embedding_dim=8, codebook_size=16, epoch_tanh=2, pretrain_step=1, steps_per_epoch=1,
                  validation_steps=1, batch_size=4).validate()
-    out = studies.train_codec(cfg)
+    out = modes.train(cfg)
     return cfg, out
 
 
@@ -69,7 +71,7 @@ def test_tables_and_plots(tmp_path):
 
 def test_codec_rows_measure_kbps_from_bytes(trained):
     cfg, out = trained
-    codec = studies.load_codec(cfg.experiment_dir)
+    codec = experiment.load_codec(cfg.experiment_dir)
     clips = studies.load_clips(studies.select_clips(out["parts"]["test"], 2))
     rows = studies.codec_rows(codec, clips, "tiny", processes=1)
     assert len(rows) == len(clips)
@@ -85,7 +87,7 @@ def test_codec_rows_measure_kbps_from_bytes(trained):
 
 def test_compare_clip_matches_baselines_to_each_operating_point(trained, tmp_path):
     cfg, out = trained
-    codec = studies.load_codec(cfg.experiment_dir)
+    codec = experiment.load_codec(cfg.experiment_dir)
     (name, wav), = studies.load_clips(studies.select_clips(out["parts"]["test"], 1))
     rows = studies.compare_clip(codec, wav, name="c", out_dir=str(tmp_path))
     assert [r["codec"].split()[0] for r in rows] == ["cq", "opus", "amrwb"] * codec.num_modules

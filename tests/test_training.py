@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cq_codec.config import Config
+from cq_codec import experiment
 from cq_codec.training import modes, trainer
 from tests.conftest import write_librispeech
 
@@ -39,7 +40,7 @@ def _stages(csv_path):
 
 def test_mode4_writes_the_whole_results_folder(tmp_path, corpus):
     cfg = _cfg(tmp_path, corpus)
-    modes.run(cfg)
+    experiment.run(cfg)
     exp = cfg.experiment_dir
     for rel in ("config.json", "model.keras", "metrics.csv", "eval.csv", "eval.md", "plots/training.png",
                 "checkpoints/ckpt-000004/weights.weights.h5", "checkpoints/ckpt-000004/state.json",
@@ -56,7 +57,7 @@ def test_mode4_writes_the_whole_results_folder(tmp_path, corpus):
     assert all(np.isfinite(float(r["snr"])) and float(r["kbps"]) > 0 and float(r["entropy_kbps"]) > 0 for r in rows)
     assert Config.load(os.path.join(exp, "config.json")) == cfg
     # A second run of the same experiment finds every stage finished and trains nothing.
-    modes.run(cfg)
+    experiment.run(cfg)
     assert len(_stages(os.path.join(exp, "metrics.csv"))) == 4
 
 
@@ -74,7 +75,7 @@ class _Interrupt(keras.callbacks.Callback):
 def test_modes_chain_and_a_killed_run_resumes(tmp_path, corpus):
     # Mode 1 trains the first module only.
     cfg1 = _cfg(tmp_path, corpus, training_mode=1)
-    modes.run(cfg1)
+    experiment.run(cfg1)
     csv_path = os.path.join(cfg1.experiment_dir, "metrics.csv")
     assert _stages(csv_path) == [("m1", 1), ("m1", 2)]
     # Module 2 is untrained after mode 1: only the first operating point is scored and written.
@@ -84,16 +85,16 @@ def test_modes_chain_and_a_killed_run_resumes(tmp_path, corpus):
     # Mode 4 of the same experiment continues with the follower; it is killed after 1 of 2 epochs.
     cfg4 = _cfg(tmp_path, corpus, training_mode=4, epoch_followers=(2,))
     parts, cache = modes.load_data(cfg4)
-    model = trainer.build_model(cfg4, cache.std, modes._first_batch(cache))
-    train_ds, val_ds, steps = modes._datasets(cfg4, cache)
+    model = trainer.build_model(cfg4, cache.std, modes.first_batch(cache))
+    train_ds, val_ds, steps = modes.datasets(cfg4, cache)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(cfg4, model, train_ds, val_ds, steps, extra_callbacks=[_Interrupt(1)])
     state = trainer.load_state(cfg4.experiment_dir)[0]
     assert state["done"] == {"m1": 2, "m2": 1}
-    saved = trainer.build_model(cfg4, cache.std, modes._first_batch(cache))
+    saved = trainer.build_model(cfg4, cache.std, modes.first_batch(cache))
     saved.load_weights(trainer.latest_weights(cfg4.experiment_dir))
     # Restarted: m1 is not repeated, m2 resumes at its second epoch, then fine-tuning.
-    modes.run(cfg4)
+    experiment.run(cfg4)
     assert _stages(csv_path) == [("m1", 1), ("m1", 2), ("m2", 1), ("m2", 2), ("finetune", 1)]
     # The resumed run started from the checkpoint (tau and weights restored from it).
     assert np.allclose(saved.tau.numpy(), state["tau"])
@@ -103,7 +104,7 @@ def test_same_seed_same_weights(tmp_path, corpus):
     outs = []
     for k in range(2):
         cfg = _cfg(tmp_path / str(k), corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, eval_clips=0)
-        modes.run(cfg)
+        experiment.run(cfg)
         m = trainer.build_model(cfg)
         m.load_weights(trainer.latest_weights(cfg.experiment_dir))
         outs.append([w.numpy() for w in m.weights])
@@ -131,7 +132,7 @@ def test_denoising_run_writes_noisy_and_denoised_audio(tmp_path, corpus):
     clean clip, with the noisy input itself as the modules=0 row."""
     cfg = _cfg(tmp_path, corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, num_modules=1,
                train_snr=(0.0, 10.0), eval_snr=(5.0,))
-    modes.run(cfg)
+    experiment.run(cfg)
     wavs = os.listdir(os.path.join(cfg.experiment_dir, "audio"))
     assert any(w.endswith("_noisy_5dB.wav") for w in wavs)
     assert any(w.endswith("_denoised_5dB_1modules.wav") for w in wavs)
@@ -149,7 +150,7 @@ def test_speed_perturbed_training_uses_its_own_cache(tmp_path, corpus):
     sped = _cfg(tmp_path, corpus, training_mode=1, epoch_tanh=1, pretrain_step=0, num_modules=1, eval_clips=0,
                 name="sped", speed_perturb=(0.9, 1.1))
     _, plain_cache = modes.load_data(plain)
-    modes.run(sped)
+    experiment.run(sped)
     _, sped_cache = modes.load_data(sped)
     assert sped_cache.directory != plain_cache.directory
     assert sped_cache.std == plain_cache.std
@@ -167,7 +168,7 @@ def test_gumbel_temperature_anneals_over_a_stage(tmp_path, corpus):
     cfg = _cfg(tmp_path, corpus, training_mode=1, num_modules=1, quantizer="gumbel", embedding_dim=4,
                codebook_size=16, epoch_tanh=3, pretrain_step=1, eval_clips=0)
     parts, cache = modes.load_data(cfg)
-    model = trainer.build_model(cfg, cache.std, modes._first_batch(cache))
+    model = trainer.build_model(cfg, cache.std, modes.first_batch(cache))
     q = model.codec_modules[0].quantizer
     seen = []
 
@@ -175,7 +176,7 @@ def test_gumbel_temperature_anneals_over_a_stage(tmp_path, corpus):
         def on_epoch_end(self, epoch, logs=None):
             seen.append(float(q.temperature.numpy()))
 
-    train_ds, val_ds, steps = modes._datasets(cfg, cache)
+    train_ds, val_ds, steps = modes.datasets(cfg, cache)
     trainer.train(cfg, model, train_ds, val_ds, steps, extra_callbacks=[Watch()])
     expect = lambda step: max(q.min_temperature, q.initial_temperature * math.exp(-q.anneal_rate * step))
     # Epoch 1 quantization-free; epochs 2-3 quantized: their last batches are steps 2 and 5.

@@ -1,5 +1,7 @@
-"""Shared helpers of the studies in scripts/: train a config, score codecs at operating points
-on the same clips, and write CSV / Markdown / PNG results.
+"""Reporting shared by `cq_codec.experiment` and the studies in scripts/: pick and load clips,
+score codecs at operating points on the same clips, and write CSV / Markdown / PNG results.
+(Training and loading a codec are `cq_codec.training.modes.train` and
+`cq_codec.experiment.load_codec`: one policy for main.py and every study.)
 
 Every measured bitrate is `len(bytes) * 8 / seconds` of real compressed bytes: the codec's
 `.nac` file from `cq_codec.api.Codec.compress` (container header included; the payload-only
@@ -9,18 +11,25 @@ rate is reported beside it) and each baseline's packets (`Baseline.encode_decode
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 import constants as C
+from cq_codec.bitstream.container import NacReader
+from cq_codec.codes import stream_entropy_bits
+from cq_codec.data.audio import load_audio
+from cq_codec.evaluation import diagnostics as diag
+from cq_codec.evaluation.baselines import AMRWB_MODES_KBPS, get_baseline
+from cq_codec.evaluation.metrics import measured_kbps, score_many
 
-__all__ = ["CORPUS_HELP", "corpus_phrase", "corpus_flags", "define_flags", "options", "select_clips", "load_clips", "train_codec", "load_codec", "ensure_entropy_tables",
+__all__ = ["CORPUS_HELP", "corpus_phrase", "corpus_flags", "define_flags", "options", "select_clips", "load_clips", "plot_history", "eval_summary_markdown",
            "codec_rows", "baseline_rows", "code_statistics", "mean_rows", "write_csv", "write_markdown",
            "plot_metric_vs_kbps", "BASELINE_POINTS", "METRICS", "QUANTIZER_KWARGS"]
 
@@ -114,7 +123,6 @@ def select_clips(utterances: Sequence, max_clips: int) -> list:
 
 def load_clips(utterances: Sequence, max_seconds: float = 8.0) -> list[tuple[str, np.ndarray]]:
     """[(name, float32 wav [N] at 16 kHz)], each cut to `max_seconds`."""
-    from cq_codec.data.audio import load_audio
     clips = []
     for u in utterances:
         wav = np.asarray(load_audio(u.path), np.float32)[: int(max_seconds * C.SAMPLE_RATE)]
@@ -122,84 +130,7 @@ def load_clips(utterances: Sequence, max_seconds: float = 8.0) -> list[tuple[str
     return clips
 
 
-def train_codec(cfg, noisy_examples: Callable | None = None) -> dict:
-    """Trains `cfg` (its training mode's stages) like `main.py`, optionally on noisy examples
-    (a `FrameNoiser`-like callable, see cq_codec.data.pipeline), fits the entropy tables on
-    training utterances and saves `<experiment>/model.keras`.
-
-    Returns {"model", "parts", "cache", "train_seconds", "model_path"}. A resumed run (killed, or
-    rerun to re-score) reports the training seconds of all its sessions (`train_seconds.txt`).
-    """
-    import keras
-    import tensorflow as tf
-    from cq_codec.data.pipeline import iterate_batches, make_dataset
-    from cq_codec.training import modes, trainer
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()
-    os.makedirs(cfg.experiment_dir, exist_ok=True)
-    cfg.save(os.path.join(cfg.experiment_dir, "config.json"))
-    parts, cache = modes.load_data(cfg)
-    sample = next(iterate_batches(cache, "train", 512, shuffle=True, seed=0))
-    model = trainer.build_model(cfg, signal_std=cache.std, sample=sample)
-    kw = dict(shuffle=True, repeat=True, drop_remainder=True, noisy_examples=noisy_examples)
-    train_ds = make_dataset(cache, "train", cfg.batch_size, seed=cfg.seed, **kw)
-    val_ds = make_dataset(cache, "val", cfg.batch_size, seed=cfg.seed + 1, **kw)
-    steps = cfg.steps_per_epoch or max(1, cache.num_frames("train") // cfg.batch_size)
-    t0 = time.perf_counter()
-    trainer.train(cfg, model, train_ds, val_ds, steps)
-    timing = os.path.join(cfg.experiment_dir, "train_seconds.txt")
-    seconds = time.perf_counter() - t0
-    if os.path.exists(timing):
-        with open(timing, encoding="utf-8") as fh:
-            seconds += float(fh.read().strip() or 0.0)
-    with open(timing, "w", encoding="utf-8") as fh:
-        fh.write(f"{seconds:.3f}\n")
-    ensure_entropy_tables(model, parts["train"], seed=cfg.seed)
-    path = os.path.join(cfg.experiment_dir, "model.keras")
-    model.save(path)
-    return {"model": model, "parts": parts, "cache": cache, "train_seconds": seconds, "model_path": path}
-
-
-def ensure_entropy_tables(model, train_utterances: Sequence, max_utterances: int = 24, seed: int = 0,
-                          force: bool = False) -> None:
-    """Fits the bitstream's entropy tables on a seeded subset of training utterances unless the
-    model already has them."""
-    from cq_codec.data.audio import load_audio
-    from cq_codec.inference import fit_entropy_tables
-    if getattr(model, "entropy_tables", None) and not force:
-        return
-    if not train_utterances:
-        raise ValueError("fitting entropy tables needs training utterances")
-    order = np.random.default_rng(seed).permutation(len(train_utterances))[:max_utterances]
-    wavs = [np.asarray(load_audio(train_utterances[i].path), np.float64) for i in sorted(order)]
-    fit_entropy_tables(model, wavs)
-
-
-def load_codec(model_dir_or_path: str, train_utterances: Sequence | None = None):
-    """A `cq_codec.api.Codec` from results/<name>/ or a .keras path; fits entropy tables on
-    `train_utterances` when the saved model has none."""
-    import keras
-    from cq_codec import api
-    import cq_codec.models.cq  # noqa: F401
-    from cq_codec.models.waveform import WaveformCodec
-    path = model_dir_or_path
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no trained model at {path}")
-    model = keras.saving.load_model(path, compile=False)
-    if isinstance(model, WaveformCodec):    # the waveform codec: n codebooks = its operating points
-        return api.load(path)
-    if not getattr(model, "entropy_tables", None):
-        if not train_utterances:
-            raise ValueError(f"{path} has no entropy tables and no training utterances were given to fit them")
-        ensure_entropy_tables(model, train_utterances)
-    return api.Codec(model, name=os.path.basename(os.path.dirname(os.path.abspath(path))))
-
-
 def _payload_kbps(data: bytes, seconds: float) -> float:
-    from cq_codec.bitstream.container import NacReader
-    import io
     reader = NacReader(io.BytesIO(data))
     return sum(len(p) for p in reader) * 8 / seconds / C.BITS_PER_KBIT
 
@@ -214,7 +145,6 @@ def codec_rows(codec, clips: Sequence[tuple[str, np.ndarray]], label: str, num_m
     encode_ms_per_s, decode_ms_per_s and the metrics of `score`; with `diagnostics`, those of
     `diagnostics.diagnose` too (per-clip spectra included: `diagnostics.pop_spectra` them).
     """
-    from cq_codec.evaluation.metrics import measured_kbps, score_many
     n = num_modules or codec.num_modules
     rows, pairs = [], []
     for k, (name, clean) in enumerate(clips):
@@ -233,7 +163,6 @@ def codec_rows(codec, clips: Sequence[tuple[str, np.ndarray]], label: str, num_m
     for row, s in zip(rows, score_many(pairs, processes=processes, names=[r["clip"] for r in rows])):
         row.update(s)
     if diagnostics:
-        from cq_codec.evaluation import diagnostics as diag
         diag.add_to_rows(rows, pairs, processes)
     return rows
 
@@ -242,8 +171,6 @@ def baseline_rows(name: str, kbps: float, clips: Sequence[tuple[str, np.ndarray]
                   diagnostics: bool = False) -> list[dict]:
     """One baseline codec at one nominal rate on every clip (measured kbps from its bytes); with
     `diagnostics` as in `codec_rows`."""
-    from cq_codec.evaluation.baselines import get_baseline
-    from cq_codec.evaluation.metrics import measured_kbps, score_many
     codec = get_baseline(name, kbps)
     rows, pairs = [], []
     for clip, wav in clips:
@@ -257,7 +184,6 @@ def baseline_rows(name: str, kbps: float, clips: Sequence[tuple[str, np.ndarray]
     for row, s in zip(rows, score_many(pairs, processes=processes, names=[r["clip"] for r in rows])):
         row.update(s)
     if diagnostics:
-        from cq_codec.evaluation import diagnostics as diag
         diag.add_to_rows(rows, pairs, processes)
     return rows
 
@@ -269,14 +195,9 @@ def code_statistics(codec, clips: Sequence[tuple[str, np.ndarray]], num_modules:
     codes = [codec.encode(w, C.SAMPLE_RATE, num_modules=n).modules[n - 1] for _, w in clips]
     flat = np.concatenate([c.reshape(-1, c.shape[-1]) for c in codes])
     sizes = codec.model.codec_modules[n - 1].quantizer.codebook_sizes
-    util, perp, ent = [], [], []
-    for s in range(flat.shape[1]):
-        counts = np.bincount(flat[:, s], minlength=sizes[s]).astype(np.float64)
-        p = counts[counts > 0] / counts.sum()
-        h = float(-(p * np.log2(p)).sum())
-        util.append(np.count_nonzero(counts) / sizes[s])
-        perp.append(2.0 ** h)
-        ent.append(h)
+    ent = stream_entropy_bits(flat, sizes)
+    util = [np.count_nonzero(np.bincount(flat[:, s], minlength=k)) / k for s, k in enumerate(sizes)]
+    perp = 2.0 ** ent
     return {"utilisation": float(np.mean(util)), "perplexity": float(np.mean(perp)),
             "bits_per_code": float(np.mean(ent)), "alphabet": int(sizes[0]), "streams": int(flat.shape[1])}
 
@@ -351,7 +272,6 @@ def plot_metric_vs_kbps(summary: Sequence[dict], path: str, metrics: Sequence[st
 
 def nearest_amrwb_mode(kbps: float) -> float:
     """The AMR-WB mode (kbps) closest to `kbps`."""
-    from cq_codec.evaluation.baselines import AMRWB_MODES_KBPS
     return min(AMRWB_MODES_KBPS, key=lambda m: abs(m - kbps))
 
 
@@ -360,8 +280,6 @@ def compare_clip(codec, wav: np.ndarray, name: str = "clip", baselines: Sequence
     """One clip through every operating point of `codec` and, at each point's measured file
     bitrate, through Opus (same target rate) and AMR-WB (nearest mode). Rows are in operating
     point order: cq first, then its baselines. With `out_dir`, writes every decoded wav there."""
-    from cq_codec.evaluation.baselines import get_baseline
-    from cq_codec.evaluation.metrics import measured_kbps, score_many
     wav = np.asarray(wav, np.float32)
     rows, pairs = [], []
     for n in range(1, codec.num_modules + 1):
@@ -385,3 +303,50 @@ def compare_clip(codec, wav: np.ndarray, name: str = "clip", baselines: Sequence
             tag = row["codec"].replace(" ", "_").replace("(", "").replace(")", "")
             sf.write(os.path.join(out_dir, f"{name}_{tag}_{row['kbps']:.1f}kbps.wav"), dec, C.SAMPLE_RATE)
     return rows
+
+
+def eval_summary_markdown(rows: list[dict]) -> str:
+    """eval.md: the mean of every metric per operating point (and per input SNR for noisy
+    evaluation), a Markdown table."""
+    group = [k for k in ("snr_db", "modules") if k in rows[0]]
+    keys = [k for k in rows[0] if k not in ("clip", "seconds", *group)]
+    lines = ["| " + " | ".join(group + keys) + " |", "|---" * (len(group) + len(keys)) + "|"]
+    for g in sorted({tuple(r[k] for k in group) for r in rows}):
+        sel = [r for r in rows if tuple(r[k] for k in group) == g]
+        means = [np.nanmean([float(r[k]) for r in sel]) for k in keys]
+        lines.append("| " + " | ".join(f"{v:g}" for v in g) + " | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_history(csv_path: str, out_path: str) -> None:
+    """Training curves from metrics.csv: loss, time/mel terms and estimated kbps per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    x = np.arange(1, len(rows) + 1)
+    get = lambda k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows])
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for key in ("loss", "val_loss"):
+        axes[0].plot(x, get(key), label=key)
+    for key in ("time", "val_time", "mel", "val_mel"):
+        axes[1].plot(x, get(key), label=key)
+    for key in ("kbps", "val_kbps"):
+        axes[2].plot(x, get(key), label=key)
+    for ax, title, unit in zip(axes, ("total loss", "reconstruction terms", "estimated bitrate"), ("loss", "RMSE", "kbps")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch (all stages in order)")
+        ax.set_ylabel(unit)
+        ax.legend()
+    stages = [r["stage"] for r in rows]
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            for ax in axes:
+                ax.axvline(i + 0.5, color="grey", ls=":")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

@@ -17,11 +17,12 @@ import keras
 from keras import layers, ops
 
 import constants as C
-from cq_codec.config import FRONT_ENDS
 from cq_codec.nn.blocks import SubPixelUpsample1D, make_block
 from cq_codec.quantizers import get_quantizer
 
 __all__ = ["ResidualModule", "FRONT_ENDS"]
+
+FRONT_ENDS = ("conv", "patch")   # "conv": the reference (sample-rate layers); "patch": the lean variant
 
 
 @keras.saving.register_keras_serializable(package="cq_codec")

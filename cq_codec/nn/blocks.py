@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-__all__ = ["GatedResidualBlock", "BottleneckBlock", "SeparableBlock", "SubPixelUpsample1D", "make_block"]
+__all__ = ["GatedResidualBlock", "BottleneckBlock", "SeparableBlock", "SubPixelUpsample1D", "make_block", "BLOCK_TYPES"]
 
 _PKG = "cq_codec"
 
@@ -100,6 +100,7 @@ class SeparableBlock(_BlockBase):
 
 
 _BLOCKS = {"gln": GatedResidualBlock, "bottleneck": BottleneckBlock, "separable": SeparableBlock}
+BLOCK_TYPES = tuple(_BLOCKS)
 
 
 def make_block(block_type: str, channels: int, bottleneck: int, kernel_size: int, dilation: int, name=None):

@@ -22,10 +22,12 @@ import numpy as np
 import tensorflow as tf
 
 import constants as C
+import lpc
+from lpc import tf_ops
 from cq_codec.config import Config, ConfigError
 from cq_codec.losses import bits_per_symbol_target
 from cq_codec.models.cq import CQCodec, default_lsf_grid
-from cq_codec.training.atomic import ExperimentLock
+from cq_codec.training.atomic import ExperimentLock, replace_dir
 from cq_codec.training.callbacks import (OPTIMIZER, WEIGHTS, AlphaSchedule, EpochCheckpoint, FaultPoints, PretrainBypass,
                                          TauController, TemperatureSchedule, _legacy_state, latest_checkpoint, load_optimizer,
                                          read_checkpoint_state, write_metrics)
@@ -107,8 +109,6 @@ def module_configs(cfg: Config) -> list[dict]:
 
 def data_statistics(sample: dict) -> tuple[np.ndarray, float]:
     """From a batch of training examples: the LSF codebook init and the residual scale."""
-    from lpc import tf_ops
-    import lpc
     lsf = np.asarray(sample["lsf"], np.float32)
     a = tf_ops.per_sample_filters_tf(tf.constant(lsf))
     e = tf_ops.residual_tf(tf.constant(sample["x"], tf.float32), a).numpy() * lpc.frame_window()
@@ -174,7 +174,6 @@ def _multiworker_workarounds(model) -> None:
 def _keep_stage_end(exp: str, ckpt_dir: str, state: dict, stage: Stage) -> None:
     """A run killed between a stage's last checkpoint and its end-<stage> copy: copy it now (the
     newest checkpoint is that stage's end when the state says so)."""
-    from cq_codec.training.atomic import replace_dir
     end = os.path.join(ckpt_dir, f"end-{stage.name}")
     latest = latest_checkpoint(os.path.join(exp, "checkpoints"))
     if not os.path.exists(end) and latest and state.get("stage") == stage.name:
