@@ -123,21 +123,9 @@ def _array_blocks(wav, sr: int, block: int = _BLOCK) -> Iterator[np.ndarray]:
 def frame_functions(model, num_active: int | None = None):
     """`tf.function`s of the frame-level codec with input signatures (tensorflow-compression style):
     encode_frames(frames float32 [N, 512]) -> {"codes_i": int32 [N, P_i, S_i]} and
-    decode_frames(codes_0, ..., codes_{k-1}) -> {"frames": float32 [N, 512]}."""
-    n = num_active or len(model.codec_modules)
-    layout = cs.code_layout(model)["modules"][:n]
-
-    @tf.function(input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32, name="frames")])
-    def encode_frames(frames):
-        return {f"codes_{i}": c for i, c in enumerate(model.encode_frames(frames, num_active=n))}
-
-    specs = [tf.TensorSpec([None, m["positions"], len(m["alphabet_sizes"])], tf.int32, name=f"codes_{i}")
-             for i, m in enumerate(layout)]
-
-    @tf.function(input_signature=specs)
-    def decode_frames(*codes):
-        return {"frames": model.decode_frames(list(codes))}
-    return encode_frames, decode_frames
+    decode_frames(codes_0, ..., codes_{k-1}) -> {"frames": float32 [N, 512]}: the model's own
+    traced functions (`CQCodec.frame_functions`), which the streaming codec runs too."""
+    return model.frame_functions(num_active or len(model.codec_modules))
 
 
 class OperatingPoint(NamedTuple):

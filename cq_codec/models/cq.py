@@ -209,26 +209,36 @@ class CQCodec(keras.Model):
         return self._report(self.compute_terms(self.forward(data, training=False)))
 
     # ------------------------------------------------------------------ inference on frames
-    def _inference_fn(self, kind: str, n: int, streams: tuple = ()):
-        """A traced `tf.function` per (kind, number of modules, code streams, RVQ stages in use):
-        eager Keras calls cost several times the convolutions themselves on this model size."""
+    def frame_functions(self, n: int | None = None, streams: tuple | None = None):
+        """(encode, decode): the traced `tf.function`s of the frame codec with the first `n`
+        modules, with input signatures (tensorflow-compression style; `api.Codec` exports them
+        to a SavedModel as they are): encode(frames float32 [N, 512]) -> {"codes_i": int32
+        [N, P_i, S_i]}, decode(codes_0, ..., codes_{n-1}) -> {"frames": float32 [N, 512]}.
+        `streams`: the S_i decode takes (default: each quantizer's streams). Cached; eager Keras
+        calls cost several times the convolutions themselves on this model size."""
+        n = int(n or len(self.codec_modules))
+        streams = tuple(int(k) for k in (streams or [m.quantizer.num_streams for m in self.codec_modules[:n]]))
         # Python-side quantizer state (RVQ stages in use) is baked into a trace: part of the key.
-        key = (kind, n, streams, tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n]))
+        stages = tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n])
         fns = self.__dict__.setdefault("_cq_inference_fns", {})
-        if key not in fns:
-            if kind == "encode":
-                spec = [tf.TensorSpec([None, C.FRAME_SIZE], tf.float32)]
-                fns[key] = tf.function(lambda r: self._encode_frames(r, n), input_signature=spec, reduce_retracing=True)
-            else:
-                spec = [[tf.TensorSpec([None, m.num_positions, k], tf.int32)
-                         for m, k in zip(self.codec_modules[:n], streams)]]
-                fns[key] = tf.function(self._decode_frames, input_signature=spec, reduce_retracing=True)
-        return fns[key]
+        if ("encode", n, stages) not in fns:
+            fns["encode", n, stages] = tf.function(
+                lambda frames: {f"codes_{i}": c for i, c in enumerate(self._encode_frames(frames, n))},
+                input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32, name="frames")],
+                reduce_retracing=True)
+        if ("decode", n, streams, stages) not in fns:
+            specs = [tf.TensorSpec([None, m.num_positions, k], tf.int32, name=f"codes_{i}")
+                     for i, (m, k) in enumerate(zip(self.codec_modules[:n], streams))]
+            fns["decode", n, streams, stages] = tf.function(
+                lambda *codes: {"frames": self._decode_frames(list(codes))}, input_signature=specs,
+                reduce_retracing=True)
+        return fns["encode", n, stages], fns["decode", n, streams, stages]
 
     def encode_frames(self, residual_frames, num_active=None):
         """Windowed residual frames [N, 512] -> list of int32 codes [N, positions, S] per module."""
         n = int(num_active or len(self.codec_modules))
-        return list(self._inference_fn("encode", n)(tf.convert_to_tensor(residual_frames, tf.float32)))
+        out = self.frame_functions(n)[0](tf.convert_to_tensor(residual_frames, tf.float32))
+        return [out[f"codes_{i}"] for i in range(n)]
 
     def decode_frames(self, codes):
         """List of per-module codes (any prefix of the cascade) -> residual frames [N, 512]."""
@@ -236,7 +246,7 @@ class CQCodec(keras.Model):
         if not 1 <= len(codes) <= len(self.codec_modules):
             raise ValueError(f"decode_frames: expected codes of 1..{len(self.codec_modules)} modules; got {len(codes)}")
         streams = tuple(int(c.shape[-1]) for c in codes)   # RVQ: codes of fewer stages decode too
-        return self._inference_fn("decode", len(codes), streams)(codes)
+        return self.frame_functions(len(codes), streams)[1](*codes)["frames"]
 
     def _encode_frames(self, residual_frames, num_active):
         r = residual_frames * self.residual_scale
