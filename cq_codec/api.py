@@ -29,6 +29,8 @@ import soxr
 import tensorflow as tf
 
 import constants as C
+import cq_codec.models.cq  # noqa: F401  (registers the serializable classes for load / load_model)
+import cq_codec.models.waveform
 from cq_codec import backends, inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
@@ -366,9 +368,6 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     without its path: "default", "waveform_rvq".
     `backend`: "keras" (default) or "tflite" (`cq_codec.backends`: LiteRT + XNNPACK; the first use
     of an operating point converts it, about 2-10 s, then cached on disk)."""
-    import keras
-    import cq_codec.models.cq  # noqa: F401  (registers the serializable classes)
-    import cq_codec.models.waveform  # noqa: F401
     path = DEFAULT_MODEL_PATH if path is None else _pretrained(str(path))
     if not os.path.isfile(path):
         hint = (" (the shipped default model is missing: reinstall cq-codec, re-train it with "
@@ -378,7 +377,7 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     if not zipfile.is_zipfile(path):     # keras says "File not found" for a truncated archive
         raise ValueError(f"cannot load model {path!r}: not a .keras (zip) archive; truncated or damaged?")
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad archive
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
     if isinstance(model, cq_codec.models.waveform.WaveformCodec):
@@ -397,7 +396,6 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
 def load_model(path: str | None = None):
     """The model of a `.keras` file (None: the shipped default model), with clear errors for a
     missing or unreadable file; the entropy tables are not checked (see `load`)."""
-    import cq_codec.models.waveform  # noqa: F401  (registers the serializable classes)
     path = DEFAULT_MODEL_PATH if path is None else str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path!r} not found")

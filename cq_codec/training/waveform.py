@@ -23,6 +23,7 @@ import numpy as np
 
 import constants as C
 from cq_codec.config import Config
+from cq_codec.models.waveform import WaveformCodec, multi_resolution_stft_loss
 
 __all__ = ["run", "build_model", "load_split_audio", "SegmentSampler", "evaluate"]
 
@@ -40,7 +41,6 @@ def quantizer_config(cfg: Config) -> dict:
 
 
 def build_model(cfg: Config):
-    from cq_codec.models.waveform import WaveformCodec
     model = WaveformCodec(strides=list(cfg.wave_strides), channels=int(cfg.wave_channels),
                           latent_dim=int(cfg.wave_latent_dim), num_units=int(cfg.wave_units),
                           block_type=cfg.block_type, patch=bool(cfg.wave_patch), quantizer=quantizer_config(cfg),
@@ -109,7 +109,6 @@ def train(cfg: Config, model, train_recs, val_recs) -> dict:
     """Trains `model` for cfg.epoch_tanh epochs of steps_per_epoch steps (resumable)."""
     import keras
     import tensorflow as tf
-    from cq_codec.models.waveform import multi_resolution_stft_loss
     from cq_codec.training.callbacks import load_optimizer, save_optimizer
     exp = cfg.experiment_dir
     paths = _ckpt_paths(exp)
