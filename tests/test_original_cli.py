@@ -149,7 +149,7 @@ def test_the_shipped_model_and_recipe_keep_their_meaning():
     their quantization-free epochs."""
     shipped = Config.load(os.path.join(ROOT, "results", "default_model", "config.json"))
     assert (shipped.num_modules, shipped.blocks_per_section, shipped.kernel_and_dilation) == (3, 2, (9, 9, 2, 1))
-    assert (shipped.epoch_followers, shipped.follower_pretrain_step, shipped.learning_rate_followers) == ((24,), 2, (1e-3,))
+    assert (shipped.epoch_followers, shipped.follower_pretrain_step, shipped.learning_rate_followers) == ((10,), 2, (1e-3,))
     with open(os.path.join(ROOT, "scripts", "train_default.sh")) as fh:
         script = fh.read()
     cmd = script[script.index("main.py"):script.index("\n", script.index("--eval_clips"))].replace("\\\n", " ")
