@@ -35,26 +35,17 @@ fi
   --steps_per_epoch 300 --validation_steps 20 --batch_size 32 --lr_schedule cosine \
   --learning_rate_tanh 1e-3 --learning_rate_followers 1e-3 --learning_rate_finetune 2e-4 \
   --eval_clips 20
-.venv/bin/python main.py --training_mode 2 --base_model_id "$NAME" --name default_v9 --results_dir "$RESULTS" \
-  --corpus demo --data_dir "$DATA" \
-  --num_modules 3 --channels 64 --bottleneck 16 --blocks_per_section 2 --kernel_and_dilation 9,9,2,1 \
-  --the_strides 4 --block_type gln --front_end patch \
-  --coeff_term 20,10,0 --spectral_loss nsr_mel --spectral_weight 250 \
-  --target_entropy 2.0,1.85,2.1 --lsf_target_entropy 2.5 --rate_calibration \
-  --epoch_tanh 24 --epoch_followers 10 --epoch_finetune 3 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2 --follower_pretrain_step 2 \
-  --steps_per_epoch 300 --validation_steps 20 --batch_size 32 --lr_schedule cosine \
-  --learning_rate_tanh 1e-3 --learning_rate_followers 1e-3 --learning_rate_finetune 2e-4 \
-  --eval_clips 20
-.venv/bin/python main.py --training_mode 5 --base_model_id "$NAME" --name default_v9 --results_dir "$RESULTS" \
-  --corpus demo --data_dir "$DATA" \
-  --num_modules 3 --channels 64 --bottleneck 16 --blocks_per_section 2 --kernel_and_dilation 9,9,2,1 \
-  --the_strides 4 --block_type gln --front_end patch \
-  --coeff_term 20,10,0 --spectral_loss nsr_mel --spectral_weight 250 \
-  --target_entropy 2.0,1.85,2.1 --lsf_target_entropy 2.5 --rate_calibration \
-  --epoch_tanh 24 --epoch_followers 10 --epoch_finetune 3 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2 --follower_pretrain_step 2 \
-  --steps_per_epoch 300 --validation_steps 20 --batch_size 32 --lr_schedule cosine \
-  --learning_rate_tanh 1e-3 --learning_rate_followers 1e-3 --learning_rate_finetune 2e-4 \
-  --eval_clips 20
+[ "${STAGES:-AB}" = A ] && exit 0   # scripts/train_nsr_v8.sh: default_v8 only
+v9=(--base_model_id "$NAME" --name default_v9 --results_dir "$RESULTS" --corpus demo --data_dir "$DATA"
+  --num_modules 3 --channels 64 --bottleneck 16 --blocks_per_section 2 --kernel_and_dilation 9,9,2,1
+  --the_strides 4 --block_type gln --front_end patch
+  --coeff_term 20,10,0 --spectral_loss nsr_mel --spectral_weight 250
+  --target_entropy 2.0,1.85,2.1 --lsf_target_entropy 2.5 --rate_calibration
+  --epoch_tanh 24 --epoch_followers 10 --epoch_finetune 3 --tau_init 1.0 --tau_step 0.08 --pretrain_step 2
+  --follower_pretrain_step 2 --steps_per_epoch 300 --validation_steps 20 --batch_size 32 --lr_schedule cosine
+  --learning_rate_tanh 1e-3 --learning_rate_followers 1e-3 --learning_rate_finetune 2e-4 --eval_clips 20)
+.venv/bin/python main.py --training_mode 2 "${v9[@]}"   # the followers, on v8 restored
+.venv/bin/python main.py --training_mode 5 "${v9[@]}"   # joint fine-tuning
 if [ "${INSTALL:-1}" = 1 ]; then   # INSTALL=0: train and evaluate only
   mkdir -p cq_codec/pretrained
   cp "$RESULTS/default_v9/model.keras" cq_codec/pretrained/default.keras
