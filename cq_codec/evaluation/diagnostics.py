@@ -33,8 +33,6 @@ PESQ failures (silent or too-short clips) give NaN with a `metrics.MetricWarning
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -216,29 +214,9 @@ def diagnose_many(pairs: Iterable[Sequence], processes: int = 2, names: Sequence
                   oracle: bool = True) -> list[dict]:
     """`diagnose` (with spectra) over `(reference, decoded)` pairs, in `processes` worker
     processes (forkserver, like `metrics.score_many`); results in the order of `pairs`."""
-    pairs = list(pairs)
-    names = [f"clip{i}" for i in range(len(pairs))] if names is None else list(names)
-    if len(names) != len(pairs):
-        raise ValueError(f"got {len(names)} names for {len(pairs)} clips")
-    if processes < 1:
-        raise ValueError(f"processes must be >= 1, got {processes}")
-    jobs = []
-    for i, pair in enumerate(pairs):
-        if len(pair) != 2:
-            raise ValueError(f"pair {i} must be (reference, decoded), got {len(pair)} items")
-        jobs.append((metrics._check_signal(pair[0], f"reference of {names[i]!r}"),
-                     metrics._check_signal(pair[1], f"decoded of {names[i]!r}"), names[i], oracle))
-    if processes == 1 or len(jobs) <= 1:
-        return [diagnose(r, d, n, oracle=o) for r, d, n, o in jobs]
-    context = multiprocessing.get_context("forkserver")   # never fork a parent holding TF threads
-    with concurrent.futures.ProcessPoolExecutor(min(processes, len(jobs)), mp_context=context) as pool:
-        outputs = list(pool.map(_worker, jobs))
-    results = []
-    for result, caught in outputs:
-        for message, category in caught:
-            warnings.warn(message, category, stacklevel=2)
-        results.append(result)
-    return results
+    checked, names = metrics.check_pairs(pairs, names, processes)
+    jobs = [(ref, dec, name, oracle) for (ref, dec), name in zip(checked, names)]
+    return metrics.run_jobs(lambda r, d, n, o: diagnose(r, d, n, oracle=o), _worker, jobs, processes)
 
 
 def add_to_rows(rows: Sequence[dict], pairs: Sequence[Sequence], processes: int = 2) -> None:

@@ -254,30 +254,43 @@ def score_many(pairs: Iterable[Sequence], sr: int = SAMPLE_RATE, processes: int 
         list of `score` dicts, in the order of `pairs`.
     """
     _check_sr(sr)
+    checked, names = check_pairs(pairs, names, processes)
+    jobs = [(ref, dec, sr, name, max_delay_ms) for (ref, dec), name in zip(checked, names)]
+    return run_jobs(score, _score_worker, jobs, processes)
+
+
+def check_pairs(pairs: Iterable[Sequence], names: Sequence[str] | None, processes: int):
+    """Validated `[(reference, decoded)]` float arrays and one name per clip (default `clip<i>`);
+    ValueError naming the clip for anything else."""
     pairs = list(pairs)
-    if names is None:
-        names = [f"clip{i}" for i in range(len(pairs))]
+    names = [f"clip{i}" for i in range(len(pairs))] if names is None else list(names)
     if len(names) != len(pairs):
         raise ValueError(f"got {len(names)} names for {len(pairs)} clips")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
-    jobs = []
+    checked = []
     for i, pair in enumerate(pairs):
         if len(pair) != 2:
             raise ValueError(f"pair {i} must be (reference, decoded), got {len(pair)} items")
-        ref = _check_signal(pair[0], f"reference of {names[i]!r}")
-        dec = _check_signal(pair[1], f"decoded of {names[i]!r}")
-        jobs.append((ref, dec, sr, names[i], max_delay_ms))
+        checked.append((_check_signal(pair[0], f"reference of {names[i]!r}"),
+                        _check_signal(pair[1], f"decoded of {names[i]!r}")))
+    return checked, names
+
+
+def run_jobs(fn, worker, jobs: list, processes: int) -> list:
+    """`fn(*job)` for every job, serially for one process or one job, else in a forkserver
+    pool through `worker` (which returns `(result, caught warnings)`); warnings re-raised here,
+    results in the order of `jobs`."""
     if processes == 1 or len(jobs) <= 1:
-        return [score(*job) for job in jobs]
+        return [fn(*job) for job in jobs]
     # forkserver: never fork a parent that may hold TensorFlow's threads.
     context = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(min(processes, len(jobs)),
                                                 mp_context=context) as pool:
-        outputs = list(pool.map(_score_worker, jobs))
+        outputs = list(pool.map(worker, jobs))
     results = []
     for result, caught in outputs:
         for message, category in caught:
-            warnings.warn(message, category, stacklevel=2)
+            warnings.warn(message, category, stacklevel=3)
         results.append(result)
     return results
