@@ -2,7 +2,9 @@
 
 `Config` is what `main.py` builds from its absl flags and what a results folder stores as
 `config.json`; every check a flag needs lives in `Config.validate`, so a bad value fails at
-start with a message naming the flag, never deep inside training.
+start with a message naming the flag, never deep inside training. Each field carries its own
+help text and element type (`_f`), from which `define_flags` generates the absl flags of
+main.py and of the study scripts: the config is described here only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from typing import Any
 
 import constants as C
@@ -22,7 +25,8 @@ from cq_codec.nn.blocks import BLOCK_TYPES
 from cq_codec.quantizers.factory import QUANTIZERS as _QUANTIZER_CLASSES
 from cq_codec.training.atomic import write_text   # a bottom-layer utility (no repo imports)
 
-__all__ = ["Config", "ConfigError", "config_from_flags", "parse_int_list", "parse_float_list", "ORIGINAL_FLAGS", "QUANTIZERS",
+__all__ = ["Config", "ConfigError", "config_from_flags", "config_from_absl", "define_flags", "define_config_flags",
+           "flag_kind", "parse_int_list", "parse_float_list", "ORIGINAL_FLAGS", "EXTRA_FLAGS", "QUANTIZERS",
            "BLOCK_TYPES", "FRONT_ENDS"]
 
 QUANTIZERS = tuple(_QUANTIZER_CLASSES)
@@ -57,6 +61,15 @@ def parse_float_list(text: Any, name: str = "value") -> list[float]:
     return _parse_list(text, float, name)
 
 
+def _f(default, help: str, element: type | None = None):
+    """A Config field with its description: `help` is the flag's help text (main.py and the study
+    scripts generate their flags from it, `define_flags`); `element` is the type of a tuple
+    field's entries (int or float), which its flag parses from '1,2' or '1 2'."""
+    if isinstance(default, tuple) and element not in (int, float):
+        raise TypeError("a tuple field names its element type: int or float")
+    return dataclasses.field(default=default, metadata={"help": help, "element": element})
+
+
 @dataclasses.dataclass
 class Config:
     """Everything one experiment needs. Field names follow the original CQ release's flags where
@@ -64,120 +77,153 @@ class Config:
     by `config_from_flags` (see ORIGINAL_FLAGS)."""
 
     # Mode and bookkeeping.
-    training_mode: int = 4
-    name: str = "default"
-    results_dir: str = "results"
-    base_model_id: str = ""
-    suffix: str = ""
-    seed: int = 1234
+    training_mode: int = _f(4,
+        "0 evaluate, 1 first module, 2 followers on --base_model_id, 3 greedy, 4 greedy + fine-tune, 5 "
+        "fine-tune only")
+    name: str = _f("default", "experiment name: results go to <results_dir>/<name><suffix>")
+    results_dir: str = _f("results", "folder of experiment folders")
+    base_model_id: str = _f("", "experiment folder name (under results_dir) whose checkpoint modes 2 and 5 restore")
+    suffix: str = _f("", "appended to the experiment folder name")
+    seed: int = _f(1234, "random seed (training is deterministic on CPU for a seed)")
     # Data.
-    corpus: str = "demo"
-    data_dir: str = "data/demo"
-    cache_dir: str = "cache"
-    max_train_minutes: float = 0.0   # 0 = use everything
+    corpus: str = _f("demo", "corpus layout: " + "|".join(CORPORA))
+    data_dir: str = _f("data/demo",
+        "corpus root (the demo corpus is built there when --corpus demo and it is missing)")
+    cache_dir: str = _f("cache", "on-disk frame cache")
+    max_train_minutes: float = _f(0.0, "cap on training audio in minutes (0 = all)")
     # Speed perturbation of the training split: one extra copy per factor, pitch and formants
     # moved by the factor (cq_codec.data.cache); empty = the recordings only.
-    speed_perturb: tuple = ()
-    eval_clips: int = 8
+    speed_perturb: tuple = _f((),
+        "extra speed factors of the training audio, e.g. 0.9,1.1 (one resampled copy per factor: pitch and "
+        "formants move with it; empty = the recordings only)", float)
+    eval_clips: int = _f(8, "test clips scored and written as audio after training and in mode 0")
     # Architecture (one module; the cascade repeats it).
-    num_modules: int = 2
-    channels: int = 100
-    bottleneck: int = 20
+    num_modules: int = _f(2, "modules in the cascade")
+    channels: int = _f(100, "channels of each module")
+    bottleneck: int = _f(20, "bottleneck channels of each residual block")
     # Residual blocks per encoder/decoder section (the original derived it from the number of
     # dilations in --bottleneck_kernel_and_dilation; its --num_resnets counted the modules).
-    blocks_per_section: int = 2
-    kernel_and_dilation: tuple = (9, 9, 1, 2)  # kernel, kernel, dilation, dilation (block j uses entry j % 2)
-    the_strides: tuple = (2,)
-    block_type: str = "gln"
-    front_end: str = "conv"          # "conv" (reference: sample-rate layers) or "patch" (lean)
-    is_cq: bool = True
-    res_scalar: float = 1.0
+    blocks_per_section: int = _f(2, "residual blocks per encoder/decoder section")
+    kernel_and_dilation: tuple = _f((9, 9, 1, 2),
+        "kernel1,kernel2,dilation1,dilation2 of the residual blocks (block j uses the (j mod 2)-th)", int)
+    the_strides: tuple = _f((2,), "downsampling stride per module (1, 2 or 4; the last is reused)", int)
+    block_type: str = _f("gln", "gln (gated, the original), bottleneck or separable (depthwise-separable)")
+    front_end: str = _f("conv",
+        "conv (the original: layers at the sample rate) or patch (stride-sample patches, every layer at the "
+        "code rate: about 1/5 of the FLOPs)")
+    is_cq: bool = _f(True, "collaborative quantization: train the LSF codebook jointly")
+    res_scalar: float = _f(1.0, "extra factor on the residual fed to the cascade")
     # Quantization.
-    quantizer: str = "softmax"
-    num_bins: int = 32
-    num_bins_followers: tuple = (32,)     # per follower (module 2, 3, ...); the last entry is reused
-    codebook_size: int = 256
-    embedding_dim: int = 4
-    num_stages: int = 3
-    stage_dims: tuple = ()
-    codebook_sizes: tuple = ()
-    lsf_bins: int = 16
-    gumbel_entropy_temperature: float = 0.1   # softmax temperature of Gumbel's entropy estimate
+    quantizer: str = _f("softmax", "|".join(QUANTIZERS))
+    num_bins: int = _f(32, "bins of the first module's softmax quantizer")
+    num_bins_followers: tuple = _f((32,),
+        "bins of the followers' softmax quantizers (per follower, last reused)", int)
+    codebook_size: int = _f(256, "codebook size (vq, rvq, gumbel, pq)")
+    embedding_dim: int = _f(4, "code-vector dimension (vq, rvq, gumbel, pq)")
+    num_stages: int = _f(3, "RVQ stages")
+    stage_dims: tuple = _f((), "PQ sub-vector sizes, e.g. 2,2", int)
+    codebook_sizes: tuple = _f((), "per-stage (RVQ) or per-group (PQ) codebook sizes, e.g. 256,256,256", int)
+    lsf_bins: int = _f(16, "bins per LSF in the LSF codebook")
+    gumbel_entropy_temperature: float = _f(0.1,
+        "softmax temperature of the Gumbel quantizer's training entropy estimate (1.0 = the plain soft "
+        "assignments; 0.1 tracks the argmax codes)")
     # Softness of the softmax quantizer, annealed geometrically from alpha_start to alpha_end over
     # the first `anneal_fraction` of each stage's quantized epochs (Agustsson et al. 2017).
     # Training forward pass of the softmax quantizer: "soft" (the paper's sum_k p_k b_k), "hard"
     # (hard values, soft gradients) or "identity" (hard values, identity gradient to the encoder).
-    softmax_gradient: str = "identity"
-    alpha_start: float = 20.0
-    alpha_end: float = 300.0
-    anneal_fraction: float = 0.6
+    softmax_gradient: str = _f("identity",
+        "softmax quantizer training pass: soft (the paper), hard (hard values, soft gradients), identity (hard "
+        "values, identity gradient)")
+    alpha_start: float = _f(20.0, "softmax quantizer softness at the start of each stage's quantized epochs")
+    alpha_end: float = _f(300.0, "softmax quantizer softness reached after --anneal_fraction of them")
+    anneal_fraction: float = _f(0.6, "fraction of a stage's quantized epochs over which alpha is annealed")
     # Bitrate control.
-    target_entropy: tuple = (2.2,)       # bits/symbol per module (or kbps, see target_unit)
-    target_unit: str = "bits"            # "bits" (per symbol) or "kbps" (per module)
-    lsf_target_entropy: float = 2.5      # bits per LSF symbol (16 per frame); 0 = no LSF rate control
-    tau_init: float = 0.5                # entropy weight when a stream's control starts
-    tau_step: float = 0.05               # gain of the multiplicative tau controller
-    tau_signed: bool = False             # tau may turn negative (reward entropy under target)
-    rate_calibration: bool = False       # steer so the validation entropy meets the target
+    target_entropy: tuple = _f((2.2,), "entropy target per module (last reused), in --target_unit", float)
+    target_unit: str = _f("bits", "bits (per symbol) or kbps (per module)")
+    lsf_target_entropy: float = _f(2.5, "entropy target of the LSF codes in bits per LSF (0 = no LSF rate control)")
+    tau_init: float = _f(0.5,
+        "entropy weight when a stream's rate control starts (0 allowed with --tau_signed: start from no "
+        "penalty)")
+    tau_step: float = _f(0.05, "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps")
+    tau_signed: bool = _f(False,
+        "let tau turn negative (reward entropy) when the codes stay under target with no penalty")
+    rate_calibration: bool = _f(False,
+        "calibrate the rate controller on the validation split each epoch, so the held-out codes' entropy (not "
+        "the training batches') meets the target")
     # Loss weights: time RMSE, mel, sparsity. The paper used 60, 10, 10; with the tau controller
     # setting the rate, the sparsity term only pushes codes toward collapse (measured), so 0.
-    coeff_term: tuple = (60.0, 10.0, 0.0)
+    coeff_term: tuple = _f((60.0, 10.0, 0.0),
+        "loss weights time,mel,sparsity; a 4th value (the original's) is the entropy weight tau starts from "
+        "(sets --tau_init; 0 also sets --tau_signed, as the original's tau moved either way)", float)
     # Perceptual noise shaping of the time loss: the error is taken through 1/A(z/gamma) instead
     # of 1/A(z) (weighting W(z) = A(z) / A(z/gamma)), so the coding noise may follow the formants.
     # 1 = the plain signal error (the original).
-    weighting_gamma: float = 1.0
+    weighting_gamma: float = _f(1.0,
+        "perceptual weighting of the time loss: error through 1/A(z/gamma) (W(z) = A(z)/A(z/gamma); 1 = the "
+        "plain signal error)")
     # An extra spectral loss term (cq_codec.losses.SPECTRAL_LOSSES): "mrstft" (spectral
     # convergence + log magnitude at 512/256/128) or "nsr" (per-bin noise-to-signal ratio), with
     # its weight; "none" = the original loss.
-    spectral_loss: str = "none"
-    spectral_weight: float = 0.0
+    spectral_loss: str = _f("none",
+        "extra spectral loss term: none, mrstft (spectral convergence + log magnitude, STFT 512/256/128) or nsr "
+        "(per-bin noise-to-signal ratio against the speech) or nsr_mel (the same on mel bands)")
+    spectral_weight: float = _f(0.0, "weight of --spectral_loss")
     # Schedule.
-    learning_rate_tanh: tuple = (1e-4,)           # first module
-    learning_rate_followers: tuple = (1e-4,)  # per follower; the last entry is reused
-    learning_rate_finetune: float = 2e-5
-    lr_schedule: str = "constant"            # "constant" or "cosine" (per stage, down to 10%)
-    epoch_tanh: int = 10
-    epoch_followers: tuple = (10,)           # per follower; the last entry is reused
-    epoch_finetune: int = 5
+    learning_rate_tanh: tuple = _f((1e-4,), "learning rate of the first module", float)
+    learning_rate_followers: tuple = _f((1e-4,), "learning rates of the followers (last reused)", float)
+    learning_rate_finetune: float = _f(2e-5, "learning rate of joint fine-tuning")
+    lr_schedule: str = _f("constant", "constant, or cosine (each stage decays its learning rate to 10%)")
+    epoch_tanh: int = _f(10, "epochs of the first module (pretrain epochs included)")
+    epoch_followers: tuple = _f((10,), "epochs per follower (last reused)", int)
+    epoch_finetune: int = _f(5, "epochs of joint fine-tuning")
     # Joint fine-tuning's loss averages every prefix of the cascade (each is an operating point);
     # with the full cascade's loss alone, fine-tuning drove module 1 from 1.75 to 0.78 bits/symbol.
-    finetune_prefix_loss: bool = True
-    pretrain_step: int = 2                  # quantization-free epochs at the start of the first module's stage
+    finetune_prefix_loss: bool = _f(True,
+        "fine-tuning loss averages every prefix of the cascade (keeps each operating point)")
+    pretrain_step: int = _f(2, "quantization-free epochs at the start of the first module's stage")
     # Quantization-free epochs at the start of each follower's stage (the original had none;
     # capped at the stage's epochs - 1).
-    follower_pretrain_step: int = 0
+    follower_pretrain_step: int = _f(0,
+        "quantization-free epochs at the start of each follower's stage (the original: 0)")
     # The original's --from_where_step: which checkpoint mode 0 evaluates (0 after the first
     # module, 1 after the greedy followers, 2 the latest, i.e. after fine-tuning).
-    from_where_step: int = 2
-    max_epochs_per_stage: int = 0           # cap on every stage's epochs (0 = none): smoke runs
-    batch_size: int = 32
-    steps_per_epoch: int = 0                # 0 = one pass over the training split
-    validation_steps: int = 20
-    distribute: str = "none"
+    from_where_step: int = _f(2,
+        "which checkpoint mode 0 evaluates: 0 after the first module, 1 after the greedy followers, 2 the "
+        "latest (after fine-tuning)")
+    max_epochs_per_stage: int = _f(0, "cap on every stage's epochs (0 = none), for smoke runs of a full recipe")
+    batch_size: int = _f(32, "frames per batch")
+    steps_per_epoch: int = _f(0, "training steps per epoch (0 = one pass over the training split)")
+    validation_steps: int = _f(20, "validation batches per epoch")
+    distribute: str = _f("none", "none|mirrored (two logical CPU devices)|multiworker (TF_CONFIG)")
     # Denoising: training inputs mixed with noise at an SNR drawn from train_snr (lo,hi dB; empty =
     # clean), evaluation inputs mixed at each SNR of eval_snr (empty = clean); noise from
     # noise_dir, else generated coloured noise + babble of training utterances.
-    train_snr: tuple = ()
-    eval_snr: tuple = ()
-    noise_dir: str = ""
+    train_snr: tuple = _f((), "denoising: training SNR range lo,hi in dB (empty = clean training)", float)
+    eval_snr: tuple = _f((), "denoising: evaluation input SNRs in dB, e.g. 0,5,10 (empty = clean input)", float)
+    noise_dir: str = _f("",
+        "folder of noise recordings (default: generated coloured noise + babble of training speech)")
     # The waveform codec (--model_type waveform; cq_codec/models/waveform.py): a causal strided
     # conv encoder / decoder on the 16 kHz signal with an RVQ (quantizer dropout: one model, 1..N
     # codebooks). It trains in one stage (mode 1; mode 0 evaluates) with epoch_tanh epochs at
     # learning_rate_tanh, and uses num_stages, codebook_size / codebook_sizes, stage_dims,
     # block_type, batch_size, steps_per_epoch and validation_steps.
-    model_type: str = "cq"
-    wave_strides: tuple = (2, 4, 4, 4)     # product = downsampling factor (64..320)
-    wave_channels: int = 32                # channels at the first stage (doubling, capped at 8x)
-    wave_latent_dim: int = 64
-    wave_units: int = 2                    # residual units per stage (dilations 1, 3, 9, ...)
-    wave_patch: bool = False               # first stride as a patch reshape (no sample-rate layer)
-    wave_segment: float = 1.0              # seconds of audio per training example
-    quantizer_dropout: float = 0.5         # probability that a batch uses n ~ U{1..N} codebooks
-    adversarial: bool = False              # HiFi-GAN MPD + MSD discriminators, feature matching
-    adversarial_start: int = 0             # training steps before the adversarial terms start
-    adversarial_weight: float = 1.0
-    feature_matching_weight: float = 2.0
-    disc_channels: int = 16
+    model_type: str = _f("cq",
+        "cq (LPC + residual cascade) or waveform (end-to-end causal conv codec with RVQ; mode 1 trains, mode 0 "
+        "evaluates; uses num_stages, codebook_size(s), stage_dims, block_type, epoch_tanh, learning_rate_tanh)")
+    wave_strides: tuple = _f((2, 4, 4, 4),
+        "waveform: encoder strides; their product is the downsampling factor (64..320)", int)
+    wave_channels: int = _f(32, "waveform: channels of the first stage (doubled per stage, capped at 8x)")
+    wave_latent_dim: int = _f(64, "waveform: dimension of the latent frames the RVQ codes")
+    wave_units: int = _f(2, "waveform: residual units per stage (dilations 1, 3, 9, ...)")
+    wave_patch: bool = _f(False, "waveform: the first stride as a patch reshape (no layer at the sample rate)")
+    wave_segment: float = _f(1.0, "waveform: seconds of audio per training example")
+    quantizer_dropout: float = _f(0.5, "waveform: probability that a batch trains with n ~ U{1..N} codebooks")
+    adversarial: bool = _f(False,
+        "waveform: add HiFi-GAN multi-period + multi-scale discriminators and feature matching")
+    adversarial_start: int = _f(0, "waveform: training steps before the adversarial terms start")
+    adversarial_weight: float = _f(1.0, "waveform: weight of the generator's LSGAN term")
+    feature_matching_weight: float = _f(2.0, "waveform: weight of the feature-matching term")
+    disc_channels: int = _f(16, "waveform: channels of the discriminators' first layers")
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "Config":
@@ -404,9 +450,71 @@ ORIGINAL_FLAGS = {
                              "--num_bins, --num_bins_followers)",
     "save_unique_mark": "the original's name of the saved model (sets --name)",
 }
-# Fields whose list entries are integers (the other tuple fields hold floats).
-INT_LISTS = {"kernel_and_dilation", "the_strides", "num_bins_followers", "stage_dims", "codebook_sizes",
-             "epoch_followers", "wave_strides"}
+# The flags `config_from_flags` reads besides the fields: the original's and two shorthands.
+EXTRA_FLAGS = {
+    **{name: ("string", text) for name, text in ORIGINAL_FLAGS.items()},
+    "epochs": ("integer", "shorthand: sets epoch_tanh, epoch_followers and epoch_finetune"),
+    "lr": ("float", "shorthand: sets every learning rate (fine-tune gets lr / 5)"),
+}
+
+
+def _fields() -> dict:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def flag_kind(field: dataclasses.Field) -> str:
+    """The absl kind of a field's flag: bool, integer, float, or string (text; list fields are
+    given as '1,2' or '1 2')."""
+    for cls, kind in ((bool, "bool"), (int, "integer"), (float, "float")):
+        if isinstance(field.default, cls):
+            return kind
+    return "string"
+
+
+def flag_default(field: dataclasses.Field, value=dataclasses.MISSING):
+    """The flag default of `field` for `value` (default: the field's own): a list as '1,2'."""
+    value = field.default if value is dataclasses.MISSING else value
+    return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
+def define_flags(defaults: dict | None = None, own: dict | None = None, module_name: str | None = None,
+                 flag_values=None) -> None:
+    """Defines one absl flag per name of `defaults` ({name: default}; None = every Config field with
+    its own default). A name that is a Config field gets its kind and help from the field (a study
+    script sets only its default); `own` {name: (kind, help)} describes a script's other flags.
+    The flags are listed under the running script's --help (`module_name`, default sys.argv[0])."""
+    from absl import flags   # absl only where flags are defined (the library does not need it)
+    fields, own = _fields(), dict(own or {})
+    if defaults is None:
+        defaults = {name: f.default for name, f in fields.items()}
+    unknown = sorted(set(own) - set(defaults))
+    if unknown:
+        raise ValueError(f"flags described but without a default: {', '.join(unknown)}")
+    for name, default in defaults.items():
+        if name in own:
+            kind, text = own[name]
+        elif name in fields:
+            f = fields[name]
+            kind, text, default = flag_kind(f), f.metadata["help"], flag_default(f, default)
+            if isinstance(f.default, tuple):
+                text += " (comma-separated)"
+        else:
+            raise ValueError(f"--{name} is not a Config field: describe it in `own` as (kind, help)")
+        kw = {} if flag_values is None else {"flag_values": flag_values}
+        getattr(flags, f"DEFINE_{kind}")(name, default, text, module_name=module_name or sys.argv[0], **kw)
+
+
+def define_config_flags(flag_values=None) -> None:
+    """Every flag `config_from_absl` reads: one per Config field and the EXTRA_FLAGS."""
+    define_flags(flag_values=flag_values)
+    define_flags({name: None for name in EXTRA_FLAGS}, EXTRA_FLAGS, flag_values=flag_values)
+
+
+def config_from_absl(flag_values, warn=None) -> Config:
+    """The validated Config from parsed absl flags defined by `define_config_flags`."""
+    names = list(_fields()) + list(EXTRA_FLAGS)
+    given = {n for n in names if flag_values[n].present}
+    return config_from_flags({n: flag_values[n].value for n in names}, given, warn=warn)
 
 
 def config_from_flags(values: dict, given=(), warn=None) -> Config:
@@ -426,7 +534,7 @@ def config_from_flags(values: dict, given=(), warn=None) -> Config:
             continue
         v = values[f.name]
         if isinstance(f.default, tuple):
-            v = tuple(parse_int_list(v, f.name) if f.name in INT_LISTS else parse_float_list(v, f.name))
+            v = tuple(_parse_list(v, f.metadata["element"], f.name))
         kw[f.name] = v
     kw.update(_translate_original(values, given, kw, warn))
     if values.get("epochs") is not None:

@@ -24,7 +24,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
-from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
+from cq_codec import config  # noqa: E402
+from cq_codec.evaluation import studies  # noqa: E402
 
 DEFAULTS = {
     "models": "results/*",
@@ -56,19 +57,18 @@ _HELP = {
                              "labelled 'no postfilter'; the bytes are the same)"),
     "diagnostics": ("string", "on: per-band SNR, segmental SNR, oracle PESQ-WB (one more PESQ per clip) and "
                               "error_spectra.png; off: skip them"),
-    **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "out",)},
+    **{k: studies.OUTPUT_HELP[k] for k in ("out",)},
 }
 
 
 def define_flags() -> None:
-    """The absl flags (defined only when run as a script, so tests can import this module)."""
-    from cq_codec.evaluation import studies
-    studies.define_flags(_HELP, DEFAULTS)
+    """The absl flags (defined only when run as a script, so tests can import this module): the
+    script's own described in _HELP, the others Config fields described there."""
+    config.define_flags(DEFAULTS, _HELP)
 
 
 def options(**overrides):
     """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
-    from cq_codec.evaluation import studies
     return studies.options(DEFAULTS, **overrides)
 
 

@@ -33,7 +33,8 @@ import constants as C
 from cq_codec.config import Config, parse_int_list
 from cq_codec.losses import bits_per_symbol_target
 from cq_codec.evaluation.studies import QUANTIZER_KWARGS
-from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
+from cq_codec import config  # noqa: E402
+from cq_codec.evaluation import studies  # noqa: E402
 
 DEFAULTS = {
     "quantizers": "softmax,vq,rvq,pq,gumbel",
@@ -59,27 +60,21 @@ _HELP = {
     "seeds": ("string", "training seeds (spread across seeds = stability)"),
     "steps": ("integer", "training steps per codec (split into --epochs epochs)"),
     "epochs": ("integer", "epochs (the first is quantization-free pretraining; tau adapts per epoch)"),
-    "batch_size": ("integer", "batch size"),
-    "channels": ("integer", "channels of the residual module"),
     "target_kbps": ("float", "entropy target per module, kbps (same for every quantizer)"),
     "learning_rate": ("float", "learning rate"),
-    "tau_step": ("float", "gain of the entropy-weight controller (Gumbel's own is in QUANTIZER_KWARGS)"),
-    "validation_steps": ("integer", "validation batches per epoch (they also calibrate the rate controller)"),
-    "max_train_minutes": ("float", "cap on training audio (0 = the whole training split)"),
     "max_clips": ("integer", "test clips scored per codec"),
-    **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "cache_dir", "out", "work",)},
+    **{k: studies.OUTPUT_HELP[k] for k in ("out", "work")},
 }
 
 
 def define_flags() -> None:
-    """The absl flags (defined only when run as a script, so tests can import this module)."""
-    from cq_codec.evaluation import studies
-    studies.define_flags(_HELP, DEFAULTS)
+    """The absl flags (defined only when run as a script, so tests can import this module): the
+    script's own described in _HELP, the others Config fields described there."""
+    config.define_flags(DEFAULTS, _HELP)
 
 
 def options(**overrides):
     """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
-    from cq_codec.evaluation import studies
     return studies.options(DEFAULTS, **overrides)
 
 WAVEFORM = "waveform"

@@ -23,7 +23,8 @@ from absl import app, flags, logging
 
 import constants as C
 from cq_codec.config import parse_float_list
-from cq_codec.evaluation.studies import CORPUS_HELP  # noqa: E402
+from cq_codec import config  # noqa: E402
+from cq_codec.evaluation import studies  # noqa: E402
 
 DEFAULTS = {
     "quantizers": "vq,rvq,gumbel",
@@ -52,31 +53,26 @@ _HELP = {
     "seed": ("integer", "training and mixing seed"),
     "steps": ("integer", "training steps per codec"),
     "epochs": ("integer", "epochs (the first quantization-free)"),
-    "batch_size": ("integer", "batch size"),
-    "channels": ("integer", "channels of the residual module"),
     "target_kbps": ("float", "entropy target per module (kbps)"),
-    "train_snr": ("string", "training SNR range 'low,high' (dB, uniform)"),
     "test_snrs": ("string", "test SNRs (dB)"),
-    "noise_dir": ("string", "folder of noise recordings (default: generated coloured noise + babble)"),
     "babble_utterances": ("integer", "training utterances in the babble bank"),
     "max_clips": ("integer", "test clips"),
     "example_clips": ("integer", "clips whose noisy/denoised wavs are written"),
     "reference_models": ("string", "comma-separated folders of codecs trained on CLEAN speech, scored on the same noisy clips"),
     "clean_reference": ("string", "bottlenecks also trained on CLEAN speech with the denoisers' exact config and budget "
                                   "(the codec a denoiser must beat on noisy input; '' for none)"),
-    **{k: CORPUS_HELP[k] for k in ("data_dir", "corpus", "cache_dir", "out", "work",)},
+    **{k: studies.OUTPUT_HELP[k] for k in ("out", "work")},
 }
 
 
 def define_flags() -> None:
-    """The absl flags (defined only when run as a script, so tests can import this module)."""
-    from cq_codec.evaluation import studies
-    studies.define_flags(_HELP, DEFAULTS)
+    """The absl flags (defined only when run as a script, so tests can import this module): the
+    script's own described in _HELP, the others Config fields described there."""
+    config.define_flags(DEFAULTS, _HELP)
 
 
 def options(**overrides):
     """DEFAULTS with `overrides` as an attribute namespace (what `run` reads, like FLAGS)."""
-    from cq_codec.evaluation import studies
     return studies.options(DEFAULTS, **overrides)
 
 

@@ -29,7 +29,7 @@ from cq_codec.evaluation import diagnostics as diag
 from cq_codec.evaluation.baselines import AMRWB_MODES_KBPS, get_baseline
 from cq_codec.evaluation.metrics import measured_kbps, score_many
 
-__all__ = ["CORPUS_HELP", "corpus_phrase", "corpus_flags", "define_flags", "options", "select_clips", "load_clips", "plot_history", "eval_summary_markdown",
+__all__ = ["OUTPUT_HELP", "corpus_phrase", "corpus_flags", "options", "select_clips", "load_clips", "plot_history", "eval_summary_markdown",
            "codec_rows", "baseline_rows", "code_statistics", "mean_rows", "write_csv", "write_markdown",
            "plot_metric_vs_kbps", "BASELINE_POINTS", "METRICS", "QUANTIZER_KWARGS"]
 
@@ -63,11 +63,9 @@ QUANTIZER_KWARGS = {
 }
 
 
-# The corpus and output flags every study script shares: {name: (absl kind, help)}.
-CORPUS_HELP = {
-    "data_dir": ("string", "corpus folder (its test split is scored)"),
-    "corpus": ("string", "corpus layout"),
-    "cache_dir": ("string", "frame cache folder"),
+# The output flags every study script shares, {name: (absl kind, help)}; the corpus flags
+# (data_dir, corpus, cache_dir) are Config fields and described there (cq_codec.config.define_flags).
+OUTPUT_HELP = {
     "out": ("string", "results folder (CSV, Markdown, PNG)"),
     "work": ("string", "trained models and example wavs (not committed)"),
 }
@@ -85,15 +83,6 @@ def corpus_flags(opts) -> str:
     """The corpus flags of the command a summary prints (always: a reader reruns it as is)."""
     import shlex
     return f" --corpus {shlex.quote(str(opts.corpus))} --data_dir {shlex.quote(str(opts.data_dir))}"
-
-
-def define_flags(help_: dict, defaults: dict) -> None:
-    """Defines one absl flag per `help_` entry {name: (kind, text)} with its default (a study
-    script calls this only when run as a script, so tests can import the script)."""
-    import sys
-    from absl import flags
-    for name, (kind, text) in help_.items():  # listed under the script's own --help
-        getattr(flags, f"DEFINE_{kind}")(name, defaults[name], text, module_name=sys.argv[0])
 
 
 def options(defaults: dict, **overrides):
