@@ -24,7 +24,6 @@ import json
 import math
 from typing import NamedTuple, Sequence
 
-import constriction
 import numpy as np
 
 import constants as C
@@ -233,7 +232,7 @@ def encode_chunk(chunk, models: EntropyModels) -> bytes:
     """CodeChunk -> payload bytes (one range coder: LSF rows, then each module's rows)."""
     if len(chunk.modules) > len(models.modules):
         raise ValueError(f"chunk has {len(chunk.modules)} modules' codes, the tables {len(models.modules)}")
-    encoder = constriction.stream.queue.RangeEncoder()
+    encoder = entropy.new_encoder()
     for codes, m in _groups(chunk, models):
         m._encode(encoder, entropy._as_codes(codes, m.alphabet_sizes))   # same package: shared coder
     return encoder.get_compressed().astype(">u4").tobytes()
@@ -249,7 +248,7 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
     if len(data) % 4:
         raise NacFormatError(f"chunk payload length {len(data)} is not a multiple of 4 bytes")
     try:
-        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, ">u4").astype(np.uint32))
+        decoder = entropy.new_decoder(np.frombuffer(data, ">u4").astype(np.uint32))
         lsf = models.lsf._decode(decoder, num_frames)
         mods = []
         for i in range(num_active):
