@@ -152,37 +152,68 @@ def agreement(codecs: dict, wav: np.ndarray, n: int, data: dict) -> None:
           f"bytes equal {data[a] == data[b]}; " + "; ".join(out) + f" (signal rms {np.sqrt(np.mean(wav ** 2)):.3f})")
 
 
+_FILTERS = "switched filters (residual, synthesis)"
+
+
 def profile(codec, wav: np.ndarray) -> None:
-    """Where encode / decode time goes (cProfile, cumulative times of the parts), per operating point."""
-    import cProfile
-    import pstats
-    parts = {"network (frame encoder / decoder, tensor copies)": ("encode_frames", "decode_frames"),
-             "range coding": ("encode_chunk", "decode_chunk"),
-             "LPC analysis + LSF codes": ("_analyse",),
-             "switched filters (residual, synthesis)": ("residual", "synthesis"),
-             "postfilter": ("__call__@postfilter.py",)}
+    """Where encode / decode time goes, per operating point: wall-clock timers around the parts
+    (no profiler: cProfile charges every builtin call, so it inflated per-symbol loops such as
+    range coding about threefold), summed over `profile_runs` runs after a warm-up."""
+    import lpc
+    import lpc.postfilter
+    from cq_codec import inference
+    from cq_codec.bitstream import codec_stream as cs
+    acc, patches = {}, []
+
+    def wrap(owner, name, part):
+        f = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                acc[part] = acc.get(part, 0.0) + time.perf_counter() - t
+        patches.append((owner, name, owner.__dict__.get(name) if isinstance(owner, type) else None, f))
+        setattr(owner, name, timed)
+
+    backend = codec._backend if hasattr(codec, "_backend") else None
+    parts = {"network (frame encoder / decoder, tensor copies)": [(backend, "encode_frames"), (backend, "decode_frames")],
+             "range coding": [(cs, "encode_chunk"), (cs, "decode_chunk")],
+             "LPC analysis + LSF codes": [(inference.StreamEncoder, "_analyse")],
+             _FILTERS: [(lpc, "residual"), (lpc, "synthesis")],
+             "postfilter": [(lpc.postfilter.Postfilter, "__call__")]}
     seconds = len(wav) / C.SAMPLE_RATE
     print(f"\nprofile ({codec.backend if hasattr(codec, 'backend') else 'keras'}; ms per second of audio, "
-          f"cProfile on, {FLAGS.profile_runs} runs)")
+          f"wall-clock timers, {FLAGS.profile_runs} runs)")
     print("| modules | side | " + " | ".join(parts) + " | other | total |\n|" + "---|" * (len(parts) + 4))
     for point in codec.operating_points:
         n = point[0]
         data = codec.compress(wav, C.SAMPLE_RATE, num_modules=n)
         codec.decompress(data)
         for side in ("encode", "decode"):
-            pr = cProfile.Profile()
-            pr.enable()
-            for _ in range(FLAGS.profile_runs):
-                codec.compress(wav, C.SAMPLE_RATE, num_modules=n) if side == "encode" else codec.decompress(data)
-            pr.disable()
-            st = pstats.Stats(pr).stats
-            total = max(v[3] for v in st.values())
-            cum = {}      # function -> cumulative seconds (the outermost of same-named ones)
-            for (file, _, func), v in st.items():
-                key = func if func != "__call__" else f"__call__@{os.path.basename(file)}"
-                cum[key] = max(cum.get(key, 0.0), v[3])
-            vals = [sum(cum.get(f, 0.0) for f in fs) for fs in parts.values()]
-            vals[2] = max(0.0, vals[2] - cum.get("residual", 0.0))   # _analyse calls the residual filter
+            acc.clear()
+            for part, targets in parts.items():
+                for owner, name in targets:
+                    if owner is not None:
+                        wrap(owner, name, name if owner is lpc else part)
+            try:
+                t0 = time.perf_counter()
+                for _ in range(FLAGS.profile_runs):
+                    codec.compress(wav, C.SAMPLE_RATE, num_modules=n) if side == "encode" else codec.decompress(data)
+                total = time.perf_counter() - t0
+            finally:
+                for owner, name, original, f in reversed(patches):
+                    if isinstance(owner, type):
+                        setattr(owner, name, original) if original is not None else delattr(owner, name)
+                    elif owner is backend:
+                        owner.__dict__.pop(name, None)
+                    else:
+                        setattr(owner, name, f)
+                patches.clear()
+            acc[_FILTERS] = acc.get("residual", 0.0) + acc.get("synthesis", 0.0)
+            vals = [acc.get(part, 0.0) for part in parts]
+            vals[2] = max(0.0, vals[2] - acc.get("residual", 0.0))   # _analyse calls the residual filter
             ms = lambda t: 1000 * t / FLAGS.profile_runs / seconds  # noqa: E731
             print(f"| {n} | {side} | " + " | ".join(f"{ms(v):.1f}" for v in vals)
                   + f" | {ms(total - sum(vals)):.1f} | {ms(total):.1f} |")
@@ -229,7 +260,9 @@ def main(_):
           f"operating points {[(p[0], round(p[1], 2)) for p in first.operating_points]}; "
           f"postfilter {'on' if first.postfilter else 'off'}; backends {', '.join(codecs)}; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    print("entropy model kinds:", {k: v["kind"] for k, v in first.model.entropy_tables["report"].items()})
+    from cq_codec.bitstream.entropy import range_coder
+    print("entropy model kinds:", {k: v["kind"] for k, v in first.model.entropy_tables["report"].items()},
+          f"range coder {range_coder()} ($CQ_CODEC_RANGE_CODER)")
     if FLAGS.repeats > 0:
         measure(codecs, wav)
     if FLAGS.profile:

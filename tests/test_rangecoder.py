@@ -107,3 +107,24 @@ def test_entropy_encode_decode_use_the_compiled_coder_and_match_constriction():
     assert np.array_equal(E.decode(data, len(codes), model), codes)
     with pytest.raises(ValueError, match="data left|corrupt"):
         E.decode(data, len(codes) - 1, model)
+
+
+def test_range_coder_choice(monkeypatch):
+    """constriction by default; $CQ_CODEC_RANGE_CODER=numba picks the compiled coder (same bytes);
+    a bad value is a clear error; importing the codec does not import numba."""
+    import subprocess
+    import sys
+    monkeypatch.delenv("CQ_CODEC_RANGE_CODER", raising=False)
+    assert E.range_coder() == "constriction"
+    assert isinstance(E.new_encoder(), constriction.stream.queue.RangeEncoder)
+    model, codes = _case(np.random.default_rng(2), True, streams=1, rows=300)
+    data = E.encode(codes, model)
+    monkeypatch.setenv("CQ_CODEC_RANGE_CODER", "numba")
+    assert isinstance(E.new_encoder(), rc.RangeEncoder) and isinstance(E.new_decoder(np.zeros(2, np.uint32)), rc.RangeDecoder)
+    assert E.encode(codes, model) == data and np.array_equal(E.decode(data, len(codes), model), codes)
+    monkeypatch.setenv("CQ_CODEC_RANGE_CODER", "fast")
+    with pytest.raises(ValueError, match="CQ_CODEC_RANGE_CODER must be one of constriction, numba"):
+        E.encode(codes, model)
+    out = subprocess.run([sys.executable, "-c", "import sys, cq_codec.bitstream.codec_stream; print('numba' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -20,13 +20,13 @@ Two model kinds (same interface; `encode`/`decode`/`estimate_bits` take either):
   unconditional distribution (interpolated smoothing with the Witten-Bell escape weight,
   Witten & Bell, IEEE Trans. Inf. Theory 1991, or a fixed Dirichlet prior strength).
   Payload order: row by row, streams in order within a row. Decoding needs the previous row,
-  so the coder goes symbol by symbol: `cq_codec.bitstream.rangecoder` runs constriction's
-  algorithm compiled (numba) over a whole group of rows in one call (the same words; about
-  50 M symbols/s); without numba, one constriction call per symbol with the context's
-  precomputed model (about 5 M symbols/s).
+  so the coder goes symbol by symbol: one constriction call per symbol with the context's
+  precomputed model (~60 ns a symbol on a quiet core, most of it the Python call), or, with
+  `$CQ_CODEC_RANGE_CODER=numba`, `cq_codec.bitstream.rangecoder`: constriction's algorithm
+  compiled with numba, one call per group of rows (the same words; ~15 ns a symbol).
 
-`new_encoder()` / `new_decoder(words)` give the compiled coder when numba is there, else
-constriction's; both kinds of model code with either, to the same words.
+`new_encoder()` / `new_decoder(words)` give the coder `range_coder()` names; both kinds of
+model code with either, to the same words.
 
 Alphabet size 1 streams carry no information: they take no bits and decode to 0.
 The payload is the range coder's 32-bit words in network byte order (a multiple of 4 bytes).
@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from typing import Sequence, Union
 
 import constriction
@@ -46,7 +47,7 @@ from cq_codec.bitstream import rangecoder
 
 __all__ = [
     "PRECISION", "MAX_ALPHABET", "quantize_weights", "CategoricalModel", "ContextModel",
-    "EntropyModel", "encode", "decode", "estimate_bits", "new_encoder", "new_decoder", "model_from_dict", "model_from_bytes",
+    "EntropyModel", "encode", "decode", "estimate_bits", "RANGE_CODERS", "range_coder", "new_encoder", "new_decoder", "model_from_dict", "model_from_bytes",
 ]
 
 PRECISION = 24                      # constriction's default coders use 24-bit probabilities
@@ -123,17 +124,34 @@ def _unb64(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text, validate=True), dtype=">u4").astype(np.int64)
 
 
+RANGE_CODERS = ("constriction", "numba")
+_RANGE_CODER_ENV = "CQ_CODEC_RANGE_CODER"
+
+
+def range_coder() -> str:
+    """The range coder in use: `$CQ_CODEC_RANGE_CODER`, "constriction" (the default) or "numba"
+    (`rangecoder`: the same words, 5-10x faster coding, but importing numba and its compiler adds
+    about 100 MB to a process's memory; docs/DESIGN.md "Speed")."""
+    name = os.environ.get(_RANGE_CODER_ENV, "constriction").strip().lower() or "constriction"
+    if name not in RANGE_CODERS:
+        raise ValueError(f"${_RANGE_CODER_ENV} must be one of {', '.join(RANGE_CODERS)}; got {name!r}")
+    if name == "numba" and not rangecoder.available():
+        raise ValueError(f"${_RANGE_CODER_ENV}=numba, but numba cannot be imported")
+    return name
+
+
 def new_encoder(compiled: bool | None = None):
-    """A range encoder: the compiled one (`rangecoder.RangeEncoder`) when numba is available
-    (or `compiled=True`), else constriction's `stream.queue.RangeEncoder` (same words)."""
-    if compiled or (compiled is None and rangecoder.available()):
+    """A range encoder: the compiled one (`rangecoder.RangeEncoder`) for `compiled=True`, or with
+    None when `range_coder()` is "numba"; else constriction's `stream.queue.RangeEncoder`.
+    Both write the same words."""
+    if compiled if compiled is not None else range_coder() == "numba":
         return rangecoder.RangeEncoder()
     return constriction.stream.queue.RangeEncoder()
 
 
 def new_decoder(words: np.ndarray, compiled: bool | None = None):
     """A range decoder of uint32 words (see `new_encoder`)."""
-    if compiled or (compiled is None and rangecoder.available()):
+    if compiled if compiled is not None else range_coder() == "numba":
         return rangecoder.RangeDecoder(words)
     return constriction.stream.queue.RangeDecoder(words)
 
