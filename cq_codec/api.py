@@ -327,8 +327,7 @@ class Codec:
                 bounds.check(len(data), n, f"chunk {i}")
                 chunk = cs.decode_chunk(data, n, info["num_active"], models, info["layout"], info.get("codebooks"))
                 for s in range(0, n, _DECODE_HOPS):    # the network sees <= 250 hops at a time
-                    yield dec.push(inference.CodeChunk(chunk.lsf[s:s + _DECODE_HOPS],
-                                                       [m[s:s + _DECODE_HOPS] for m in chunk.modules]))
+                    yield dec.push(chunk.hops(s, s + _DECODE_HOPS))
         return reader.metadata, blocks()
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, int]:

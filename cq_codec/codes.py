@@ -25,39 +25,50 @@ class Codes:
     """What the bitstream carries for one utterance.
 
     lsf: int32 [T, 16] LSF codes, one row per hop; modules: list (one per module used) of int32
-    [T, positions, S]; num_samples: the length of the original signal at 16 kHz.
+    [T, positions, S]; num_samples: the length of the original signal at 16 kHz; gain: int32
+    [T, subframes] gain codes (models with gain-shape coding) or None.
     """
 
     lsf: np.ndarray
     modules: list
     num_samples: int
+    gain: np.ndarray | None = None
 
     def chunks(self, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> list["CodeChunk"]:
         """Split into consecutive `CodeChunk`s of `frames_per_chunk` hops (the last may be shorter)."""
-        n = self.lsf.shape[0]
-        return [CodeChunk(self.lsf[s:s + frames_per_chunk], [m[s:s + frames_per_chunk] for m in self.modules])
-                for s in range(0, n, frames_per_chunk)]
+        whole = CodeChunk(self.lsf, self.modules, self.gain)
+        return [whole.hops(s, s + frames_per_chunk) for s in range(0, self.lsf.shape[0], frames_per_chunk)]
 
     @classmethod
     def join(cls, chunks: list["CodeChunk"], num_samples: int) -> "Codes":
         """Consecutive chunks (all with the same modules) -> one utterance's Codes."""
         if not chunks:
             raise ValueError("Codes.join needs at least one chunk")
+        if len({c.gain is None for c in chunks}) != 1:
+            raise ValueError("Codes.join: some chunks carry gain codes and others do not")
         return cls(np.concatenate([c.lsf for c in chunks]),
                    [np.concatenate([c.modules[i] for c in chunks]) for i in range(len(chunks[0].modules))],
-                   int(num_samples))
+                   int(num_samples), None if chunks[0].gain is None else np.concatenate([c.gain for c in chunks]))
 
     def entropy_bits(self) -> float:
-        """Zeroth-order entropy of every stream (LSFs and each module's), in bits: what an ideal
-        coder with the utterance's own histograms would spend."""
-        return entropy_bits(self.lsf) + sum(entropy_bits(m) for m in self.modules)
+        """Zeroth-order entropy of every stream (LSFs, gains and each module's), in bits: what an
+        ideal coder with the utterance's own histograms would spend."""
+        side = entropy_bits(self.lsf) + (0.0 if self.gain is None else entropy_bits(self.gain))
+        return side + sum(entropy_bits(m) for m in self.modules)
 
 
 class CodeChunk(NamedTuple):
-    """Codes of consecutive hops: lsf int32 [n, 16], modules list of int32 [n, positions, S]."""
+    """Codes of consecutive hops: lsf int32 [n, 16], modules list of int32 [n, positions, S],
+    gain int32 [n, subframes] (models with gain-shape coding) or None."""
 
     lsf: np.ndarray
     modules: list
+    gain: np.ndarray | None = None
+
+    def hops(self, start: int, stop: int) -> "CodeChunk":
+        """The codes of hops [start, stop) of this chunk."""
+        return CodeChunk(self.lsf[start:stop], [m[start:stop] for m in self.modules],
+                         None if self.gain is None else self.gain[start:stop])
 
 
 def num_hops_for(num_samples: int) -> int:

@@ -168,6 +168,15 @@ class Config:
         "extra spectral loss term: none, mrstft (spectral convergence + log magnitude, STFT 512/256/128) or nsr "
         "(per-bin noise-to-signal ratio against the speech) or nsr_mel (the same on mel bands)")
     spectral_weight: float = _f(0.0, "weight of --spectral_loss")
+    # Gain-shape coding (cq_codec/quantizers/gain.py): the residual's RMS per sub-frame (this many
+    # per 512-sample frame; 0 = off, the original) is coded as side information on a 3 dB log
+    # grid from gain_floor_db (dB relative to the training residual's RMS) up, and the cascade
+    # codes the residual divided by it, so its noise follows the signal's level.
+    gain_subframes: int = _f(0,
+        "gain-shape coding: the residual's RMS per sub-frame (this many per 30 ms frame; 0 = off) is coded in "
+        "the stream and the cascade codes the residual divided by it")
+    gain_floor_db: float = _f(-40.0,
+        "lowest coded gain, dB relative to the training residual's RMS (quieter sub-frames take it)")
     # Schedule.
     learning_rate_tanh: tuple = _f((1e-4,), "learning rate of the first module", float)
     learning_rate_followers: tuple = _f((1e-4,), "learning rates of the followers (last reused)", float)
@@ -307,6 +316,9 @@ class Config:
         need(self.spectral_loss in ("none", "mrstft", "nsr", "nsr_mel"), "spectral_loss",
              f"must be none, mrstft, nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.spectral_weight >= 0, "spectral_weight", f"must be >= 0; got {self.spectral_weight}")
+        need(self.gain_subframes in (0, 1, 2, 4, 8, 16), "gain_subframes",
+             f"must be 0 (off) or 1, 2, 4, 8 or 16 sub-frames per frame; got {self.gain_subframes}")
+        need(-120.0 <= self.gain_floor_db <= 0.0, "gain_floor_db", f"must be in [-120, 0] dB; got {self.gain_floor_db}")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
              f"expected 3 non-negative weights 'time,mel,sparsity' (on the command line also the original's 4: "

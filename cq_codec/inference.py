@@ -162,8 +162,12 @@ class StreamEncoder:
         s = 0
         while len(frames) - s >= f or (final and len(frames) > s):
             batch = frames[s: s + f]
+            gq = self.model.gain_quantizer
+            gain = None if gq is None else gq.encode_numpy(batch, self.model.residual_scale)
+            if gain is not None:   # the cascade codes the residual over its coded gains
+                batch = (batch / gq.per_sample(gq.decode_numpy(gain))).astype(np.float32)
             codes = self.backend.encode_frames(batch, self.num_active)
-            out.append(CodeChunk(lsf[s: s + len(batch)], codes))
+            out.append(CodeChunk(lsf[s: s + len(batch)], codes, gain))
             s += len(batch)
         self._frames = [frames[s:]] if s < len(frames) else []
         self._lsf_codes = [lsf[s:]] if s < len(lsf) else []
@@ -194,10 +198,19 @@ class StreamDecoder:
         if lsf_codes.ndim != 2 or n == 0 or any(np.shape(m)[0] != n for m in chunk.modules) or not chunk.modules:
             raise ValueError(f"a chunk needs lsf codes [n >= 1, 16] and at least one module's codes [n, P, S]; "
                              f"got lsf {lsf_codes.shape}, modules {[np.shape(m) for m in chunk.modules]}")
+        gq = self.model.gain_quantizer
+        if (gq is None) != (chunk.gain is None):
+            raise ValueError("this model codes per-sub-frame gains and the chunk has none" if gq is not None
+                             else "the chunk carries gain codes, this model has no gain")
+        gains = None if gq is None else gq.per_sample(gq.decode_numpy(np.asarray(chunk.gain)))
+        if gains is not None and gains.shape[0] != n:
+            raise ValueError(f"a chunk of {n} hops needs gain codes [{n}, {gq.subframes}]; got {np.shape(chunk.gain)}")
         lsf_q = _quantized_lsf(self.model, lsf_codes)
         a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
         self._lsf_prev = lsf_q[-1]
         frames = self.backend.decode_frames(chunk.modules).astype(np.float64)
+        if gains is not None:
+            frames *= gains
         e = frames[:, : C.HOP_SIZE].copy()
         e[0, : C.OVERLAP] += self._tail
         e[1:, : C.OVERLAP] += frames[:-1, C.HOP_SIZE:]

@@ -7,7 +7,8 @@
   (with the expected bits per frame of each group) in `model.entropy_tables`, so they are saved
   inside the `.keras` file.
 - `encode_chunk` / `decode_chunk`: one `CodeChunk` <-> one payload. All groups of a chunk go
-  through ONE range coder (LSF rows, then module 1's `[n * P, S]` rows, ...), so a chunk pays
+  through ONE range coder (LSF rows, then, for a model with gain-shape coding, the gain codes
+  as `[n * subframes, 1]` rows, then module 1's `[n * P, S]` rows, ...), so a chunk pays
   the coder's flush once; each chunk starts afresh, so chunks decode independently.
 - `stream_metadata` / `check_metadata`: what a file says about its model and stream, and the
   decoder's checks (model hash, layout of version-1 files, counts, limits), failing with a
@@ -48,11 +49,13 @@ class ModelMismatchError(NacError):
 
 class EntropyModels(NamedTuple):
     """lsf: model of the 16 LSF streams; modules: one model per module (streams S);
-    bits_per_frame: expected bits per frame [lsf, module 1, ...] measured when fitting."""
+    bits_per_frame: expected bits per frame [side information (LSFs + gains), module 1, ...]
+    measured when fitting; gain: model of the gain codes (one stream), or None."""
 
     lsf: entropy.EntropyModel
     modules: list
     bits_per_frame: list
+    gain: entropy.EntropyModel | None = None
 
 
 def _json_copy(obj):
@@ -74,10 +77,21 @@ def model_sha256(model) -> str:
 
 
 def code_layout(model) -> dict:
-    """{"lsf": [16 alphabet sizes], "modules": [{"positions": P, "alphabet_sizes": [S sizes]}]}."""
-    return {"lsf": [int(a) for a in model.lsf_quantizer.codebook_sizes],
-            "modules": [{"positions": int(m.num_positions), "alphabet_sizes": [int(a) for a in m.quantizer.codebook_sizes]}
-                        for m in model.codec_modules]}
+    """{"lsf": [16 alphabet sizes], "modules": [{"positions": P, "alphabet_sizes": [S sizes]}]},
+    plus "gain": {"subframes": G, "alphabet_size": L} for a model with gain-shape coding."""
+    out = {"lsf": [int(a) for a in model.lsf_quantizer.codebook_sizes],
+           "modules": [{"positions": int(m.num_positions), "alphabet_sizes": [int(a) for a in m.quantizer.codebook_sizes]}
+                       for m in model.codec_modules]}
+    gq = getattr(model, "gain_quantizer", None)
+    if gq is not None:
+        out["gain"] = {"subframes": gq.subframes, "alphabet_size": gq.alphabet_size}
+    return out
+
+
+def _gain_rows(gain_codes) -> np.ndarray:
+    """[n, G] gain codes -> [n * G, 1] rows in time order (a context model conditions each gain
+    on the previous sub-frame's)."""
+    return np.asarray(gain_codes).reshape(-1, 1)
 
 
 def _rows(module_codes: np.ndarray) -> np.ndarray:
@@ -127,6 +141,10 @@ def fit_tables(model, codes: Sequence[Codes], held_out_every: int = 5,
     held = {i for i in range(len(codes)) if len(codes) > 1 and i % held_out_every == held_out_every - 1}
     held = held or ({len(codes) - 1} if len(codes) > 1 else set())
     groups = [("lsf", [c.lsf for c in codes], layout["lsf"])]
+    if "gain" in layout:
+        if any(c.gain is None for c in codes):
+            raise ValueError("fit_tables: this model codes gains; every utterance's codes need them")
+        groups.append(("gain", [_gain_rows(c.gain) for c in codes], [layout["gain"]["alphabet_size"]]))
     groups += [(f"module_{i}", [_rows(c.modules[i]) for c in codes], layout["modules"][i]["alphabet_sizes"])
                for i in range(n_mod)]
     num_frames = sum(c.lsf.shape[0] for c in codes)
@@ -137,9 +155,13 @@ def fit_tables(model, codes: Sequence[Codes], held_out_every: int = 5,
         tables[name] = model_.to_dict()
         # Expected bits per frame: the refit model on all fitting utterances, chunk by chunk as coded.
         bits.append(sum(entropy.estimate_bits(r, model_) for r in rows) / num_frames)
+    if "gain" in layout:   # side information: the LSFs' and the gains' bits per frame together
+        bits = [bits[0] + bits[1]] + bits[2:]
     out = {"format": _TABLES_FORMAT, "version": 1, "layout": layout, "lsf": tables.pop("lsf"),
            "modules": [tables[f"module_{i}"] for i in range(n_mod)], "bits_per_frame": bits,
            "num_frames": num_frames, "report": report}
+    if "gain" in layout:
+        out["gain"] = tables.pop("gain")
     model.entropy_tables = out
     return out
 
@@ -159,8 +181,11 @@ def entropy_models(model) -> EntropyModels:
         raise ValueError(f"unsupported entropy tables (format {t.get('format')!r}, version {t.get('version')!r})")
     if t["layout"] != code_layout(model):
         raise ValueError("the entropy tables were fitted for another code layout than this model's")
+    if ("gain" in t) != ("gain" in t["layout"]):
+        raise ValueError("the entropy tables' gain table does not match the model's gain coding")
     models = EntropyModels(entropy.model_from_dict(t["lsf"]), [entropy.model_from_dict(d) for d in t["modules"]],
-                           [float(b) for b in t["bits_per_frame"]])
+                           [float(b) for b in t["bits_per_frame"]],
+                           entropy.model_from_dict(t["gain"]) if "gain" in t else None)
     model.__dict__["_cq_entropy_cache"] = (key, models)
     return models
 
@@ -224,6 +249,11 @@ def _is_rvq(module) -> bool:
 
 def _groups(chunk, models: EntropyModels):
     yield chunk.lsf, models.lsf
+    if (models.gain is None) != (chunk.gain is None):
+        raise ValueError("the chunk's gain codes do not match the model's gain coding "
+                         f"(model codes gains: {models.gain is not None}, chunk has them: {chunk.gain is not None})")
+    if models.gain is not None:
+        yield _gain_rows(chunk.gain), models.gain
     for codes, m in zip(chunk.modules, models.modules):
         yield _rows(codes), prefix_model(m, np.shape(codes)[-1])   # an RVQ module may carry fewer codebooks
 
@@ -250,6 +280,10 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
     try:
         decoder = entropy.new_decoder(np.frombuffer(data, ">u4").astype(np.uint32))
         lsf = models.lsf._decode(decoder, num_frames)
+        gain = None
+        if "gain" in layout:
+            g = layout["gain"]["subframes"]
+            gain = models.gain._decode(decoder, num_frames * g).reshape(num_frames, g)
         mods = []
         for i in range(num_active):
             p = layout["modules"][i]["positions"]
@@ -261,7 +295,7 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
         raise NacFormatError(f"corrupt chunk payload: {e}") from e
     if not exhausted:
         raise NacFormatError("chunk payload has data left after its codes (damaged or wrong model)")
-    return CodeChunk(lsf, mods)
+    return CodeChunk(lsf, mods, gain)
 
 
 class PayloadBounds(NamedTuple):
@@ -308,6 +342,10 @@ def payload_bounds(models: EntropyModels, layout: dict, num_active: int, codeboo
     """PayloadBounds of a chunk with the first `num_active` modules (`codebooks`: streams of each,
     0 or None = all): one LSF row and P_i rows of module i per hop."""
     lo, hi = _table_bits(models.lsf)
+    if "gain" in layout:
+        g_lo, g_hi = _table_bits(models.gain)
+        g = layout["gain"]["subframes"]
+        lo, hi = lo + g * g_lo, hi + g * g_hi
     for i in range(num_active):
         m_lo, m_hi = _table_bits(prefix_model(models.modules[i], codebooks[i] if codebooks else None))
         p = layout["modules"][i]["positions"]
@@ -390,6 +428,8 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
                                  f"{full} code streams" + (f" (1..{full} for its RVQ)" if _is_rvq(model.codec_modules[i])
                                                             else " and reads all of them (written as 0)"))
     want = {"lsf": layout["lsf"], "modules": layout["modules"][: len(stages)]}
+    if "gain" in layout:
+        want["gain"] = layout["gain"]
     if meta.get("layout", want) != want:          # version 1 files repeat the layout; the sha256 covers it
         raise ModelMismatchError(f"model mismatch: the file's code layout {meta.get('layout')!r} differs from the model's {want!r}")
     if (num_frames, num_chunks) != stream_counts(num_samples, fpc):

@@ -20,6 +20,7 @@ from lpc import tf_ops
 from lpc.tf_ops import repair_lsf_tf
 from cq_codec import losses as L
 from cq_codec.models.residual_module import ResidualModule
+from cq_codec.quantizers.gain import GainQuantizer
 from cq_codec.quantizers.softmax import SoftmaxQuantizer, uniform_grids
 
 __all__ = ["CQCodec", "default_lsf_grid"]
@@ -53,10 +54,12 @@ class CQCodec(keras.Model):
       num_active: modules used (the trainer sets it per stage; inference may use any prefix).
       entropy_tables: JSON-friendly dict of the bitstream's probability tables (set by
         `cq_codec.bitstream.codec_stream.fit_entropy_tables`), saved with the model; or None.
+      gain: None (no gain side information), or `GainQuantizer` kwargs: the cascade codes the
+        residual divided by its coded per-sub-frame gain (gain-shape; cq_codec/quantizers/gain.py).
     """
 
     def __init__(self, module_configs, is_cq=True, lsf_grid=None, residual_scale=1.0, signal_std=1.0,
-                 loss_weights=(60.0, 10.0, 10.0), num_active=None, entropy_tables=None, **kwargs):
+                 loss_weights=(60.0, 10.0, 10.0), num_active=None, entropy_tables=None, gain=None, **kwargs):
         super().__init__(**kwargs)
         if not module_configs:
             raise ValueError("CQCodec needs at least one module config")
@@ -70,6 +73,8 @@ class CQCodec(keras.Model):
         self.signal_std = float(signal_std)  # corpus std after pre-emphasis (input normalisation)
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.entropy_tables = entropy_tables
+        self.gain = dict(gain) if gain else None
+        self.gain_quantizer = GainQuantizer(**self.gain) if self.gain else None
         self.lsf_quantizer = SoftmaxQuantizer(initial_bins=grid, trainable_bins=self.is_cq, alpha=300.0,
                                               name="lsf_quantizer")
         self.codec_modules = [ResidualModule(**c, name=f"module_{i}") for i, c in enumerate(self.module_configs)]
@@ -117,6 +122,10 @@ class CQCodec(keras.Model):
         e = tf_ops.residual_tf(x, a) * self.window                    # [B, 512] target residual
         e_in = e if x_in is x else tf_ops.residual_tf(x_in, a) * self.window
         r = e_in * self.residual_scale
+        # Gain-shape: the cascade codes the residual over its quantized sub-frame gains (from the
+        # encoder's input), and its output is scaled back by them.
+        scale = self.residual_scale if self.gain_quantizer is None else self.residual_scale / self.gain_quantizer.quantize_tf(r)
+        r = e_in * scale
         total = tf.zeros_like(r)
         outs, errs = [], []
         for m in self.codec_modules[: num_active or self.num_active]:
@@ -125,7 +134,7 @@ class CQCodec(keras.Model):
             total += y
             r = r - y
             outs.append(q)
-            errs.append(e - total / self.residual_scale)
+            errs.append(e - total / scale)
         a_centre = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1])
         x_w = x[:, C.LPC_ORDER:] * self.window
         k = len(errs) if self.prefix_loss and training else 1
@@ -271,4 +280,6 @@ class CQCodec(keras.Model):
         cfg.update(module_configs=self.module_configs, is_cq=self.is_cq, lsf_grid=self.lsf_grid.tolist(),
                    residual_scale=self.residual_scale, signal_std=self.signal_std, loss_weights=list(self.loss_weights),
                    num_active=self.num_active, entropy_tables=self.entropy_tables)
+        if self.gain:   # only when set, so a gain-less model's config (its identity) is unchanged
+            cfg["gain"] = dict(self.gain)
         return cfg

@@ -107,6 +107,16 @@ def module_configs(cfg: Config) -> list[dict]:
             for i in range(cfg.num_modules)]
 
 
+def gain_config(cfg: Config) -> dict | None:
+    """The model's gain-shape coding (GainQuantizer kwargs), or None when off: 3 dB steps from
+    --gain_floor_db up to at least +20 dB over the training residual's RMS."""
+    if not cfg.gain_subframes:
+        return None
+    step = 3.0
+    return {"subframes": int(cfg.gain_subframes), "floor_db": float(cfg.gain_floor_db), "step_db": step,
+            "levels": int(np.ceil((20.0 - cfg.gain_floor_db) / step)) + 1}
+
+
 def data_statistics(sample: dict) -> tuple[np.ndarray, float]:
     """From a batch of training examples: the LSF codebook init and the residual scale."""
     lsf = np.asarray(sample["lsf"], np.float32)
@@ -120,7 +130,8 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     lsf_samples, scale = (None, 1.0) if sample is None else data_statistics(sample)
     model = CQCodec(module_configs(cfg), is_cq=cfg.is_cq, lsf_grid=default_lsf_grid(cfg.lsf_bins, lsf_samples),
                     residual_scale=scale * cfg.res_scalar, signal_std=signal_std,
-                    loss_weights=cfg.coeff_term, name="cq_codec")
+                    loss_weights=cfg.coeff_term, name="cq_codec",
+                    gain=gain_config(cfg))
     model.weighting_gamma = cfg.weighting_gamma
     model.spectral_loss = cfg.spectral_loss
     model.spectral_weight = cfg.spectral_weight
