@@ -14,10 +14,13 @@ import numpy as np
 
 import constants as C
 
-__all__ = ["Codes", "CodeChunk", "DEFAULT_FRAMES_PER_CHUNK", "num_hops_for", "stream_entropy_bits",
+__all__ = ["Codes", "CodeChunk", "SIDE_STREAMS", "DEFAULT_FRAMES_PER_CHUNK", "num_hops_for", "stream_entropy_bits",
            "entropy_bits"]
 
 DEFAULT_FRAMES_PER_CHUNK = 250      # 7.5 s of audio per chunk
+# Optional per-hop side information of some models, in payload order after the LSF codes:
+# gain [n, subframes] (gain-shape coding), pitch [n, 4, 2] (long-term prediction: lag, gain).
+SIDE_STREAMS = ("gain", "pitch")
 
 
 @dataclasses.dataclass
@@ -26,17 +29,19 @@ class Codes:
 
     lsf: int32 [T, 16] LSF codes, one row per hop; modules: list (one per module used) of int32
     [T, positions, S]; num_samples: the length of the original signal at 16 kHz; gain: int32
-    [T, subframes] gain codes (models with gain-shape coding) or None.
+    [T, subframes] gain codes (models with gain-shape coding) or None; pitch: int32 [T, 4, 2]
+    long-term predictor codes (lag, gain per sub-frame; models with it) or None.
     """
 
     lsf: np.ndarray
     modules: list
     num_samples: int
     gain: np.ndarray | None = None
+    pitch: np.ndarray | None = None
 
     def chunks(self, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> list["CodeChunk"]:
         """Split into consecutive `CodeChunk`s of `frames_per_chunk` hops (the last may be shorter)."""
-        whole = CodeChunk(self.lsf, self.modules, self.gain)
+        whole = CodeChunk(self.lsf, self.modules, self.gain, self.pitch)
         return [whole.hops(s, s + frames_per_chunk) for s in range(0, self.lsf.shape[0], frames_per_chunk)]
 
     @classmethod
@@ -44,31 +49,38 @@ class Codes:
         """Consecutive chunks (all with the same modules) -> one utterance's Codes."""
         if not chunks:
             raise ValueError("Codes.join needs at least one chunk")
-        if len({c.gain is None for c in chunks}) != 1:
-            raise ValueError("Codes.join: some chunks carry gain codes and others do not")
+        side = {}
+        for k in SIDE_STREAMS:
+            parts = [getattr(c, k) for c in chunks]
+            if len({p is None for p in parts}) != 1:
+                raise ValueError(f"Codes.join: some chunks carry {k} codes and others do not")
+            side[k] = None if parts[0] is None else np.concatenate(parts)
         return cls(np.concatenate([c.lsf for c in chunks]),
                    [np.concatenate([c.modules[i] for c in chunks]) for i in range(len(chunks[0].modules))],
-                   int(num_samples), None if chunks[0].gain is None else np.concatenate([c.gain for c in chunks]))
+                   int(num_samples), **side)
 
     def entropy_bits(self) -> float:
-        """Zeroth-order entropy of every stream (LSFs, gains and each module's), in bits: what an
-        ideal coder with the utterance's own histograms would spend."""
-        side = entropy_bits(self.lsf) + (0.0 if self.gain is None else entropy_bits(self.gain))
+        """Zeroth-order entropy of every stream (LSFs, side information and each module's), in
+        bits: what an ideal coder with the utterance's own histograms would spend."""
+        side = entropy_bits(self.lsf) + sum(entropy_bits(getattr(self, k)) for k in SIDE_STREAMS
+                                            if getattr(self, k) is not None)
         return side + sum(entropy_bits(m) for m in self.modules)
 
 
 class CodeChunk(NamedTuple):
     """Codes of consecutive hops: lsf int32 [n, 16], modules list of int32 [n, positions, S],
-    gain int32 [n, subframes] (models with gain-shape coding) or None."""
+    gain int32 [n, subframes] and pitch int32 [n, 4, 2] (models with gain-shape coding / long-term
+    prediction) or None."""
 
     lsf: np.ndarray
     modules: list
     gain: np.ndarray | None = None
+    pitch: np.ndarray | None = None
 
     def hops(self, start: int, stop: int) -> "CodeChunk":
         """The codes of hops [start, stop) of this chunk."""
         return CodeChunk(self.lsf[start:stop], [m[start:stop] for m in self.modules],
-                         None if self.gain is None else self.gain[start:stop])
+                         *(None if getattr(self, k) is None else getattr(self, k)[start:stop] for k in SIDE_STREAMS))
 
 
 def num_hops_for(num_samples: int) -> int:

@@ -87,6 +87,8 @@ class StreamEncoder:
         self._e = np.zeros(0)           # residual from sample _h_frame * 480 on
         self._h_frame = 0               # frames cut so far
         self._frames, self._lsf_codes = [], []   # pending (not yet coded) frames / LSF codes
+        self._ltp_hist = None if model.ltp is None else model.ltp.initial_history()   # original residual
+        self._ltp_prev, self._pitch_codes = 0, []                                      # pending pitch codes
         self._finished = False
 
     def push(self, wav) -> list[CodeChunk]:
@@ -143,6 +145,14 @@ class StreamEncoder:
         a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
         x = self._xp[_LEFT: _LEFT + k * C.HOP_SIZE]
         e, self._res_state = lpc.residual(x, a_sub, self._res_state)
+        ltp = self.model.ltp
+        if ltp is not None:   # open-loop pitch prediction: the cascade codes what it leaves
+            pitch = ltp.analyze(self._ltp_hist, e, self._ltp_prev)
+            e2 = ltp.analysis_filter(self._ltp_hist, e, pitch)
+            self._ltp_hist = np.concatenate([self._ltp_hist, e])[-len(self._ltp_hist):]
+            self._ltp_prev = int(pitch[-1, 0])
+            self._pitch_codes.append(pitch.reshape(k, ltp.per_hop, 2))
+            e = e2
         self._lsf_prev = lsf_q[-1]
         self._lsf_codes.append(codes)
         self._e = np.concatenate([self._e, e])
@@ -158,6 +168,7 @@ class StreamEncoder:
     def _emit(self, final: bool) -> list[CodeChunk]:
         frames = np.concatenate(self._frames) if self._frames else np.zeros((0, C.FRAME_SIZE), np.float32)
         lsf = np.concatenate(self._lsf_codes) if self._lsf_codes else np.zeros((0, C.LPC_ORDER), np.int32)
+        pitch = np.concatenate(self._pitch_codes) if self._pitch_codes else None
         out, f = [], self.frames_per_chunk
         s = 0
         while len(frames) - s >= f or (final and len(frames) > s):
@@ -167,10 +178,13 @@ class StreamEncoder:
             if gain is not None:   # the cascade codes the residual over its coded gains
                 batch = (batch / gq.per_sample(gq.decode_numpy(gain))).astype(np.float32)
             codes = self.backend.encode_frames(batch, self.num_active)
-            out.append(CodeChunk(lsf[s: s + len(batch)], codes, gain))
+            out.append(CodeChunk(lsf[s: s + len(batch)], codes, gain,
+                                 None if self.model.ltp is None else pitch[s: s + len(batch)]))
             s += len(batch)
         self._frames = [frames[s:]] if s < len(frames) else []
         self._lsf_codes = [lsf[s:]] if s < len(lsf) else []
+        if pitch is not None:
+            self._pitch_codes = [pitch[s:]] if s < len(pitch) else []
         return out
 
 
@@ -191,6 +205,7 @@ class StreamDecoder:
         self._lsf_prev = None
         self._tail = np.zeros(C.OVERLAP)
         self._syn = self._de = None
+        self._ltp_hist = None if model.ltp is None else model.ltp.initial_history()   # decoded residual
 
     def push(self, chunk: CodeChunk) -> np.ndarray:
         lsf_codes = np.asarray(chunk.lsf, np.int32)
@@ -203,6 +218,11 @@ class StreamDecoder:
             raise ValueError("this model codes per-sub-frame gains and the chunk has none" if gq is not None
                              else "the chunk carries gain codes, this model has no gain")
         gains = None if gq is None else gq.per_sample(gq.decode_numpy(np.asarray(chunk.gain)))
+        ltp = self.model.ltp
+        if (ltp is None) != (chunk.pitch is None):
+            raise ValueError("this model codes long-term prediction and the chunk has no pitch codes" if ltp is not None
+                             else "the chunk carries pitch codes, this model has no long-term predictor")
+        pitch = None if ltp is None else ltp.check_codes(np.asarray(chunk.pitch).reshape(-1, 2), n * ltp.per_hop)
         if gains is not None and gains.shape[0] != n:
             raise ValueError(f"a chunk of {n} hops needs gain codes [{n}, {gq.subframes}]; got {np.shape(chunk.gain)}")
         lsf_q = _quantized_lsf(self.model, lsf_codes)
@@ -215,6 +235,10 @@ class StreamDecoder:
         e[0, : C.OVERLAP] += self._tail
         e[1:, : C.OVERLAP] += frames[:-1, C.HOP_SIZE:]
         self._tail = frames[-1, C.HOP_SIZE:].copy()
+        e = e.reshape(-1)
+        if ltp is not None:   # the pitch synthesis filter on the decoded residual
+            e = ltp.synthesis_filter(self._ltp_hist, e, pitch)
+            self._ltp_hist = np.concatenate([self._ltp_hist, e])[-len(self._ltp_hist):]
         y, self._syn = lpc.synthesis(e.reshape(-1), a_sub, self._syn)
         if self.postfilter is not None:
             y = self.postfilter(y, a_sub)

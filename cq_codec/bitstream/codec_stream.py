@@ -7,8 +7,9 @@
   (with the expected bits per frame of each group) in `model.entropy_tables`, so they are saved
   inside the `.keras` file.
 - `encode_chunk` / `decode_chunk`: one `CodeChunk` <-> one payload. All groups of a chunk go
-  through ONE range coder (LSF rows, then, for a model with gain-shape coding, the gain codes
-  as `[n * subframes, 1]` rows, then module 1's `[n * P, S]` rows, ...), so a chunk pays
+  through ONE range coder (LSF rows, then the side information of models that have it: gain
+  codes as `[n * subframes, 1]` rows, pitch codes as `[n * 4, 2]` (lag, gain) rows; then module
+  1's `[n * P, S]` rows, ...), so a chunk pays
   the coder's flush once; each chunk starts afresh, so chunks decode independently.
 - `stream_metadata` / `check_metadata`: what a file says about its model and stream, and the
   decoder's checks (model hash, layout of version-1 files, counts, limits), failing with a
@@ -31,7 +32,7 @@ import constants as C
 from cq_codec.bitstream import entropy
 from cq_codec.bitstream.container import (MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, NacError, NacFormatError,
                                           build_metadata, stream_counts)
-from cq_codec.codes import CodeChunk, Codes
+from cq_codec.codes import SIDE_STREAMS, CodeChunk, Codes
 
 __all__ = ["STREAM_FORMAT", "ModelMismatchError", "EntropyModels", "model_sha256", "code_layout",
            "fit_tables", "check_kinds", "entropy_models", "operating_points", "operating_combinations",
@@ -50,12 +51,14 @@ class ModelMismatchError(NacError):
 class EntropyModels(NamedTuple):
     """lsf: model of the 16 LSF streams; modules: one model per module (streams S);
     bits_per_frame: expected bits per frame [side information (LSFs + gains), module 1, ...]
-    measured when fitting; gain: model of the gain codes (one stream), or None."""
+    measured when fitting; gain / pitch: models of the side streams (`cq_codec.codes.SIDE_STREAMS`),
+    or None for a model without them."""
 
     lsf: entropy.EntropyModel
     modules: list
     bits_per_frame: list
     gain: entropy.EntropyModel | None = None
+    pitch: entropy.EntropyModel | None = None
 
 
 def _json_copy(obj):
@@ -78,20 +81,34 @@ def model_sha256(model) -> str:
 
 def code_layout(model) -> dict:
     """{"lsf": [16 alphabet sizes], "modules": [{"positions": P, "alphabet_sizes": [S sizes]}]},
-    plus "gain": {"subframes": G, "alphabet_size": L} for a model with gain-shape coding."""
+    plus "gain": {"subframes": G, "alphabet_size": L} for a model with gain-shape coding and
+    "pitch": {"subframes": 4, "alphabet_sizes": [lags, gains]} for one with long-term prediction."""
     out = {"lsf": [int(a) for a in model.lsf_quantizer.codebook_sizes],
            "modules": [{"positions": int(m.num_positions), "alphabet_sizes": [int(a) for a in m.quantizer.codebook_sizes]}
                        for m in model.codec_modules]}
     gq = getattr(model, "gain_quantizer", None)
     if gq is not None:
         out["gain"] = {"subframes": gq.subframes, "alphabet_size": gq.alphabet_size}
+    ltp = getattr(model, "ltp", None)
+    if ltp is not None:
+        out["pitch"] = {"subframes": ltp.per_hop, "alphabet_sizes": [int(a) for a in ltp.alphabet_sizes]}
     return out
 
 
-def _gain_rows(gain_codes) -> np.ndarray:
-    """[n, G] gain codes -> [n * G, 1] rows in time order (a context model conditions each gain
-    on the previous sub-frame's)."""
-    return np.asarray(gain_codes).reshape(-1, 1)
+def _side_sizes(layout: dict, name: str) -> list:
+    """Alphabet sizes of side stream `name`'s rows."""
+    g = layout[name]
+    return [g["alphabet_size"]] if name == "gain" else list(g["alphabet_sizes"])
+
+
+def _side_rows(codes, sizes: list) -> np.ndarray:
+    """[n, sub-frames(, streams)] side codes -> [n * sub-frames, streams] rows in time order (a
+    context model conditions each on the previous sub-frame's)."""
+    return np.asarray(codes).reshape(-1, len(sizes))
+
+
+def _sides(layout: dict) -> list:
+    return [k for k in SIDE_STREAMS if k in layout]
 
 
 def _rows(module_codes: np.ndarray) -> np.ndarray:
@@ -141,10 +158,11 @@ def fit_tables(model, codes: Sequence[Codes], held_out_every: int = 5,
     held = {i for i in range(len(codes)) if len(codes) > 1 and i % held_out_every == held_out_every - 1}
     held = held or ({len(codes) - 1} if len(codes) > 1 else set())
     groups = [("lsf", [c.lsf for c in codes], layout["lsf"])]
-    if "gain" in layout:
-        if any(c.gain is None for c in codes):
-            raise ValueError("fit_tables: this model codes gains; every utterance's codes need them")
-        groups.append(("gain", [_gain_rows(c.gain) for c in codes], [layout["gain"]["alphabet_size"]]))
+    for k in _sides(layout):
+        if any(getattr(c, k) is None for c in codes):
+            raise ValueError(f"fit_tables: this model codes {k} side information; every utterance's codes need it")
+        sizes = _side_sizes(layout, k)
+        groups.append((k, [_side_rows(getattr(c, k), sizes) for c in codes], sizes))
     groups += [(f"module_{i}", [_rows(c.modules[i]) for c in codes], layout["modules"][i]["alphabet_sizes"])
                for i in range(n_mod)]
     num_frames = sum(c.lsf.shape[0] for c in codes)
@@ -155,13 +173,13 @@ def fit_tables(model, codes: Sequence[Codes], held_out_every: int = 5,
         tables[name] = model_.to_dict()
         # Expected bits per frame: the refit model on all fitting utterances, chunk by chunk as coded.
         bits.append(sum(entropy.estimate_bits(r, model_) for r in rows) / num_frames)
-    if "gain" in layout:   # side information: the LSFs' and the gains' bits per frame together
-        bits = [bits[0] + bits[1]] + bits[2:]
+    side = len(_sides(layout))   # side information: the LSFs' and the side streams' bits together
+    bits = [sum(bits[: side + 1])] + bits[side + 1:]
     out = {"format": _TABLES_FORMAT, "version": 1, "layout": layout, "lsf": tables.pop("lsf"),
            "modules": [tables[f"module_{i}"] for i in range(n_mod)], "bits_per_frame": bits,
            "num_frames": num_frames, "report": report}
-    if "gain" in layout:
-        out["gain"] = tables.pop("gain")
+    for k in _sides(layout):
+        out[k] = tables.pop(k)
     model.entropy_tables = out
     return out
 
@@ -181,11 +199,11 @@ def entropy_models(model) -> EntropyModels:
         raise ValueError(f"unsupported entropy tables (format {t.get('format')!r}, version {t.get('version')!r})")
     if t["layout"] != code_layout(model):
         raise ValueError("the entropy tables were fitted for another code layout than this model's")
-    if ("gain" in t) != ("gain" in t["layout"]):
-        raise ValueError("the entropy tables' gain table does not match the model's gain coding")
+    if any((k in t) != (k in t["layout"]) for k in SIDE_STREAMS):
+        raise ValueError("the entropy tables' side-information tables do not match the model's layout")
     models = EntropyModels(entropy.model_from_dict(t["lsf"]), [entropy.model_from_dict(d) for d in t["modules"]],
                            [float(b) for b in t["bits_per_frame"]],
-                           entropy.model_from_dict(t["gain"]) if "gain" in t else None)
+                           *(entropy.model_from_dict(t[k]) if k in t else None for k in SIDE_STREAMS))
     model.__dict__["_cq_entropy_cache"] = (key, models)
     return models
 
@@ -249,11 +267,13 @@ def _is_rvq(module) -> bool:
 
 def _groups(chunk, models: EntropyModels):
     yield chunk.lsf, models.lsf
-    if (models.gain is None) != (chunk.gain is None):
-        raise ValueError("the chunk's gain codes do not match the model's gain coding "
-                         f"(model codes gains: {models.gain is not None}, chunk has them: {chunk.gain is not None})")
-    if models.gain is not None:
-        yield _gain_rows(chunk.gain), models.gain
+    for k in SIDE_STREAMS:
+        m, c = getattr(models, k), getattr(chunk, k)
+        if (m is None) != (c is None):
+            raise ValueError(f"the chunk's {k} codes do not match the model's side information "
+                             f"(model codes {k}: {m is not None}, chunk has them: {c is not None})")
+        if m is not None:
+            yield _side_rows(c, m.alphabet_sizes), m
     for codes, m in zip(chunk.modules, models.modules):
         yield _rows(codes), prefix_model(m, np.shape(codes)[-1])   # an RVQ module may carry fewer codebooks
 
@@ -280,10 +300,11 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
     try:
         decoder = entropy.new_decoder(np.frombuffer(data, ">u4").astype(np.uint32))
         lsf = models.lsf._decode(decoder, num_frames)
-        gain = None
-        if "gain" in layout:
-            g = layout["gain"]["subframes"]
-            gain = models.gain._decode(decoder, num_frames * g).reshape(num_frames, g)
+        side = {}
+        for k in _sides(layout):
+            g = layout[k]["subframes"]
+            rows = getattr(models, k)._decode(decoder, num_frames * g)
+            side[k] = rows.reshape(num_frames, g) if k == "gain" else rows.reshape(num_frames, g, -1)
         mods = []
         for i in range(num_active):
             p = layout["modules"][i]["positions"]
@@ -295,7 +316,7 @@ def decode_chunk(data: bytes, num_frames: int, num_active: int, models: EntropyM
         raise NacFormatError(f"corrupt chunk payload: {e}") from e
     if not exhausted:
         raise NacFormatError("chunk payload has data left after its codes (damaged or wrong model)")
-    return CodeChunk(lsf, mods, gain)
+    return CodeChunk(lsf, mods, **side)
 
 
 class PayloadBounds(NamedTuple):
@@ -342,9 +363,9 @@ def payload_bounds(models: EntropyModels, layout: dict, num_active: int, codeboo
     """PayloadBounds of a chunk with the first `num_active` modules (`codebooks`: streams of each,
     0 or None = all): one LSF row and P_i rows of module i per hop."""
     lo, hi = _table_bits(models.lsf)
-    if "gain" in layout:
-        g_lo, g_hi = _table_bits(models.gain)
-        g = layout["gain"]["subframes"]
+    for k in _sides(layout):
+        g_lo, g_hi = _table_bits(getattr(models, k))
+        g = layout[k]["subframes"]
         lo, hi = lo + g * g_lo, hi + g * g_hi
     for i in range(num_active):
         m_lo, m_hi = _table_bits(prefix_model(models.modules[i], codebooks[i] if codebooks else None))
@@ -428,8 +449,8 @@ def check_metadata(meta: dict, model, sha256: str | None = None) -> dict:
                                  f"{full} code streams" + (f" (1..{full} for its RVQ)" if _is_rvq(model.codec_modules[i])
                                                             else " and reads all of them (written as 0)"))
     want = {"lsf": layout["lsf"], "modules": layout["modules"][: len(stages)]}
-    if "gain" in layout:
-        want["gain"] = layout["gain"]
+    for k in _sides(layout):
+        want[k] = layout[k]
     if meta.get("layout", want) != want:          # version 1 files repeat the layout; the sha256 covers it
         raise ModelMismatchError(f"model mismatch: the file's code layout {meta.get('layout')!r} differs from the model's {want!r}")
     if (num_frames, num_chunks) != stream_counts(num_samples, fpc):

@@ -17,13 +17,14 @@ import tensorflow as tf
 import constants as C
 import lpc
 from lpc import tf_ops
+from lpc.ltp import LongTermPredictor
 from lpc.tf_ops import repair_lsf_tf
 from cq_codec import losses as L
 from cq_codec.models.residual_module import ResidualModule
 from cq_codec.quantizers.gain import GainQuantizer
 from cq_codec.quantizers.softmax import SoftmaxQuantizer, uniform_grids
 
-__all__ = ["CQCodec", "default_lsf_grid"]
+__all__ = ["CQCodec", "default_lsf_grid", "with_ltp"]
 
 # Typical LSF ranges (rad) of the first and last LSF (REFERENCE.md); the others are interpolated.
 _LSF_LOW = np.linspace(0.03, 2.55, C.LPC_ORDER)
@@ -56,10 +57,14 @@ class CQCodec(keras.Model):
         `cq_codec.bitstream.codec_stream.fit_entropy_tables`), saved with the model; or None.
       gain: None (no gain side information), or `GainQuantizer` kwargs: the cascade codes the
         residual divided by its coded per-sub-frame gain (gain-shape; cq_codec/quantizers/gain.py).
+      ltp: None, or `lpc.ltp.LongTermPredictor` kwargs: at inference the cascade codes the
+        open-loop pitch residual and the decoder runs the pitch synthesis filter (lag and gain
+        per sub-frame coded in the stream). Training does not model it (yet): a model gets it
+        after training (`scripts/add_ltp.py`), its entropy tables refitted.
     """
 
     def __init__(self, module_configs, is_cq=True, lsf_grid=None, residual_scale=1.0, signal_std=1.0,
-                 loss_weights=(60.0, 10.0, 10.0), num_active=None, entropy_tables=None, gain=None, **kwargs):
+                 loss_weights=(60.0, 10.0, 10.0), num_active=None, entropy_tables=None, gain=None, ltp=None, **kwargs):
         super().__init__(**kwargs)
         if not module_configs:
             raise ValueError("CQCodec needs at least one module config")
@@ -75,6 +80,8 @@ class CQCodec(keras.Model):
         self.entropy_tables = entropy_tables
         self.gain = dict(gain) if gain else None
         self.gain_quantizer = GainQuantizer(**self.gain) if self.gain else None
+        self.ltp_config = dict(ltp) if ltp else None
+        self.ltp = LongTermPredictor(**self.ltp_config) if self.ltp_config else None
         self.lsf_quantizer = SoftmaxQuantizer(initial_bins=grid, trainable_bins=self.is_cq, alpha=300.0,
                                               name="lsf_quantizer")
         self.codec_modules = [ResidualModule(**c, name=f"module_{i}") for i, c in enumerate(self.module_configs)]
@@ -282,4 +289,20 @@ class CQCodec(keras.Model):
                    num_active=self.num_active, entropy_tables=self.entropy_tables)
         if self.gain:   # only when set, so a gain-less model's config (its identity) is unchanged
             cfg["gain"] = dict(self.gain)
+        if self.ltp_config:
+            cfg["ltp"] = dict(self.ltp_config)
         return cfg
+
+
+def with_ltp(model: CQCodec, gain_levels: int = 8, gain_step: float = 0.125, threshold: float = 0.3,
+             hold: float = 0.0) -> CQCodec:
+    """A copy of trained `model` (same weights) with open-loop long-term prediction
+    (`lpc.ltp.LongTermPredictor`) and no entropy tables: fit them next
+    (`cq_codec.inference.fit_entropy_tables`), since the pitch codes are a stream of their own."""
+    cfg = model.get_config()
+    ltp = LongTermPredictor(gain_levels, gain_step, threshold, hold).get_config()
+    cfg.update(entropy_tables=None, ltp=ltp)
+    out = CQCodec.from_config(cfg)
+    out.build()
+    out.set_weights(model.get_weights())
+    return out
