@@ -170,7 +170,7 @@ class Codec:
                  frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK, postfilter: bool = True,
                  backend: str = DEFAULT_BACKEND):
         self.model, self.name = model, str(name)
-        self.backend = backend    # "keras" or "tflite" (cq_codec.backends); codes of either decode with both
+        self.backend = backend    # "keras", "tflite" or "fast" (cq_codec.backends); codes of any decode with all
         if not isinstance(postfilter, bool):
             raise TypeError(f"postfilter must be True or False; got {postfilter!r}")
         self.postfilter = postfilter  # decoder-side only: the .nac bytes do not depend on it
@@ -184,7 +184,8 @@ class Codec:
 
     @property
     def backend(self) -> str:
-        """The frame codec's runtime: "keras" (TensorFlow, the default) or "tflite" (LiteRT + XNNPACK)."""
+        """The frame codec's runtime: "keras" (TensorFlow, the default), "tflite" (LiteRT + XNNPACK)
+        or "fast" (keras, the encoders' output convolutions laid out for oneDNN)."""
         return self._backend.name
 
     @backend.setter
@@ -365,8 +366,10 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     A waveform model (cq_codec.models.waveform) loads as a `cq_codec.waveform_api.WaveformCodecAPI`
     (same methods; its chunks default to whole latent frames). A shipped model may be named
     without its path: "default", "waveform_rvq".
-    `backend`: "keras" (default) or "tflite" (`cq_codec.backends`: LiteRT + XNNPACK; the first use
-    of an operating point converts it, about 2-10 s, then cached on disk)."""
+    `backend`: "keras" (default), "tflite" (`cq_codec.backends`: LiteRT + XNNPACK; the first use
+    of an operating point converts it, about 2-10 s, then cached on disk) or "fast" (keras with the
+    encoders' output convolutions laid out for oneDNN: faster encoding, codes equal to keras's
+    except in rare rounding cases)."""
     path = DEFAULT_MODEL_PATH if path is None else _pretrained(str(path))
     if not os.path.isfile(path):
         hint = (" (the shipped default model is missing: reinstall cq-codec, re-train it with "

@@ -225,21 +225,24 @@ class CQCodec(keras.Model):
         return self._report(self.compute_terms(self.forward(data, training=False)))
 
     # ------------------------------------------------------------------ inference on frames
-    def frame_functions(self, n: int | None = None, streams: tuple | None = None):
+    def frame_functions(self, n: int | None = None, streams: tuple | None = None, strided_out: bool = False):
         """(encode, decode): the traced `tf.function`s of the frame codec with the first `n`
         modules, with input signatures (tensorflow-compression style; `api.Codec` exports them
         to a SavedModel as they are): encode(frames float32 [N, 512]) -> {"codes_i": int32
         [N, P_i, S_i]}, decode(codes_0, ..., codes_{n-1}) -> {"frames": float32 [N, 512]}.
-        `streams`: the S_i decode takes (default: each quantizer's streams). Cached; eager Keras
-        calls cost several times the convolutions themselves on this model size."""
+        `streams`: the S_i decode takes (default: each quantizer's streams). `strided_out`: the
+        encoders' output convolutions as `residual_module.strided_output_conv` (the "fast"
+        backend). Cached; eager Keras calls cost several times the convolutions themselves on
+        this model size."""
         n = int(n or len(self.codec_modules))
         streams = tuple(int(k) for k in (streams or [m.quantizer.num_streams for m in self.codec_modules[:n]]))
         # Python-side quantizer state (RVQ stages in use) is baked into a trace: part of the key.
         stages = tuple(getattr(m.quantizer, "num_active_stages", 0) for m in self.codec_modules[:n])
         fns = self.__dict__.setdefault("_cq_inference_fns", {})
-        if ("encode", n, stages) not in fns:
-            fns["encode", n, stages] = tf.function(
-                lambda frames: {f"codes_{i}": c for i, c in enumerate(self._encode_frames(frames, n))},
+        strided_out = bool(strided_out)
+        if ("encode", n, stages, strided_out) not in fns:
+            fns["encode", n, stages, strided_out] = tf.function(
+                lambda frames: {f"codes_{i}": c for i, c in enumerate(self._encode_frames(frames, n, strided_out))},
                 input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32, name="frames")],
                 reduce_retracing=True)
         if ("decode", n, streams, stages) not in fns:
@@ -248,12 +251,12 @@ class CQCodec(keras.Model):
             fns["decode", n, streams, stages] = tf.function(
                 lambda *codes: {"frames": self._decode_frames(list(codes))}, input_signature=specs,
                 reduce_retracing=True)
-        return fns["encode", n, stages], fns["decode", n, streams, stages]
+        return fns["encode", n, stages, strided_out], fns["decode", n, streams, stages]
 
-    def encode_frames(self, residual_frames, num_active=None):
+    def encode_frames(self, residual_frames, num_active=None, strided_out: bool = False):
         """Windowed residual frames [N, 512] -> list of int32 codes [N, positions, S] per module."""
         n = int(num_active or len(self.codec_modules))
-        out = self.frame_functions(n)[0](tf.convert_to_tensor(residual_frames, tf.float32))
+        out = self.frame_functions(n, strided_out=strided_out)[0](tf.convert_to_tensor(residual_frames, tf.float32))
         return [out[f"codes_{i}"] for i in range(n)]
 
     def decode_frames(self, codes):
@@ -264,14 +267,19 @@ class CQCodec(keras.Model):
         streams = tuple(int(c.shape[-1]) for c in codes)   # RVQ: codes of fewer stages decode too
         return self.frame_functions(len(codes), streams)[1](*codes)["frames"]
 
-    def _encode_frames(self, residual_frames, num_active):
+    def _encode_frames(self, residual_frames, num_active, strided_out=False):
         r = residual_frames * self.residual_scale
         codes = []
         for i, m in enumerate(self.codec_modules[:num_active]):
             if i == num_active - 1:   # the last module's decoder is not needed to encode
-                codes.append(m.quantizer(m.encode_latent(r[..., None]), training=False).codes)
+                codes.append(m.quantizer(m.encode_latent(r[..., None], strided_out), training=False).codes)
                 break
-            y, q = m(r[..., None], training=False)
+            if strided_out:           # module.call with the strided output convolution
+                z = m.encode_latent(r[..., None], True)
+                q = m.quantizer(z, training=False)
+                y = m.decode_latent(m.bypass * z + (1.0 - m.bypass) * q.quantized)
+            else:
+                y, q = m(r[..., None], training=False)
             codes.append(q.codes)
             r = r - y[..., 0]
         return codes
