@@ -136,20 +136,23 @@ def measure(codecs: dict, wav: np.ndarray) -> None:
 
 
 def agreement(codecs: dict, wav: np.ndarray, n: int, data: dict) -> None:
-    """Codes of the backends, and each one's decode of the other's bytes."""
+    """Codes of the first backend against each other one's, and each decoding the other's bytes."""
     names = list(codecs)
-    a, b = names[0], names[1]
-    ca, cb = (codecs[k].encode(wav, C.SAMPLE_RATE, num_modules=n) for k in (a, b))
-    total = sum(m.size for m in ca.modules)
-    diff = sum(int(np.sum(x != y)) for x, y in zip(ca.modules, cb.modules))
-    out = []
-    for src in (a, b):
-        ya, _ = codecs[a].decompress(data[src])
-        yb, _ = codecs[b].decompress(data[src])
-        err = np.abs(ya - yb)
-        out.append(f"{src} bytes decoded by {a} vs {b}: max |diff| {err.max():.2e}, rms {np.sqrt(np.mean(err ** 2)):.2e}")
-    print(f"  agreement: {diff} of {total} module codes differ, LSF codes equal {np.array_equal(ca.lsf, cb.lsf)}, "
-          f"bytes equal {data[a] == data[b]}; " + "; ".join(out) + f" (signal rms {np.sqrt(np.mean(wav ** 2)):.3f})")
+    a = names[0]
+    ca = codecs[a].encode(wav, C.SAMPLE_RATE, num_modules=n)
+    for b in names[1:]:
+        cb = codecs[b].encode(wav, C.SAMPLE_RATE, num_modules=n)
+        total = sum(m.size for m in ca.modules)
+        diff = sum(int(np.sum(x != y)) for x, y in zip(ca.modules, cb.modules))
+        out = []
+        for src in (a, b):
+            ya, _ = codecs[a].decompress(data[src])
+            yb, _ = codecs[b].decompress(data[src])
+            err = np.abs(ya - yb)
+            out.append(f"{src} bytes decoded by {a} vs {b}: max |diff| {err.max():.2e}, rms {np.sqrt(np.mean(err ** 2)):.2e}")
+        print(f"  agreement {a} / {b}: {diff} of {total} module codes differ, LSF codes equal "
+              f"{np.array_equal(ca.lsf, cb.lsf)}, bytes equal {data[a] == data[b]}; " + "; ".join(out)
+              + f" (signal rms {np.sqrt(np.mean(wav ** 2)):.3f})")
 
 
 _FILTERS = "switched filters (residual, synthesis)"
