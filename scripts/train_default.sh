@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-trains the default model (cq_codec/pretrained/default.keras, default_v9) from scratch on
+# Re-trains the default model (cq_codec/pretrained/default.keras, default_v10) from scratch on
 # the demo corpus with many voices (data/many: the demo packages plus the many-speaker Debian
 # packages of cq_codec/data/voices.py, 98 training voices in 25 languages; built here if
 # missing), then installs it. Resumable: re-running continues from the last finished epoch.
@@ -14,8 +14,12 @@
 #   B. default_v9: v8 restored (--training_mode 2 --base_model_id default_v8), the followers
 #      retrained 10 + 10 epochs with the mel-band noise-to-signal loss (nsr_mel, weight 250),
 #      which stops them spending their bits at 4-8 kHz, then 3 epochs of joint fine-tuning
-#      with it (--training_mode 5 on the same experiment).
-# Measured here: A 66 min, B 21 min on the 2 cores while other jobs shared them.
+#      with it (--training_mode 5 on the same experiment);
+#   C. default_v10: v9 restored, 8 epochs of joint fine-tuning with gain-shape coding
+#      (--gain_subframes 4: 4 coded gains per frame; docs/DESIGN.md "Codec structure");
+#   D. open-loop pitch prediction added (scripts/add_ltp.py, threshold 0.4, hold 0.8) and the
+#      entropy tables refitted: default_v10_ltp, the model installed.
+# Measured here: A 66 min, B 21 min, C 9 min, D 1 min on the 2 cores while other jobs shared them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-results/_work}
@@ -46,8 +50,14 @@ v9=(--base_model_id "$NAME" --name default_v9 --results_dir "$RESULTS" --corpus 
   --learning_rate_tanh 1e-3 --learning_rate_followers 1e-3 --learning_rate_finetune 2e-4 --eval_clips 20)
 .venv/bin/python main.py --training_mode 2 "${v9[@]}"   # the followers, on v8 restored
 .venv/bin/python main.py --training_mode 5 "${v9[@]}"   # joint fine-tuning
+# C: gain-shape coding, fine-tuned into v9 (the v9 flags; later flags override earlier ones)
+.venv/bin/python main.py --training_mode 5 "${v9[@]}" --base_model_id default_v9 --name default_v10 \
+  --epoch_finetune 8 --gain_subframes 4
+# D: pitch prediction + tables
+.venv/bin/python scripts/add_ltp.py --model "$RESULTS/default_v10" --out "$RESULTS/default_v10_ltp" \
+  --threshold 0.4 --hold 0.8 --data_dir "$DATA"
 if [ "${INSTALL:-1}" = 1 ]; then   # INSTALL=0: train and evaluate only
   mkdir -p cq_codec/pretrained
-  cp "$RESULTS/default_v9/model.keras" cq_codec/pretrained/default.keras
+  cp "$RESULTS/default_v10_ltp/model.keras" cq_codec/pretrained/default.keras
   echo "installed cq_codec/pretrained/default.keras"
 fi
