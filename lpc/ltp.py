@@ -87,31 +87,45 @@ class LongTermPredictor:
     # ------------------------------------------------------------------ encoder
     def analyze(self, history, e, prev_lag: int = 0) -> np.ndarray:
         """Residual `e` (whole sub-frames) after `history` (its MAX_LAG preceding samples) ->
-        int32 codes [sub-frames, 2]. `prev_lag`: the lag code before the first sub-frame."""
+        int32 codes [sub-frames, 2]. `prev_lag`: the lag code before the first sub-frame.
+
+        Every sub-frame's correlations with all lags come from one batched FFT (row by row, the
+        same arithmetic whatever the batch, so chunked calls give the same codes); only the
+        choice per sub-frame (threshold, hold) is a Python loop over scalars."""
         h, e = self._check(history, e, "analyze")
         ext = np.concatenate([h, e])
-        n = len(e) // self.subframe
+        n, sub = len(e) // self.subframe, self.subframe
         out = np.zeros((n, 2), np.int32)
-        lags = np.arange(MAX_LAG, MIN_LAG - 1, -1)          # window row j starts at p - lags[j]
+        if n == 0:
+            return out
+        span = MAX_LAG - MIN_LAG + sub                       # 408: every candidate's samples
+        rows = np.lib.stride_tricks.sliding_window_view(ext, MAX_LAG + sub)[::sub][:n]
+        seg, target = rows[:, :span], rows[:, MAX_LAG:]
+        nfft = 512                                           # >= span: the valid lags see no wrap-around
+        dot = np.fft.irfft(np.fft.rfft(seg, nfft) * np.conj(np.fft.rfft(target, nfft)), nfft)[:, : span - sub + 1]
+        cs = np.concatenate([np.zeros((n, 1)), np.cumsum(seg * seg, axis=1)], axis=1)
+        energy = np.maximum(cs[:, sub:] - cs[:, : span - sub + 1], 1e-30)   # row j: lag MAX_LAG - j
+        score = np.where(dot > 0, dot * dot / energy, 0.0)
+        best = np.argmax(score, axis=1)
+        t_energy = np.einsum("ij,ij->i", target, target)
+
+        def gain_index(d, en, te):
+            """Quantized gain (0: not predicted) of lag rows with correlation d, energy en."""
+            corr = np.where(d > 0, d / np.sqrt(np.maximum(en * te, 1e-60)), 0.0)
+            k = np.clip(np.rint(d / en / self.gain_step), 0, self.gain_levels - 1)
+            return np.where(corr >= self.threshold, k, 0).astype(np.int64)
+
+        rows_ = np.arange(n)
+        k_best = gain_index(dot[rows_, best], energy[rows_, best], t_energy).tolist()
+        best_l, s_best = best.tolist(), score[rows_, best].tolist()
         voiced = False
         for s in range(n):
-            p = MAX_LAG + s * self.subframe                  # sub-frame start in ext
-            target = ext[p: p + self.subframe]
-            seg = ext[p - MAX_LAG: p - MIN_LAG + self.subframe]
-            w = np.lib.stride_tricks.sliding_window_view(seg, self.subframe)   # [289, 120]
-            dot = w @ target
-            energy = np.einsum("ij,ij->i", w, w)
-            score = np.where(dot > 0, dot * dot / np.maximum(energy, 1e-30), 0.0)
-            j = int(np.argmax(score))
-            held = MAX_LAG - MIN_LAG - prev_lag          # the previous lag's row
-            if self.hold and voiced and score[held] >= self.hold * score[j]:
-                j = held
-            t_energy = float(target @ target)
-            corr = dot[j] / np.sqrt(max(energy[j] * t_energy, 1e-60)) if dot[j] > 0 else 0.0
-            k = 0
-            if corr >= self.threshold:
-                k = int(np.clip(np.rint(dot[j] / max(energy[j], 1e-30) / self.gain_step), 0, self.gain_levels - 1))
-            lag_code = int(lags[j] - MIN_LAG) if k else prev_lag
+            j, k = best_l[s], k_best[s]
+            if self.hold and voiced:
+                held = MAX_LAG - MIN_LAG - prev_lag      # the previous lag's row
+                if held != j and score[s, held] >= self.hold * s_best[s]:
+                    j, k = held, int(gain_index(dot[s, held], energy[s, held], t_energy[s]))
+            lag_code = MAX_LAG - j - MIN_LAG if k else prev_lag
             out[s] = lag_code, k
             prev_lag, voiced = lag_code, k > 0
         return out
