@@ -126,7 +126,8 @@ def measure(codecs: dict, wav: np.ndarray) -> None:
             both = [e + d for e, d in zip(enc, dec)]
             x = lambda t: seconds / _median(t)  # noqa: E731
             print(f"  {b:6s}: encode {x(enc):6.1f}x, decode {x(dec):6.1f}x, encode + decode {x(both):6.1f}x real time "
-                  f"(median of {len(enc)}; encode + decode range {seconds / max(both):.1f}-{seconds / min(both):.1f}x)")
+                  f"(median of {len(enc)}; encode + decode range {seconds / max(both):.1f}-{seconds / min(both):.1f}x; "
+                  f"best: encode {seconds / min(enc):.1f}x, decode {seconds / min(dec):.1f}x)")
             rows.append((n, b, x(enc), x(dec), x(both)))
         if len(codecs) > 1:
             agreement(codecs, wav, n, data)
