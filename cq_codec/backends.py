@@ -58,8 +58,8 @@ class KerasBackend:
         self.name = "fast" if self.strided_out else "keras"
 
     def encode_frames(self, frames: np.ndarray, num_active: int) -> list[np.ndarray]:
-        codes = self.model.encode_frames(np.asarray(frames, np.float32), num_active=num_active,
-                                         strided_out=self.strided_out)
+        extra = {"strided_out": True} if self.strided_out else {}   # keras: the call as it always was
+        codes = self.model.encode_frames(np.asarray(frames, np.float32), num_active=num_active, **extra)
         return [np.asarray(c, np.int32) for c in codes]
 
     def decode_frames(self, codes) -> np.ndarray:
