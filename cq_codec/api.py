@@ -8,7 +8,7 @@
     codec.postfilter = False                 # decode without the adaptive postfilter (default on)
     codec.operating_points                  # [OperatingPoint(modules, kbps, codebooks), ...]
 
-Files stream through `read_audio_blocks` + `compress_blocks` and `decompress_blocks` (one chunk
+Files stream through `read_audio_blocks` (`cq_codec.data.audio`) + `compress_blocks` and `decompress_blocks` (one chunk
 at a time: bounded memory).
 Any input rate / channel count is downmixed (channel mean) and resampled to 16 kHz with a
 streaming soxr resampler (the same code path for arrays and files, so both give the same bytes).
@@ -16,16 +16,14 @@ streaming soxr resampler (the same code path for arrays and files, so both give 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import re
 import zipfile
-from typing import BinaryIO, Iterable, Iterator, NamedTuple
+from typing import BinaryIO, Iterable, Iterator
 
 import keras
 import numpy as np
-import soundfile as sf
-import soxr
 import tensorflow as tf
 
 import constants as C
@@ -34,6 +32,10 @@ import cq_codec.models.waveform
 from cq_codec import backends, inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
+from cq_codec.codes import BitrateError, OperatingPoint, fitting_point  # noqa: F401  (public here too)
+from cq_codec.data.audio import AudioInput, read_audio_blocks  # noqa: F401  (public here too)
+from cq_codec.data.audio import array_blocks as _array_blocks
+from cq_codec.waveform_api import WaveformCodecAPI, default_frames_per_chunk
 
 __all__ = ["DEFAULT_MODEL_PATH", "WAVEFORM_MODEL_PATH", "OperatingPoint", "BitrateError", "Codec", "load", "load_model", "AudioInput", "read_audio_blocks", "frame_functions"]
 
@@ -49,77 +51,11 @@ def _pretrained(path: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     return path
-_BLOCK = 1 << 16         # input samples per read
 # The keras backend: its codes define the .nac bytes (golden files), and on the 2-core machine it
 # was as fast as or faster than LiteRT (docs/DESIGN.md "Speed").
 DEFAULT_BACKEND = "keras"
 _DECODE_HOPS = inference.DEFAULT_FRAMES_PER_CHUNK   # hops per network call when decoding: bounds
                          # memory for any chunk size (a 4096-hop chunk in one call peaked at 2.1 GB)
-
-
-class AudioInput:
-    """What `read_audio_blocks` found: `sample_rate`, `channels` of the source; `blocks` yields
-    float64 16 kHz mono blocks."""
-
-    def __init__(self, sample_rate: int, channels: int, blocks: Iterator[np.ndarray]):
-        self.sample_rate, self.channels, self.blocks = int(sample_rate), int(channels), blocks
-
-    @property
-    def converted(self) -> bool:
-        return self.sample_rate != C.SAMPLE_RATE or self.channels != 1
-
-
-def _to_16k(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
-    """[n, channels] blocks at `rate` -> 16 kHz mono float64 blocks (channel mean, streaming soxr)."""
-    stream = None if rate == C.SAMPLE_RATE else soxr.ResampleStream(rate, C.SAMPLE_RATE, 1, dtype="float64",
-                                                                     quality="HQ")
-    for x in chunks:
-        mono = np.asarray(x, np.float64).mean(axis=1)
-        if not np.all(np.isfinite(mono)):
-            raise ValueError("the audio contains NaN or infinite samples")
-        y = mono if stream is None else stream.resample_chunk(mono, last=False)
-        if y.size:
-            yield y
-    if stream is not None:
-        y = stream.resample_chunk(np.zeros(0), last=True)
-        if y.size:
-            yield y
-
-
-def read_audio_blocks(source, block: int = _BLOCK) -> AudioInput:
-    """A path, file object or `-` (stdin) of any libsndfile format -> AudioInput (16 kHz mono blocks).
-
-    Raises FileNotFoundError for a missing path and ValueError naming the source for non-audio.
-    """
-    name = "stdin" if source == "-" else str(getattr(source, "name", source))
-    if source == "-":
-        import sys
-        source = io.BytesIO(sys.stdin.buffer.read())   # pipes are not seekable; libsndfile wants to seek
-        if not source.getbuffer().nbytes:
-            raise ValueError("input 'stdin' is empty: no audio was piped in")
-    elif isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
-        raise FileNotFoundError(f"input audio {name!r}: no such file")
-    try:
-        f = sf.SoundFile(source)
-    except (sf.LibsndfileError, RuntimeError, OSError, EOFError) as e:
-        why = re.sub(r"Error opening <[^>]*>: ", "", str(e))     # libsndfile names file objects by repr
-        raise ValueError(f"input {name!r} is not a readable audio file ({why})") from e
-
-    def blocks():
-        with f:
-            yield from _to_16k(f.blocks(blocksize=block, dtype="float64", always_2d=True), f.samplerate)
-    return AudioInput(f.samplerate, f.channels, blocks())
-
-
-def _array_blocks(wav, sr: int, block: int = _BLOCK) -> Iterator[np.ndarray]:
-    x = np.asarray(wav)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"wav must be a numeric array [N] or [N, channels], got {x.dtype} {x.shape}")
-    if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
-        raise ValueError(f"sample rate must be a positive int, got {sr!r}")
-    return _to_16k((x[s:s + block] for s in range(0, len(x), block)), int(sr))
 
 
 def frame_functions(model, num_active: int | None = None):
@@ -128,39 +64,6 @@ def frame_functions(model, num_active: int | None = None):
     decode_frames(codes_0, ..., codes_{k-1}) -> {"frames": float32 [N, 512]}: the model's own
     traced functions (`CQCodec.frame_functions`), which the streaming codec runs too."""
     return model.frame_functions(num_active or len(model.codec_modules))
-
-
-class OperatingPoint(NamedTuple):
-    """One way to code with a model: `modules` used (the cascade's first k; 1 for the waveform
-    codec), expected `kbps` (entropy-coded, from the tables fitted after training), `codebooks`
-    used per module (RVQ: any number of its first codebooks; other quantizers: all their streams).
-    Indexing keeps the old pair's meaning: p[0] modules, p[1] kbps."""
-
-    modules: int
-    kbps: float
-    codebooks: tuple
-
-
-class BitrateError(ValueError):
-    """A requested bitrate that no operating point of the model can reach."""
-
-
-def fitting_point(points: list, bitrate_kbps: float, what: str = "codebooks") -> OperatingPoint:
-    """The point with the highest expected kbps <= bitrate_kbps; BitrateError naming the
-    cheapest point when none fits (or for a bitrate that is not a positive number)."""
-    import math
-    try:
-        kbps = float(bitrate_kbps)
-    except (TypeError, ValueError):
-        kbps = float("nan")
-    if not kbps > 0 or not math.isfinite(kbps):
-        raise BitrateError(f"bitrate must be a positive number of kbps, got {bitrate_kbps!r}")
-    fits = [p for p in points if p.kbps <= kbps]
-    if not fits:
-        low = min(points, key=lambda p: p.kbps)
-        raise BitrateError(f"--bitrate {kbps:g} kbps is below every operating point of this model: the cheapest "
-                           f"is {low.modules} module(s) with {list(low.codebooks)} {what} at about {low.kbps:.2f} kbps")
-    return max(fits, key=lambda p: (p.kbps, p.modules))
 
 
 class Codec:
@@ -239,7 +142,6 @@ class Codec:
 
     def _use_codebooks(self, codebooks):
         """Context manager: the RVQ modules' `num_active_stages` set to `codebooks` (per module)."""
-        import contextlib
 
         @contextlib.contextmanager
         def cm():
@@ -383,7 +285,6 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     except Exception as e:  # keras raises many types for a bad archive
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
     if isinstance(model, cq_codec.models.waveform.WaveformCodec):
-        from cq_codec.waveform_api import WaveformCodecAPI, default_frames_per_chunk
         if backend != "keras":
             raise ValueError(f"backend {backend!r} serves CQ models only; {path!r} is a waveform codec (use keras)")
         fpc = frames_per_chunk

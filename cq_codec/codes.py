@@ -8,6 +8,7 @@ numpy only. It sits below both `cq_codec.inference` (which makes codes) and
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 import constants as C
 
 __all__ = ["Codes", "CodeChunk", "SIDE_STREAMS", "DEFAULT_FRAMES_PER_CHUNK", "num_hops_for", "stream_entropy_bits",
-           "entropy_bits"]
+           "entropy_bits", "OperatingPoint", "BitrateError", "fitting_point"]
 
 DEFAULT_FRAMES_PER_CHUNK = 250      # 7.5 s of audio per chunk
 # Optional per-hop side information of some models, in payload order after the LSF codes:
@@ -114,3 +115,36 @@ def entropy_bits(codes) -> float:
     c = np.asarray(codes)
     n = c.size // max(c.shape[-1], 1) if c.ndim > 1 else c.size
     return float(n * stream_entropy_bits(c).sum())
+
+
+# ------------------------------------------------------------------ operating points
+class OperatingPoint(NamedTuple):
+    """One way to code with a model: `modules` used (the cascade's first k; 1 for the waveform
+    codec), expected `kbps` (entropy-coded, from the tables fitted after training), `codebooks`
+    used per module (RVQ: any number of its first codebooks; other quantizers: all their streams).
+    Indexing keeps the old pair's meaning: p[0] modules, p[1] kbps."""
+
+    modules: int
+    kbps: float
+    codebooks: tuple
+
+
+class BitrateError(ValueError):
+    """A requested bitrate that no operating point of the model can reach."""
+
+
+def fitting_point(points: list, bitrate_kbps: float, what: str = "codebooks") -> OperatingPoint:
+    """The point with the highest expected kbps <= bitrate_kbps; BitrateError naming the
+    cheapest point when none fits (or for a bitrate that is not a positive number)."""
+    try:
+        kbps = float(bitrate_kbps)
+    except (TypeError, ValueError):
+        kbps = float("nan")
+    if not kbps > 0 or not math.isfinite(kbps):
+        raise BitrateError(f"bitrate must be a positive number of kbps, got {bitrate_kbps!r}")
+    fits = [p for p in points if p.kbps <= kbps]
+    if not fits:
+        low = min(points, key=lambda p: p.kbps)
+        raise BitrateError(f"--bitrate {kbps:g} kbps is below every operating point of this model: the cheapest "
+                           f"is {low.modules} module(s) with {list(low.codebooks)} {what} at about {low.kbps:.2f} kbps")
+    return max(fits, key=lambda p: (p.kbps, p.modules))

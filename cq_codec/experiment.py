@@ -31,10 +31,11 @@ from cq_codec.evaluation.metrics import score
 from cq_codec.evaluation.studies import eval_summary_markdown
 from cq_codec.models.waveform import WaveformCodec
 from cq_codec.training import modes, trainer
-from cq_codec.training.waveform import run as run_waveform
+from cq_codec.training import waveform as waveform_training
+from cq_codec.waveform_api import WaveformCodecAPI
 from cq_codec.training.atomic import ExperimentLock, atomic_write, write_text
 
-__all__ = ["run", "evaluate", "load_codec"]
+__all__ = ["run", "evaluate", "evaluate_waveform", "load_codec"]
 
 log = logging.getLogger("cq_codec.experiment")
 
@@ -97,14 +98,65 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None, modules:
                 row.update(score(wav, decoded, name=base))  # always against the clean clip
                 rows.append(row)
                 log.info("eval %s with %d modules: %s", base, n, {k: round(float(v), 3) for k, v in row.items() if k != "clip"})
-    if rows:
-        with atomic_write(os.path.join(out_dir, "eval.csv")) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                w = csv.DictWriter(fh, list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        write_text(os.path.join(out_dir, "eval.md"), eval_summary_markdown(rows))
+    _write_eval(rows, out_dir)
     return rows
+
+
+def evaluate_waveform(cfg: Config, model, utterances, out_dir: str, name: str | None = None) -> list[dict]:
+    """The waveform codec's `evaluate`: compresses up to cfg.eval_clips test utterances to real .nac
+    bytes at every codebook count 1..N, decodes and scores them; audio/, eval.csv, eval.md."""
+    codec = WaveformCodecAPI(model, name=name or cfg.name)
+    audio_dir = os.path.join(out_dir, "audio")
+    os.makedirs(audio_dir, exist_ok=True)
+    rows = []
+    for k, utt in enumerate(utterances[: cfg.eval_clips]):
+        wav = load_audio(utt.path)
+        seconds = len(wav) / C.SAMPLE_RATE
+        base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
+        write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
+        for n in range(1, model.num_codebooks + 1):
+            data = codec.compress(wav, C.SAMPLE_RATE, num_codebooks=n)
+            decoded, _ = codec.decompress(data)
+            write_wav(os.path.join(audio_dir, f"{base}_decoded_{n}codebooks.wav"), decoded)
+            row = {"clip": base, "codebooks": n, "seconds": seconds,
+                   "nominal_kbps": model.nominal_kbps(n),
+                   "file_kbps": len(data) * 8 / seconds / C.BITS_PER_KBIT}
+            row.update(score(wav, decoded, name=base))
+            rows.append(row)
+            log.info("eval %s with %d codebooks: %s", base, n,
+                     {a: round(float(b), 3) for a, b in row.items() if a != "clip"})
+    _write_eval(rows, out_dir)
+    return rows
+
+
+def _write_eval(rows: list[dict], out_dir: str) -> None:
+    """eval.csv (every row) and eval.md (the means per operating point), written atomically."""
+    if not rows:
+        return
+    with atomic_write(os.path.join(out_dir, "eval.csv")) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    write_text(os.path.join(out_dir, "eval.md"), eval_summary_markdown(rows))
+
+
+def _run_waveform(cfg: Config) -> dict:
+    """`main.py --model_type waveform`: mode 1 trains (resumable) then scores; mode 0 scores."""
+    if cfg.training_mode not in (0, 1):
+        raise ValueError(f"--model_type waveform: mode {cfg.training_mode} is not defined (1 trains, 0 evaluates)")
+    exp = cfg.experiment_dir
+    model_path = os.path.join(exp, "model.keras")
+    if cfg.training_mode == 0:
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"mode 0 evaluates a trained model: no {model_path} (train with mode 1 first)")
+        parts = waveform_training.split_parts(cfg)
+        model = keras.saving.load_model(model_path, compile=False)
+    else:
+        trained = waveform_training.train_codec(cfg)
+        model, parts = trained["model"], trained["parts"]
+    rows = evaluate_waveform(cfg, model, parts["test"], exp)
+    return {"experiment": exp, "eval_rows": len(rows)}
 
 
 def _run(cfg: Config, strategy, chief: bool, exp: str, out: str) -> dict:
@@ -166,7 +218,7 @@ def run(cfg: Config) -> dict:
     multi-worker job only the chief writes it; the other workers train the same steps (reading
     the chief's checkpoint when resuming) into a scratch folder that is removed at the end."""
     if cfg.model_type == "waveform":   # the end-to-end waveform codec has its own driver
-        return run_waveform(cfg)
+        return _run_waveform(cfg)
     if cfg.base_model_id and cfg.training_mode in (1, 3, 4):
         log.info("--base_model_id %s is not used by mode %d: it trains from the start (as in the original)",
                  cfg.base_model_id, cfg.training_mode)

@@ -31,47 +31,25 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 import constants as C
-from cq_codec.api import BitrateError, OperatingPoint, fitting_point
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream import entropy
-from cq_codec.models.waveform import pad_to_hop
-from cq_codec.bitstream.codec_stream import prefix_model
+from cq_codec.bitstream.codec_stream import ModelMismatchError, _int, prefix_model
+from cq_codec.bitstream.container import (MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, NacFormatError, NacReader,
+                                          build_metadata, stream_counts, write_nac)
+from cq_codec.codes import BitrateError, OperatingPoint, fitting_point
+from cq_codec.data.audio import array_blocks
+from cq_codec.models.waveform import TABLES_FORMAT, fit_entropy_tables, pad_to_hop
 
 __all__ = ["WAVE_STREAM_FORMAT", "BitrateError", "WaveformCodecAPI", "OperatingPoint",
            "default_frames_per_chunk", "fit_entropy_tables"]
 
 WAVE_STREAM_FORMAT = 2
-_TABLES_FORMAT = "cq_codec.waveform_entropy_tables"
 
 
 def default_frames_per_chunk(hop: int, target: int = 250) -> int:
     """Largest hop count <= target (>= the step) whose samples are whole latent frames."""
     step = hop // math.gcd(C.HOP_SIZE, hop)
     return max(step, target // step * step)
-
-
-def fit_entropy_tables(model, wavs, max_seconds: float = 600.0) -> dict:
-    """Encodes up to max_seconds of 16 kHz signals (float, or int16) with all N codebooks and fits
-    one categorical table per stage; stores them with the measured bits per latent frame of each
-    stage in `model.entropy_tables` (saved inside the .keras file). Returns the tables."""
-    codes, total = [], 0
-    for w in wavs:
-        w = np.asarray(w)
-        x = w.astype(np.float32) / (32768.0 if w.dtype == np.int16 else 1.0)
-        if x.ndim != 1 or x.size == 0:
-            raise ValueError("fit_entropy_tables needs non-empty 1-D 16 kHz signals")
-        codes.append(np.asarray(model.encode_codes(pad_to_hop(x, model.hop)[None])[0]))
-        total += x.size
-        if total >= max_seconds * C.SAMPLE_RATE:
-            break
-    if not codes:
-        raise ValueError("fit_entropy_tables needs at least one signal")
-    codes = np.concatenate(codes)
-    table = entropy.CategoricalModel.fit(codes, model.codebook_sizes)
-    bits = table.symbol_bits(codes).mean(axis=0)
-    model.entropy_tables = {"format": _TABLES_FORMAT, "version": 1, "model": table.to_dict(),
-                            "bits_per_frame": [float(b) for b in bits], "fitted_frames": int(len(codes))}
-    return model.entropy_tables
 
 
 class WaveStreamEncoder:
@@ -105,7 +83,6 @@ class WaveStreamEncoder:
     def finish(self) -> list[np.ndarray]:
         if self.pending.size == 0 and self.num_samples > 0:
             return []
-        from cq_codec.models.waveform import pad_to_hop
         last = pad_to_hop(self.pending, self.hop)
         self.pending = np.zeros(0, np.float32)
         return [self._code(last)]
@@ -140,7 +117,6 @@ class WaveformCodecAPI:
     kind = "waveform"
 
     def __init__(self, model, name: str = "waveform", frames_per_chunk: int | None = None, postfilter: bool = False):
-        from cq_codec.bitstream import codec_stream as cs
         self.model, self.name = model, str(name)
         self.postfilter = False    # the waveform decoder has no postfilter (accepted, ignored)
         fpc = default_frames_per_chunk(model.hop) if frames_per_chunk is None else int(frames_per_chunk)
@@ -155,14 +131,13 @@ class WaveformCodecAPI:
 
     # ------------------------------------------------------------------ tables / points
     def _tables(self):
-        from cq_codec.bitstream import entropy
         t = getattr(self.model, "entropy_tables", None)
         if not t:
             raise ValueError("this waveform model has no entropy tables: run "
                              "cq_codec.waveform_api.fit_entropy_tables(model, wavs) after training")
         cached = self.__dict__.get("_cache")
         if cached is None:
-            if t.get("format") != _TABLES_FORMAT or t.get("version") != 1:
+            if t.get("format") != TABLES_FORMAT or t.get("version") != 1:
                 raise ValueError(f"unsupported waveform entropy tables (format {t.get('format')!r})")
             m = entropy.model_from_dict(dict(t["model"]))
             if list(m.alphabet_sizes) != self.model.codebook_sizes:
@@ -213,10 +188,9 @@ class WaveformCodecAPI:
     # ------------------------------------------------------------------ codes
     def encode(self, wav, sr: int, num_codebooks: int | None = None, bitrate: float | None = None) -> np.ndarray:
         """wav [N] or [N, channels] at sr -> int32 codes [ceil(N16k / hop), n]."""
-        from cq_codec.api import _array_blocks
         n = self._point(bitrate, num_codebooks)
         enc = WaveStreamEncoder(self.model, n, self.chunk_frames)
-        chunks = [c for b in _array_blocks(wav, sr) for c in enc.push(b)] + enc.finish()
+        chunks = [c for b in array_blocks(wav, sr) for c in enc.push(b)] + enc.finish()
         return np.concatenate(chunks)
 
     def decode(self, codes, num_samples: int | None = None) -> np.ndarray:
@@ -233,8 +207,6 @@ class WaveformCodecAPI:
                         num_modules: int | None = None, num_codebooks: int | None = None, codebooks=None) -> bytes:
         """16 kHz mono blocks -> `.nac` bytes with n codebooks (num_codebooks, else the point for
         `bitrate`; `num_modules` is accepted as a synonym of num_codebooks, the CQ API's name)."""
-        from cq_codec.bitstream import entropy
-        from cq_codec.bitstream.container import build_metadata, write_nac
         if codebooks is not None:          # the CQ API's per-module form: (n,)
             codebooks = tuple(codebooks)
             if len(codebooks) != 1:
@@ -255,12 +227,9 @@ class WaveformCodecAPI:
                  num_codebooks: int | None = None, codebooks=None) -> bytes:
         """wav at sr -> `.nac` bytes with n codebooks (num_codebooks, or codebooks=(n,), or the
         point for `bitrate`)."""
-        from cq_codec.api import _array_blocks
-        return self.compress_blocks(_array_blocks(wav, sr), bitrate, num_modules, num_codebooks, codebooks)
+        return self.compress_blocks(array_blocks(wav, sr), bitrate, num_modules, num_codebooks, codebooks)
 
     def check_metadata(self, meta: dict) -> dict:
-        from cq_codec.bitstream.codec_stream import ModelMismatchError
-        from cq_codec.bitstream.container import NacFormatError
         if meta.get("stream_format") != WAVE_STREAM_FORMAT:
             raise NacFormatError(f"stream format {meta.get('stream_format')!r} is not the waveform codec's "
                                  f"({WAVE_STREAM_FORMAT}); decode it with the model that wrote it")
@@ -269,8 +238,6 @@ class WaveformCodecAPI:
             raise ModelMismatchError(f"model mismatch: the file was written with model {info.get('name')!r} "
                                      f"(sha256 {str(info.get('sha256'))[:16]}...), this model's sha256 is "
                                      f"{self.sha256[:16]}...; decode it with the model that encoded it (--model PATH)")
-        from cq_codec.bitstream.codec_stream import _int
-        from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, stream_counts
         codebooks = meta.get("codebooks") or [0]
         if (not isinstance(codebooks, list) or len(codebooks) != 1 or isinstance(codebooks[0], bool)
                 or not isinstance(codebooks[0], int) or not 1 <= codebooks[0] <= self.num_codebooks):
@@ -289,8 +256,6 @@ class WaveformCodecAPI:
     def decompress_blocks(self, fileobj: BinaryIO) -> tuple[dict, Iterator[np.ndarray]]:
         """A `.nac` stream (or a `NacReader` of one) -> (metadata, generator of float32 16 kHz
         blocks, one per chunk); header, model identity and codebook count checked first."""
-        from cq_codec.bitstream import entropy
-        from cq_codec.bitstream.container import NacFormatError, NacReader
         reader = fileobj if isinstance(fileobj, NacReader) else NacReader(fileobj)
         info = self.check_metadata(reader.metadata)
         table = prefix_model(self._tables()[0], info["num_codebooks"])

@@ -89,6 +89,9 @@ import zlib
 from typing import BinaryIO, Iterator, NamedTuple, Sequence
 
 import constants as C
+from cq_codec.bitstream.limits import (MAX_CHUNK_BYTES, MAX_FRAMES_PER_CHUNK, MAX_METADATA_BYTES, MAX_NUM_SAMPLES,
+                                      NacChecksumError, NacError, NacFormatError, NacVersionError)
+from cq_codec.bitstream.v1_metadata import parse_v1_metadata
 
 __all__ = [
     "MAGIC", "VERSION", "READ_VERSIONS", "MODEL_ID_BYTES", "MAX_METADATA_BYTES", "MAX_CHUNK_BYTES",
@@ -102,10 +105,6 @@ MAGIC = b"NAC"
 VERSION = 3                          # what write_nac writes
 READ_VERSIONS = (1, 2, 3)
 MODEL_ID_BYTES = 8
-MAX_METADATA_BYTES = 64 << 10        # version 1's JSON (the old writer's was 570-680 bytes)
-MAX_CHUNK_BYTES = 64 << 20
-MAX_FRAMES_PER_CHUNK = 4096          # hops per chunk (122.9 s): caps a chunk's decoded size
-MAX_NUM_SAMPLES = 2 ** 40 - 1        # 2.2 years at 16 kHz: what the 5-byte field holds
 BITRATE_UNIT_KBPS = 0.25
 _SEED = struct.Struct(">3sBIB")             # seed 001: magic, version, metadata length, bitrate
 _PREFIX = struct.Struct(">3sB")             # magic, version
@@ -118,26 +117,6 @@ _U32 = struct.Struct(">I")
 _CHUNK = struct.Struct(">II")
 _KEYS = {"model", "num_samples", "stages", "codebooks", "frames_per_chunk", "stream_format",
          "sample_rate", "num_frames", "num_chunks"}    # the last three are derived
-
-
-class NacError(ValueError):
-    """Base class of every error reading or writing a `.nac` container."""
-
-
-class NacFormatError(NacError):
-    """Bad magic, truncation, bad lengths or fields, bad metadata JSON, chunk count mismatch."""
-
-
-class NacVersionError(NacError):
-    """The container's version is not one this reader supports."""
-
-
-class NacChecksumError(NacError):
-    """A CRC32 does not match: the header or a chunk (see `chunk_index`) is damaged."""
-
-    def __init__(self, message: str, chunk_index: int | None = None):
-        super().__init__(message)
-        self.chunk_index = chunk_index      # None: the header CRC failed
 
 
 class NacHeader(NamedTuple):
@@ -333,7 +312,6 @@ class NacReader:
                                      f"{MAX_METADATA_BYTES}")
             raw = self._read(meta_len, "metadata")
             self._check_header_crc(prefix + rest + raw)
-            from cq_codec.bitstream.v1_metadata import parse_v1_metadata   # (it imports this module)
             meta = parse_v1_metadata(raw, _SEED.size)
             self.num_chunks = meta["num_chunks"]
             return rate, meta

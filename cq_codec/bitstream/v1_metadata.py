@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, MAX_METADATA_BYTES, MAX_NUM_SAMPLES, NacFormatError
+from cq_codec.bitstream.limits import MAX_FRAMES_PER_CHUNK, MAX_METADATA_BYTES, MAX_NUM_SAMPLES, NacFormatError
 
 __all__ = ["MAX_DEPTH", "MAX_DIGITS", "V1_FIELDS", "parse_v1_metadata"]
 

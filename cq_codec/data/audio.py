@@ -6,7 +6,11 @@ reason, so corpus readers can report it and go on.
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import sys
+from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -15,7 +19,7 @@ import soxr
 import constants
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioError", "is_audio_path", "to_mono", "resample",
-           "load_audio", "write_wav"]
+           "load_audio", "write_wav", "AudioInput", "read_audio_blocks", "array_blocks", "to_16k_blocks", "BLOCK"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
@@ -79,3 +83,73 @@ def write_wav(path: str | os.PathLike, x: np.ndarray,
     """Writes float [N] in [-1, 1] as 16-bit PCM wav (clipped)."""
     x = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
     sf.write(str(path), x, sample_rate, subtype="PCM_16")
+
+
+# ------------------------------------------------------------------ streaming (the codec's input)
+BLOCK = 1 << 16         # input samples per read
+
+
+class AudioInput:
+    """What `read_audio_blocks` found: `sample_rate`, `channels` of the source; `blocks` yields
+    float64 16 kHz mono blocks."""
+
+    def __init__(self, sample_rate: int, channels: int, blocks: Iterator[np.ndarray]):
+        self.sample_rate, self.channels, self.blocks = int(sample_rate), int(channels), blocks
+
+    @property
+    def converted(self) -> bool:
+        return self.sample_rate != constants.SAMPLE_RATE or self.channels != 1
+
+
+def to_16k_blocks(chunks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
+    """[n, channels] blocks at `rate` -> 16 kHz mono float64 blocks (channel mean, streaming soxr)."""
+    stream = None if rate == constants.SAMPLE_RATE else soxr.ResampleStream(rate, constants.SAMPLE_RATE, 1, dtype="float64",
+                                                                     quality="HQ")
+    for x in chunks:
+        mono = np.asarray(x, np.float64).mean(axis=1)
+        if not np.all(np.isfinite(mono)):
+            raise ValueError("the audio contains NaN or infinite samples")
+        y = mono if stream is None else stream.resample_chunk(mono, last=False)
+        if y.size:
+            yield y
+    if stream is not None:
+        y = stream.resample_chunk(np.zeros(0), last=True)
+        if y.size:
+            yield y
+
+
+def read_audio_blocks(source, block: int = BLOCK) -> AudioInput:
+    """A path, file object or `-` (stdin) of any libsndfile format -> AudioInput (16 kHz mono blocks).
+
+    Raises FileNotFoundError for a missing path and ValueError naming the source for non-audio.
+    """
+    name = "stdin" if source == "-" else str(getattr(source, "name", source))
+    if source == "-":
+        source = io.BytesIO(sys.stdin.buffer.read())   # pipes are not seekable; libsndfile wants to seek
+        if not source.getbuffer().nbytes:
+            raise ValueError("input 'stdin' is empty: no audio was piped in")
+    elif isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        raise FileNotFoundError(f"input audio {name!r}: no such file")
+    try:
+        f = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, OSError, EOFError) as e:
+        why = re.sub(r"Error opening <[^>]*>: ", "", str(e))     # libsndfile names file objects by repr
+        raise ValueError(f"input {name!r} is not a readable audio file ({why})") from e
+
+    def blocks():
+        with f:
+            yield from to_16k_blocks(f.blocks(blocksize=block, dtype="float64", always_2d=True), f.samplerate)
+    return AudioInput(f.samplerate, f.channels, blocks())
+
+
+def array_blocks(wav, sr: int, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """An array [N] or [N, channels] at `sr` -> 16 kHz mono float64 blocks (ValueError for a bad
+    array or rate)."""
+    x = np.asarray(wav)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"wav must be a numeric array [N] or [N, channels], got {x.dtype} {x.shape}")
+    if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
+        raise ValueError(f"sample rate must be a positive int, got {sr!r}")
+    return to_16k_blocks((x[s:s + block] for s in range(0, len(x), block)), int(sr))

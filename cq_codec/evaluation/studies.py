@@ -295,9 +295,9 @@ def compare_clip(codec, wav: np.ndarray, name: str = "clip", baselines: Sequence
 
 
 def eval_summary_markdown(rows: list[dict]) -> str:
-    """eval.md: the mean of every metric per operating point (and per input SNR for noisy
-    evaluation), a Markdown table."""
-    group = [k for k in ("snr_db", "modules") if k in rows[0]]
+    """eval.md: the mean of every metric per operating point (modules, or the waveform codec's
+    codebooks; and per input SNR for noisy evaluation), a Markdown table."""
+    group = [k for k in ("snr_db", "modules", "codebooks") if k in rows[0]]
     keys = [k for k in rows[0] if k not in ("clip", "seconds", *group)]
     lines = ["| " + " | ".join(group + keys) + " |", "|---" * (len(group) + len(keys)) + "|"]
     for g in sorted({tuple(r[k] for k in group) for r in rows}):

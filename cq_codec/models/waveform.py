@@ -27,10 +27,13 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+import constants as C
+from cq_codec.bitstream import entropy
 from cq_codec.quantizers.rvq import ResidualVectorQuantizer
 
 __all__ = ["CausalConv1D", "CausalResidualUnit", "CausalSubPixelUpsample", "WaveformCodec",
-           "multi_resolution_stft_loss", "pad_to_hop", "MIN_HOP", "MAX_HOP"]
+           "multi_resolution_stft_loss", "pad_to_hop", "MIN_HOP", "MAX_HOP",
+           "fit_entropy_tables", "TABLES_FORMAT"]
 
 _PKG = "cq_codec"
 MIN_HOP, MAX_HOP = 64, 320
@@ -398,3 +401,31 @@ def multi_resolution_stft_loss(x, y, resolutions=STFT_RESOLUTIONS):
         mag = tf.reduce_mean(tf.abs(tf.math.log(sx + 1e-5) - tf.math.log(sy + 1e-5)))
         total += sc + mag
     return total / len(resolutions)
+
+
+# ------------------------------------------------------------------ entropy tables
+TABLES_FORMAT = "cq_codec.waveform_entropy_tables"
+
+
+def fit_entropy_tables(model, wavs, max_seconds: float = 600.0) -> dict:
+    """Encodes up to max_seconds of 16 kHz signals (float, or int16) with all N codebooks and fits
+    one categorical table per stage; stores them with the measured bits per latent frame of each
+    stage in `model.entropy_tables` (saved inside the .keras file). Returns the tables."""
+    codes, total = [], 0
+    for w in wavs:
+        w = np.asarray(w)
+        x = w.astype(np.float32) / (32768.0 if w.dtype == np.int16 else 1.0)
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError("fit_entropy_tables needs non-empty 1-D 16 kHz signals")
+        codes.append(np.asarray(model.encode_codes(pad_to_hop(x, model.hop)[None])[0]))
+        total += x.size
+        if total >= max_seconds * C.SAMPLE_RATE:
+            break
+    if not codes:
+        raise ValueError("fit_entropy_tables needs at least one signal")
+    codes = np.concatenate(codes)
+    table = entropy.CategoricalModel.fit(codes, model.codebook_sizes)
+    bits = table.symbol_bits(codes).mean(axis=0)
+    model.entropy_tables = {"format": TABLES_FORMAT, "version": 1, "model": table.to_dict(),
+                            "bits_per_frame": [float(b) for b in bits], "fitted_frames": int(len(codes))}
+    return model.entropy_tables

@@ -1,7 +1,8 @@
-"""Training and evaluation of the waveform codec (`main.py --model_type waveform`).
+"""Training of the waveform codec (`main.py --model_type waveform`; `cq_codec.experiment` runs
+it and scores the model).
 
 Mode 1 trains the one model (random segments of the training split's audio, held in memory as
-int16), resuming from `checkpoints/` after every epoch; mode 0 scores a trained model. The loss
+int16), resuming from `checkpoints/` after every epoch. The loss
 is the multi-resolution STFT loss plus the RVQ's commitment term (the codebooks follow the
 encoder by EMA, the online k-means form of the codebook loss; with `use_ema=False` in the
 quantizer config the codebook loss is a gradient term instead), plus, with `--adversarial`,
@@ -15,17 +16,23 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 import constants as C
 from cq_codec.config import Config
-from cq_codec.models.waveform import WaveformCodec, multi_resolution_stft_loss
+from cq_codec.data import corpora, splits
+from cq_codec.data.audio import AudioError, load_audio
+from cq_codec.data.demo import build_demo_corpus
+from cq_codec.models.waveform import WaveformCodec, fit_entropy_tables, multi_resolution_stft_loss
+from cq_codec.nn import discriminators as D
+from cq_codec.training.callbacks import load_optimizer, save_optimizer
 
-__all__ = ["run", "build_model", "load_split_audio", "SegmentSampler", "evaluate"]
+__all__ = ["train_codec", "build_model", "load_split_audio", "SegmentSampler", "split_parts"]
 
 log = logging.getLogger("cq_codec.waveform")
 
@@ -51,7 +58,6 @@ def build_model(cfg: Config):
 
 def load_split_audio(utterances, max_minutes: float = 0.0, seed: int = 0) -> list[np.ndarray]:
     """The split's recordings as int16 arrays (16 kHz mono), in a seeded order, up to max_minutes (0 = all)."""
-    from cq_codec.data.audio import AudioError, load_audio
     order = np.random.default_rng(seed).permutation(len(utterances))
     out, total = [], 0
     for i in order:
@@ -107,9 +113,6 @@ def _append_csv(path: str, row: dict) -> None:
 
 def train(cfg: Config, model, train_recs, val_recs) -> dict:
     """Trains `model` for cfg.epoch_tanh epochs of steps_per_epoch steps (resumable)."""
-    import keras
-    import tensorflow as tf
-    from cq_codec.training.callbacks import load_optimizer, save_optimizer
     exp = cfg.experiment_dir
     paths = _ckpt_paths(exp)
     os.makedirs(paths["dir"], exist_ok=True)
@@ -125,7 +128,6 @@ def train(cfg: Config, model, train_recs, val_recs) -> dict:
     opt.build(model.trainable_variables)
     disc = dopt = None
     if cfg.adversarial:
-        from cq_codec.nn import discriminators as D
         disc = D.WaveDiscriminator(channels=cfg.disc_channels, name="discriminator")
         disc(tf.zeros((1, seg)))
         dopt = keras.optimizers.Adam(lr, beta_1=0.8, beta_2=0.99)
@@ -241,51 +243,8 @@ def plot_history(csv_path: str, out_path: str) -> None:
     plt.close(fig)
 
 
-def evaluate(cfg: Config, model, utterances, out_dir: str, name: str | None = None) -> list[dict]:
-    """Compresses up to cfg.eval_clips test utterances to real .nac bytes at every codebook count
-    1..N, decodes them and scores them (PESQ-WB, STOI, SI-SDR...); audio/, eval.csv, eval.md."""
-    from cq_codec.data.audio import load_audio, write_wav
-    from cq_codec.evaluation.metrics import score
-    from cq_codec.waveform_api import WaveformCodecAPI
-    codec = WaveformCodecAPI(model, name=name or cfg.name)
-    audio_dir = os.path.join(out_dir, "audio")
-    os.makedirs(audio_dir, exist_ok=True)
-    rows = []
-    for k, utt in enumerate(utterances[: cfg.eval_clips]):
-        wav = load_audio(utt.path)
-        seconds = len(wav) / C.SAMPLE_RATE
-        base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
-        write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
-        for n in range(1, model.num_codebooks + 1):
-            data = codec.compress(wav, C.SAMPLE_RATE, num_codebooks=n)
-            decoded, _ = codec.decompress(data)
-            write_wav(os.path.join(audio_dir, f"{base}_decoded_{n}codebooks.wav"), decoded)
-            row = {"clip": base, "codebooks": n, "seconds": seconds,
-                   "nominal_kbps": model.nominal_kbps(n),
-                   "file_kbps": len(data) * 8 / seconds / C.BITS_PER_KBIT}
-            row.update(score(wav, decoded, name=base))
-            rows.append(row)
-            log.info("eval %s with %d codebooks: %s", base, n,
-                     {a: round(float(b), 3) for a, b in row.items() if a != "clip"})
-    if rows:
-        with open(os.path.join(out_dir, "eval.csv"), "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        keys = [k for k in rows[0] if k not in ("clip", "codebooks", "seconds")]
-        lines = ["| codebooks | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for n in sorted({r["codebooks"] for r in rows}):
-            sel = [r for r in rows if r["codebooks"] == n]
-            lines.append(f"| {n} | " + " | ".join(f"{np.nanmean([float(r[k]) for r in sel]):.3f}" for k in keys) + " |")
-        with open(os.path.join(out_dir, "eval.md"), "w", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-    return rows
-
-
-def _parts(cfg: Config) -> dict:
-    from cq_codec.data import corpora, splits
+def split_parts(cfg: Config) -> dict:
     if cfg.corpus == "demo" and not os.path.exists(os.path.join(cfg.data_dir, "manifest.json")):
-        from cq_codec.data.demo import build_demo_corpus
         build_demo_corpus(cfg.data_dir)
     return splits.split_utterances(corpora.discover(cfg.data_dir, cfg.corpus), seed=cfg.seed)
 
@@ -294,13 +253,11 @@ def train_codec(cfg: Config, parts: dict | None = None) -> dict:
     """Mode 1: builds the model, trains it (resuming from checkpoints/), fits the entropy tables on
     the training audio and saves <experiment>/model.keras. Returns {"model", "parts",
     "train_seconds", "model_path"} (train_seconds: all sessions of a resumed run)."""
-    import keras
-    from cq_codec.waveform_api import fit_entropy_tables
     keras.utils.set_random_seed(cfg.seed)
     exp = cfg.experiment_dir
     os.makedirs(exp, exist_ok=True)
     cfg.save(os.path.join(exp, "config.json"))
-    parts = parts or _parts(cfg)
+    parts = parts or split_parts(cfg)
     model = build_model(cfg)
     t0 = time.time()
     train_recs = load_split_audio(parts["train"], cfg.max_train_minutes, cfg.seed)
@@ -315,23 +272,3 @@ def train_codec(cfg: Config, parts: dict | None = None) -> dict:
         fh.write(f"{state['train_seconds']:.0f}\n")
     plot_history(os.path.join(exp, "metrics.csv"), os.path.join(exp, "plots", "training.png"))
     return {"model": model, "parts": parts, "train_seconds": float(state["train_seconds"]), "model_path": path}
-
-
-def run(cfg: Config) -> dict:
-    """`main.py --model_type waveform`: mode 1 trains (resumable) then scores; mode 0 scores."""
-    import keras
-    if cfg.training_mode not in (0, 1):
-        raise ValueError(f"--model_type waveform: mode {cfg.training_mode} is not defined (1 trains, 0 evaluates)")
-    exp = cfg.experiment_dir
-    model_path = os.path.join(exp, "model.keras")
-    if cfg.training_mode == 0:
-        import cq_codec.models.waveform  # noqa: F401  (registers the classes)
-        if not os.path.exists(model_path):
-            raise FileNotFoundError(f"mode 0 evaluates a trained model: no {model_path} (train with mode 1 first)")
-        parts = _parts(cfg)
-        model = keras.saving.load_model(model_path, compile=False)
-    else:
-        trained = train_codec(cfg)
-        model, parts = trained["model"], trained["parts"]
-    rows = evaluate(cfg, model, parts["test"], exp)
-    return {"experiment": exp, "eval_rows": len(rows)}
