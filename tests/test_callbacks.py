@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cq_codec.quantizers import SoftmaxQuantizer
-from cq_codec.training.callbacks import AlphaSchedule, PretrainBypass, TauController
+from cq_codec.quantizers import GumbelQuantizer, Quantizer, Schedule, SoftmaxQuantizer, VectorQuantizer
+from cq_codec.training.callbacks import PretrainBypass, QuantizerSchedule, TauController
 
 
 def _drive(ctrl, h, steps):
@@ -76,15 +76,30 @@ def test_tau_is_clipped_and_waits_for_pretrain():
     assert tau.numpy()[1] == pytest.approx(10.0)
 
 
-def test_alpha_anneals_geometrically_then_holds():
-    q = SoftmaxQuantizer()
-    sched = AlphaSchedule([q], 20.0, 320.0, steps=100, begin_epoch=1, steps_per_epoch=50)
+def test_one_callback_drives_every_quantizers_schedule():
+    soft = SoftmaxQuantizer()
+    gumbel = GumbelQuantizer(codebook_size=8, temperature=2.0, min_temperature=0.5, anneal_rate=0.01)
+    vq = VectorQuantizer(codebook_size=8)          # schedules nothing: the base class's no-op
+    sched = QuantizerSchedule([soft, gumbel, vq], Schedule(20.0, 320.0, 100), begin_epoch=1, steps_per_epoch=50)
+    sched.on_epoch_begin(0)                        # a quantization-free epoch keeps the step-0 values
+    sched.on_train_batch_begin(30)
+    assert float(soft.alpha.numpy()) == pytest.approx(20.0)
+    assert float(gumbel.temperature.numpy()) == pytest.approx(2.0)
     sched.on_epoch_begin(1)
-    assert float(q.alpha.numpy()) == pytest.approx(20.0)
-    sched.on_train_batch_begin(50)  # halfway: geometric mean
-    assert float(q.alpha.numpy()) == pytest.approx(80.0, rel=1e-5)
-    sched.on_epoch_begin(5)
-    assert float(q.alpha.numpy()) == pytest.approx(320.0)
+    assert float(soft.alpha.numpy()) == pytest.approx(20.0)
+    sched.on_train_batch_begin(50)  # halfway: the geometric mean; the temperature by its own rate
+    assert float(soft.alpha.numpy()) == pytest.approx(80.0, rel=1e-5)
+    assert float(gumbel.temperature.numpy()) == pytest.approx(2.0 * np.exp(-0.5), rel=1e-5)
+    sched.on_epoch_begin(5)                        # past the plan: alpha holds at its end value
+    assert float(soft.alpha.numpy()) == pytest.approx(320.0)
+    assert float(gumbel.temperature.numpy()) == pytest.approx(0.5)
+    assert vq.anneal(7, Schedule()) is None and Quantizer().anneal(0) is None
+
+
+def test_a_trainable_alpha_is_not_scheduled():
+    q = SoftmaxQuantizer(alpha=50.0, alpha_mode="trainable")
+    QuantizerSchedule([q], Schedule(20.0, 320.0, 10), begin_epoch=0, steps_per_epoch=5).on_epoch_begin(3)
+    assert float(q.alpha.numpy()) == pytest.approx(50.0)
 
 
 def test_pretrain_bypass_switches_off_after_pretrain():

@@ -284,11 +284,12 @@ def test_rvq_quantizer_dropout_varies_active_stages():
 
 
 def test_softmax_bypass_alpha_and_straight_through():
-    q = Q.SoftmaxQuantizer(num_bins=8, alpha_mode="annealed", alpha_start=1.0, alpha=100.0,
-                           anneal_steps=10)
+    q = Q.SoftmaxQuantizer(num_bins=8)
     z = _latents(1)
+    plan = Q.Schedule(alpha_start=1.0, alpha_end=100.0, alpha_steps=10)
+    assert q.anneal(0, plan) == pytest.approx(1.0)
     assert float(q(z, training=True).metrics["alpha"]) == pytest.approx(1.0)
-    assert q.anneal(5) == pytest.approx(10.0) and q.anneal(50) == pytest.approx(100.0)
+    assert q.anneal(5, plan) == pytest.approx(10.0) and q.anneal(50, plan) == pytest.approx(100.0)
     q.set_bypass(True)
     np.testing.assert_array_equal(q(z, training=True).quantized.numpy(), z.numpy())
     q.set_bypass(False)
@@ -338,7 +339,8 @@ def test_bits_per_second_and_factory():
     (lambda: Q.SoftmaxQuantizer(alpha_mode="cosine"), "alpha_mode"),
     (lambda: Q.SoftmaxQuantizer(alpha=-1.0), "alpha must be > 0"),
     (lambda: Q.SoftmaxQuantizer(initial_bins=[1.0, 2.0]), "initial_bins"),
-    (lambda: Q.SoftmaxQuantizer().anneal(3), "alpha_mode='annealed'"),
+    (lambda: Q.SoftmaxQuantizer().anneal(-1), "step must be >= 0"),
+    (lambda: Q.GumbelQuantizer().anneal(-1), "step must be >= 0"),
     (lambda: Q.VectorQuantizer(codebook_size=0), "codebook_size"),
     (lambda: Q.VectorQuantizer(decay=1.5), "decay"),
     (lambda: Q.VectorQuantizer(epsilon=0.0), "epsilon"),

@@ -5,6 +5,8 @@ A quantizer is a Keras layer: `call(z [B, T, D], training=None) -> QuantizerOutp
 the S code streams) and `bits_per_second`, which states what the codes cost.
 """
 
+from __future__ import annotations
+
 import math
 from typing import NamedTuple
 
@@ -13,7 +15,7 @@ import tensorflow as tf
 
 from cq_codec.quantizers import entropy
 
-__all__ = ["QuantizerOutput", "Quantizer"]
+__all__ = ["QuantizerOutput", "Quantizer", "Schedule"]
 
 
 class QuantizerOutput(NamedTuple):
@@ -38,8 +40,29 @@ class QuantizerOutput(NamedTuple):
     metrics: dict
 
 
+class Schedule(NamedTuple):
+    """One training stage's plan for the quantizers' scheduled hyper-parameters (what
+    `Quantizer.anneal` reads). The softmax quantizers' softness alpha goes geometrically from
+    `alpha_start` to `alpha_end` over `alpha_steps` quantized steps, then holds (soft-to-hard
+    annealing, Agustsson et al. 2017). Gumbel quantizers anneal their temperature by the rate in
+    their own config (Jang et al. 2017); the vector quantizers schedule nothing."""
+
+    alpha_start: float = 20.0
+    alpha_end: float = 300.0
+    alpha_steps: int = 1
+
+
 class Quantizer(keras.layers.Layer):
-    """Base class: input checks, entropy bookkeeping and bitrate arithmetic."""
+    """Base class: input checks, entropy bookkeeping, bitrate arithmetic and the schedule hook."""
+
+    def anneal(self, step: int, schedule: Schedule | None = None):
+        """Sets this quantizer's scheduled training hyper-parameters for quantized training step
+        `step` of a stage (0 = its first quantized batch) under `schedule` (default: `Schedule()`);
+        returns the value set, or None when the quantizer schedules nothing (this base class).
+        `cq_codec.training.callbacks.QuantizerSchedule` calls it before every training batch."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step!r}")
+        return None
 
     @property
     def codebook_sizes(self):

@@ -81,16 +81,10 @@ class GumbelQuantizer(Quantizer):
             shape=(self.codebook_size, out), name="embedding",
             initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed))
 
-    def set_temperature(self, value):
-        """Sets the temperature (from a callback); no retracing."""
-        if not float(value) > 0:
-            raise ValueError(f"temperature must be > 0, got {value!r}")
-        self.temperature.assign(float(value))
-
-    def anneal(self, step):
-        """Sets tau = max(min_temperature, temperature * exp(-anneal_rate * step))."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step!r}")
+    def anneal(self, step, schedule=None):
+        """Sets tau = max(min_temperature, temperature * exp(-anneal_rate * step)) (its own rate;
+        the `Schedule` plans the softmax quantizers' alpha)."""
+        super().anneal(step, schedule)
         value = max(self.min_temperature,
                     self.initial_temperature * math.exp(-self.anneal_rate * step))
         self.temperature.assign(value)

@@ -15,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from cq_codec.quantizers import entropy
-from cq_codec.quantizers.base import Quantizer, QuantizerOutput
+from cq_codec.quantizers.base import Quantizer, QuantizerOutput, Schedule
 
 __all__ = ["SoftmaxQuantizer", "uniform_grids"]
 
-_ALPHA_MODES = ("fixed", "trainable", "annealed")
+_ALPHA_MODES = ("fixed", "trainable")
 
 
 def uniform_grids(lows, highs, num_bins):
@@ -46,10 +46,11 @@ class SoftmaxQuantizer(Quantizer):
       num_bins: K, bins per grid (ignored when `initial_bins` is given). Default 32.
       initial_bins: optional `[G, K]` initial codebook (one row per dimension), e.g. from
         `uniform_grids`. Default: one grid linspace(-1, 1, num_bins).
-      alpha: softness (final value when annealed). Default 300.
-      alpha_mode: "fixed" (set only by `set_alpha`), "trainable" (a trained weight) or
-        "annealed" (geometric from `alpha_start` to `alpha` over `anneal_steps`, via `anneal`).
-      alpha_start, anneal_steps: the annealing schedule.
+      alpha: softness at build time. Default 300.
+      alpha_mode: "fixed" (set by `anneal` from the stage's `Schedule`, or `set_alpha`) or
+        "trainable" (a trained weight, never scheduled).
+      alpha_start, anneal_steps: not used (a stage's `Schedule` sets alpha); kept in the config so
+        a saved model's config, and so its identity in `.nac` headers, reads back unchanged.
       sparsity_weight: weight of the sparsity penalty sum_k sqrt(p_k) in `aux_loss`
         (default 0: the loss module applies its own weight to `metrics["sparsity"]`).
       straight_through: training forward pass uses hard values; gradients the soft ones, or
@@ -99,9 +100,8 @@ class SoftmaxQuantizer(Quantizer):
         self.bins = self.add_weight(
             shape=init.shape, initializer=keras.initializers.Constant(init),
             trainable=self.trainable_bins, name="bins")
-        start = self.alpha_start if alpha_mode == "annealed" else self.alpha_target
         self.alpha = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(start),
+            shape=(), initializer=keras.initializers.Constant(self.alpha_target),
             trainable=alpha_mode == "trainable", name="alpha")
         # A variable, not a Python flag, so it can be toggled without retracing.
         self.bypass = self.add_weight(shape=(), initializer="zeros", trainable=False,
@@ -135,15 +135,16 @@ class SoftmaxQuantizer(Quantizer):
             raise ValueError(f"alpha must be > 0, got {value!r}")
         self.alpha.assign(float(value))
 
-    def anneal(self, step):
-        """Annealed mode: alpha = alpha_start * (alpha/alpha_start) ** min(step/steps, 1)."""
-        if self.alpha_mode != "annealed":
-            raise ValueError(f"anneal() needs alpha_mode='annealed', not {self.alpha_mode!r}")
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step!r}")
-        frac = min(float(step) / self.anneal_steps, 1.0)
-        value = self.alpha_start * (self.alpha_target / self.alpha_start) ** frac
-        self.alpha.assign(value)
+    def anneal(self, step, schedule=None):
+        """alpha = alpha_start * (alpha_end / alpha_start) ** min(step / alpha_steps, 1) of the
+        `Schedule`; a trainable alpha is left to the optimizer (returns None)."""
+        super().anneal(step, schedule)
+        if self.alpha_mode == "trainable":
+            return None
+        schedule = schedule or Schedule()
+        frac = min(float(step) / max(1, int(schedule.alpha_steps)), 1.0)
+        value = float(schedule.alpha_start) * (float(schedule.alpha_end) / float(schedule.alpha_start)) ** frac
+        self.set_alpha(value)
         return value
 
     def _assign(self, z):

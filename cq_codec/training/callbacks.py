@@ -1,4 +1,5 @@
-"""Keras callbacks of the greedy schedule: pretrain bypass, entropy (tau) control, checkpoints."""
+"""Keras callbacks of the greedy schedule: pretrain bypass, the quantizers' schedules, entropy (tau)
+control, checkpoints."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import shutil
 import keras
 import numpy as np
 
+from cq_codec.quantizers.base import Schedule
 from cq_codec.training.atomic import atomic_dir, atomic_write, replace_dir
 
-__all__ = ["AlphaSchedule", "TemperatureSchedule", "PretrainBypass", "TauController", "EpochCheckpoint", "FaultPoints", "save_optimizer",
+__all__ = ["QuantizerSchedule", "PretrainBypass", "TauController", "EpochCheckpoint", "FaultPoints", "save_optimizer",
            "load_optimizer", "checkpoint_dirs", "latest_checkpoint", "read_checkpoint_state", "write_metrics",
            "fault_point"]
 
@@ -31,58 +33,31 @@ class PretrainBypass(keras.callbacks.Callback):
             m.bypass.assign(1.0 if epoch < self.pretrain_epochs else 0.0)
 
 
-class AlphaSchedule(keras.callbacks.Callback):
-    """Anneals the softness alpha of softmax quantizers geometrically from `start` to `end`
-    over `steps` training steps counted from `begin_epoch` (soft-to-hard annealing, Agustsson
-    et al., NeurIPS 2017); alpha stays at `end` afterwards. Quantizers without `set_alpha`
-    (VQ, Gumbel, ...) are left alone."""
+class QuantizerSchedule(keras.callbacks.Callback):
+    """Drives every trained quantizer's schedule (`Quantizer.anneal(step, schedule)`: the softmax
+    quantizers' alpha, the Gumbel quantizers' temperature; the others schedule nothing) before
+    every training batch. `step` counts from the stage's first quantized batch (`begin_epoch`,
+    after the quantization-free epochs, which keep the step-0 values); it comes from the epoch and
+    batch index, so a resumed stage continues the schedule where it stopped."""
 
-    def __init__(self, quantizers, start: float, end: float, steps: int, begin_epoch: int, steps_per_epoch: int):
+    def __init__(self, quantizers, schedule: Schedule, begin_epoch: int, steps_per_epoch: int):
         super().__init__()
-        self.quantizers = [q for q in quantizers if hasattr(q, "set_alpha")]
-        self.start, self.end = float(start), float(end)
-        self.steps = max(1, int(steps))
+        self.quantizers = list(quantizers)
+        self.schedule = schedule
         self.begin_epoch = int(begin_epoch)
         self.steps_per_epoch = int(steps_per_epoch)
         self._epoch = 0
 
-    def value(self, step: int) -> float:
-        frac = min(max(step, 0) / self.steps, 1.0)
-        return self.start * (self.end / self.start) ** frac
+    def step(self, batch: int) -> int:
+        return max(0, (self._epoch - self.begin_epoch) * self.steps_per_epoch + batch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self.on_train_batch_begin(0)
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = (self._epoch - self.begin_epoch) * self.steps_per_epoch + batch
-        alpha = self.value(step)
         for q in self.quantizers:
-            q.set_alpha(alpha)
-
-
-class TemperatureSchedule(keras.callbacks.Callback):
-    """Anneals the Gumbel-softmax quantizers' temperature over a stage: before every training
-    batch of the quantized epochs, `q.anneal(step)` with `step` counted from the first quantized
-    batch (tau = max(min_temperature, temperature * exp(-anneal_rate * step)), Jang et al.
-    2017); quantization-free epochs keep the initial temperature. Quantizers without a
-    temperature (softmax: see AlphaSchedule) are left alone. The step comes from the epoch and
-    batch index, so a resumed stage continues the schedule where it stopped."""
-
-    def __init__(self, quantizers, begin_epoch: int, steps_per_epoch: int):
-        super().__init__()
-        self.quantizers = [q for q in quantizers if hasattr(q, "set_temperature")]   # Gumbel (softmax anneals alpha)
-        self.begin_epoch = int(begin_epoch)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        step = max(0, (self._epoch - self.begin_epoch) * self.steps_per_epoch + batch)
-        for q in self.quantizers:
-            q.anneal(step)
+            q.anneal(self.step(batch), self.schedule)
 
 
 class TauController(keras.callbacks.Callback):

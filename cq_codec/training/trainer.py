@@ -27,9 +27,10 @@ from lpc import tf_ops
 from cq_codec.config import Config, ConfigError
 from cq_codec.losses import bits_per_symbol_target
 from cq_codec.models.cq import CQCodec, default_lsf_grid
+from cq_codec.quantizers.base import Schedule
 from cq_codec.training.atomic import ExperimentLock, replace_dir
-from cq_codec.training.callbacks import (OPTIMIZER, WEIGHTS, AlphaSchedule, EpochCheckpoint, FaultPoints, PretrainBypass,
-                                         TauController, TemperatureSchedule, _legacy_state, latest_checkpoint, load_optimizer,
+from cq_codec.training.callbacks import (OPTIMIZER, WEIGHTS, EpochCheckpoint, FaultPoints, PretrainBypass,
+                                         QuantizerSchedule, TauController, _legacy_state, latest_checkpoint, load_optimizer,
                                          read_checkpoint_state, write_metrics)
 
 __all__ = ["Stage", "plan_stages", "module_configs", "build_model", "train", "latest_weights", "load_state",
@@ -274,13 +275,11 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
         _multiworker_workarounds(model)
         trained = [model.codec_modules[i] for i in stage.train_modules]
         quantized_epochs = stage.epochs - stage.pretrain
-        anneal = (AlphaSchedule([m.quantizer for m in trained], cfg.alpha_start, cfg.alpha_end,
-                                cfg.anneal_fraction * quantized_epochs * steps_per_epoch, stage.pretrain, steps_per_epoch)
-                  if stage.name != "finetune" else AlphaSchedule([], 1.0, 1.0, 1, 0, 1))
-        callbacks = [
-            anneal,
-            TemperatureSchedule([m.quantizer for m in trained] if stage.name != "finetune" else [], stage.pretrain,
-                                steps_per_epoch),
+        schedule = Schedule(cfg.alpha_start, cfg.alpha_end,
+                            max(1, int(cfg.anneal_fraction * quantized_epochs * steps_per_epoch)))
+        callbacks = [   # fine-tuning keeps the quantizers' final values: nothing scheduled
+            QuantizerSchedule([m.quantizer for m in trained] if stage.name != "finetune" else [], schedule,
+                              stage.pretrain, steps_per_epoch),
             PretrainBypass(trained if stage.name != "finetune" else [], stage.pretrain),
             TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
                           tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed),
