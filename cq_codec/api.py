@@ -32,6 +32,7 @@ import cq_codec.models.waveform
 from cq_codec import backends, inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream.container import MAX_FRAMES_PER_CHUNK, NacReader, write_nac
+from cq_codec.bitstream.identity import ModelIdentity
 from cq_codec.codes import BitrateError, OperatingPoint, fitting_point  # noqa: F401  (public here too)
 from cq_codec.data.audio import AudioInput, read_audio_blocks  # noqa: F401  (public here too)
 from cq_codec.data.audio import array_blocks as _array_blocks
@@ -82,8 +83,13 @@ class Codec:
             raise ValueError(f"frames_per_chunk must be an int in [1, {MAX_FRAMES_PER_CHUNK}] "
                              f"(hops of 30 ms per .nac chunk), got {fpc!r}")
         self.frames_per_chunk = int(fpc)
-        self.sha256 = cs.model_sha256(model)
+        self.identity = ModelIdentity(model)    # what .nac headers record of the model
         self._fns = None
+
+    @property
+    def sha256(self) -> str:
+        """The model's identity the writer records (`bitstream.identity.model_id`)."""
+        return self.identity.current
 
     @property
     def backend(self) -> str:
@@ -219,7 +225,7 @@ class Codec:
         the hops it declares are checked before this returns; a damaged chunk, or one whose size
         cannot hold its hops, raises `NacError` when the generator reaches it, before decoding it."""
         reader = fileobj if isinstance(fileobj, NacReader) else NacReader(fileobj)
-        info = cs.check_metadata(reader.metadata, self.model, self.sha256)
+        info = cs.check_metadata(reader.metadata, self.model, self.identity.for_version(reader.header.version))
         models = cs.entropy_models(self.model)
         bounds = cs.check_stream_size(reader.bytes_left, info, models)   # before any decoding work
 

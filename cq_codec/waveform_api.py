@@ -34,8 +34,9 @@ import constants as C
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream import entropy
 from cq_codec.bitstream.codec_stream import ModelMismatchError, _int, prefix_model
-from cq_codec.bitstream.container import (MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, NacFormatError, NacReader,
+from cq_codec.bitstream.container import (MAX_FRAMES_PER_CHUNK, MAX_NUM_SAMPLES, VERSION, NacFormatError, NacReader,
                                           build_metadata, stream_counts, write_nac)
+from cq_codec.bitstream.identity import ModelIdentity
 from cq_codec.codes import BitrateError, OperatingPoint, fitting_point
 from cq_codec.data.audio import array_blocks
 from cq_codec.models.waveform import TABLES_FORMAT, fit_entropy_tables, pad_to_hop
@@ -126,7 +127,8 @@ class WaveformCodecAPI:
                              f"{model.hop // math.gcd(C.HOP_SIZE, model.hop)})")
         self.frames_per_chunk = fpc
         self.chunk_frames = fpc * C.HOP_SIZE // model.hop
-        self.sha256 = cs.model_sha256(model)
+        self.identity = ModelIdentity(model)    # what .nac headers record of the model
+        self.sha256 = self.identity.current
         self._tables()     # fail now, with a clear message, if the tables are missing
 
     # ------------------------------------------------------------------ tables / points
@@ -229,15 +231,16 @@ class WaveformCodecAPI:
         point for `bitrate`)."""
         return self.compress_blocks(array_blocks(wav, sr), bitrate, num_modules, num_codebooks, codebooks)
 
-    def check_metadata(self, meta: dict) -> dict:
+    def check_metadata(self, meta: dict, version: int = VERSION) -> dict:
         if meta.get("stream_format") != WAVE_STREAM_FORMAT:
             raise NacFormatError(f"stream format {meta.get('stream_format')!r} is not the waveform codec's "
                                  f"({WAVE_STREAM_FORMAT}); decode it with the model that wrote it")
         info = meta.get("model") or {}
-        if not isinstance(info.get("sha256"), str) or not self.sha256.startswith(info["sha256"]):
+        ours = self.identity.for_version(version)
+        if not isinstance(info.get("sha256"), str) or not ours.startswith(info["sha256"]):
             raise ModelMismatchError(f"model mismatch: the file was written with model {info.get('name')!r} "
                                      f"(sha256 {str(info.get('sha256'))[:16]}...), this model's sha256 is "
-                                     f"{self.sha256[:16]}...; decode it with the model that encoded it (--model PATH)")
+                                     f"{ours[:16]}...; decode it with the model that encoded it (--model PATH)")
         codebooks = meta.get("codebooks") or [0]
         if (not isinstance(codebooks, list) or len(codebooks) != 1 or isinstance(codebooks[0], bool)
                 or not isinstance(codebooks[0], int) or not 1 <= codebooks[0] <= self.num_codebooks):
@@ -257,7 +260,7 @@ class WaveformCodecAPI:
         """A `.nac` stream (or a `NacReader` of one) -> (metadata, generator of float32 16 kHz
         blocks, one per chunk); header, model identity and codebook count checked first."""
         reader = fileobj if isinstance(fileobj, NacReader) else NacReader(fileobj)
-        info = self.check_metadata(reader.metadata)
+        info = self.check_metadata(reader.metadata, reader.header.version)
         table = prefix_model(self._tables()[0], info["num_codebooks"])
         total_frames = -(-info["num_samples"] // self.model.hop)
         # Hard limits before any decoding work (as the CQ decoder): payload bytes against frames.

@@ -4,7 +4,7 @@
 
 It builds a tiny seeded CQ model (two modules; one copy with plain, one with context entropy
 tables) or loads `--model PATH`, encodes a few signals into valid files of every version (1, 2,
-3; one to many chunks; 1 or all modules), then feeds `Codec.decompress` (and, every few inputs,
+3, 4; one to many chunks; 1 or all modules), then feeds `Codec.decompress` (and, every few inputs,
 `decompress_blocks` on an unseekable stream, and the CLI's `info`) with mutations of them:
 
 - bytes: flips, random overwrites, truncation, extension, random files, empty files;
@@ -89,7 +89,7 @@ def _v1_from(data: bytes, codec) -> bytes:
     from cq_codec.bitstream import codec_stream as cs
     header, meta, chunks = nac.read_nac(data)
     layout, n = cs.code_layout(codec.model), len(meta["stages"])
-    v1 = {"model": {"name": meta["model"]["name"], "sha256": codec.sha256}, "sample_rate": 16000,
+    v1 = {"model": {"name": meta["model"]["name"], "sha256": codec.identity.legacy}, "sample_rate": 16000,
           "num_samples": meta["num_samples"], "stages": meta["stages"],
           "alphabet_sizes": layout["lsf"] + [a for m in layout["modules"][:n] for a in m["alphabet_sizes"]],
           "frames_per_chunk": meta["frames_per_chunk"], "num_frames": meta["num_frames"],
@@ -105,9 +105,11 @@ def seed_files(codec) -> list[bytes]:
     files = []
     for seconds, modules in ((0.05, 1), (0.3, 2), (0.6, 1), (0.6, 2)):    # 1 to 3 chunks of 8 hops
         wav = (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
-        v3 = codec.compress(wav, 16000, num_modules=modules)
-        header, meta, chunks = nac.read_nac(v3)
-        files += [v3, nac.write_nac_v2(meta, chunks, header.bitrate_kbps), _v1_from(v3, codec)]
+        v4 = codec.compress(wav, 16000, num_modules=modules)
+        header, meta, chunks = nac.read_nac(v4)
+        legacy = {**meta, "model": {**meta["model"], "sha256": codec.identity.legacy}}   # versions 1-3's model id
+        files += [v4, nac.write_nac_v3(legacy, chunks, header.bitrate_kbps),
+                  nac.write_nac_v2(legacy, chunks, header.bitrate_kbps), _v1_from(v4, codec)]
     return files
 
 
@@ -133,7 +135,7 @@ def build(head: bytes, chunks, fix_crc: bool = True, chunk_crcs=None) -> bytes:
 
 
 def _set_meta_len(head: bytearray, version: int) -> None:
-    if version == 3:
+    if version in (3, 4):
         head[4:8] = struct.pack(">I", len(head) - 9 + 4)
     elif version == 1:
         head[4:8] = struct.pack(">I", len(head) - 9)
@@ -142,6 +144,7 @@ def _set_meta_len(head: bytearray, version: int) -> None:
 # Header fields per version: (offset, size); the extremes each is set to.
 FIELDS = {
     3: [(4, 4), (8, 1), (9, 8), (17, 5), (22, 1), (23, 2), (25, 1), (26, 1), (27, 1)],
+    4: [(4, 4), (8, 1), (9, 8), (17, 5), (22, 1), (23, 2), (25, 1), (26, 1), (27, 1)],   # version 3's layout
     2: [(4, 8), (12, 5), (17, 1), (18, 2), (20, 1), (21, 1), (22, 1)],
     1: [(4, 4), (8, 1)],
 }
@@ -283,7 +286,7 @@ def mutate(rng: random.Random, files: list[bytes], parsed: list[Parsed]) -> tupl
         return kind, build(p.head, q.chunks)
     # model_id: another model's file (the id field rewritten, CRC recomputed)
     head = bytearray(p.head)
-    if p.version == 3:
+    if p.version in (3, 4):
         head[9:17] = bytes(rng.randrange(256) for _ in range(8))
     elif p.version == 2:
         head[4:12] = bytes(rng.randrange(256) for _ in range(8))

@@ -17,7 +17,9 @@ import cq_codec.api
 import lpc
 from cq_codec import api, inference
 from cq_codec.bitstream import codec_stream as cs
-from cq_codec.bitstream.container import NacError, NacVersionError, read_nac, write_nac, write_nac_v1, write_nac_v2
+from cq_codec.bitstream import identity
+from cq_codec.bitstream.container import (NacError, NacVersionError, read_nac, write_nac, write_nac_v1, write_nac_v2,
+                                          write_nac_v3)
 from cq_codec.codes import entropy_bits
 from cq_codec.config import Config
 from cq_codec.training.trainer import build_model
@@ -123,7 +125,7 @@ def test_entropy_tables_saved_and_measured_bits_near_estimate(codec):
         rep = tables["report"][group]
         scores = rep["held_out_bits_per_row"]
         assert rep["kind"] == min(scores, key=scores.get)          # the kind that won on held-out
-    assert cs.model_sha256(codec.model) == codec.sha256            # stable across save/load
+    assert identity.model_id(codec.model) == codec.sha256          # computed once, the same when recomputed
     data = codec.compress(ar_signal(3.0, 9), 16000)
     _, _, chunks = read_nac(data)
     payload_bits = 8 * sum(len(c) for c in chunks)
@@ -178,7 +180,7 @@ def test_file_overhead_is_a_few_tens_of_bytes(codec):
     one_chunk = api.Codec(codec.model, name=codec.name)          # 250 hops per chunk
     data = one_chunk.compress(ar_signal(3.0, 9), 16000)
     header, meta, chunks = read_nac(data)
-    assert header.version == 3 and meta["num_chunks"] == len(chunks) == 1
+    assert header.version == 4 and meta["num_chunks"] == len(chunks) == 1
     assert len(data) - len(chunks[0]) == 31 + 2 + len("tiny") + 8 < 64     # 2 modules
 
 
@@ -229,7 +231,7 @@ def v1_nac(codec, wav):
     payloads = [cs.encode_chunk(c, models) for c in chunks]
     kbps = sum(len(p) for p in payloads) * 8 / (codes.num_samples / 16000) / 1000
     tables = codec.model.entropy_tables
-    meta = {"model": {"name": codec.name, "sha256": codec.sha256}, "sample_rate": 16000,
+    meta = {"model": {"name": codec.name, "sha256": codec.identity.legacy}, "sample_rate": 16000,
             "num_samples": codes.num_samples, "stages": list(range(1, n + 1)),
             "alphabet_sizes": layout["lsf"] + [a for m in layout["modules"][:n] for a in m["alphabet_sizes"]],
             "frames_per_chunk": codec.frames_per_chunk, "num_frames": len(codes.lsf), "bitrate_kbps": round(kbps, 4),
@@ -242,10 +244,12 @@ def v1_nac(codec, wav):
 
 # Golden file: a seeded tiny model and a fixed input. If this fails after an intentional format
 # or model change, regenerate with the printed sha256; a failure otherwise means the bitstream,
-# the DSP or the model's numerics changed. GOLDEN_V2_SHA256 / GOLDEN_V1_SHA256 are the same input
-# in the version-2 / version-1 formats (the files the writers made before version 3 / 2): they
-# must still decode, to the same audio. Version 3 changed only the header (seed 001's prefix).
-GOLDEN_SHA256 = "95c8c6d271745f5dd7a1e1e87f9ab97a3ae10c380abf17ef33655833a01dccfd"
+# the DSP or the model's numerics changed. GOLDEN_V3 / V2 / V1_SHA256 are the same input in the
+# version-3 / -2 / -1 formats, with the model id their writers recorded (the config hash,
+# `codec.identity.legacy`): they must still decode, to the same audio. Version 4 changed only the
+# model id (bitstream/identity.py); version 3 only the header (seed 001's prefix).
+GOLDEN_SHA256 = "446c5d659dac3f0e978b5048da51a67f3a8130c6484903b5cde147d041063aca"
+GOLDEN_V3_SHA256 = "95c8c6d271745f5dd7a1e1e87f9ab97a3ae10c380abf17ef33655833a01dccfd"
 GOLDEN_V2_SHA256 = "611bdc998936887b7d725c5f98b44d950107a612908e4e9858301966ad7cb2ab"
 GOLDEN_V1_SHA256 = "3551a0d4ceef6cff54820e2b4f983a350d38e24bc1e65531d36e3316df78580f"
 
@@ -257,13 +261,52 @@ def test_golden_nac(codec):
     assert sha == GOLDEN_SHA256, f"golden .nac changed: sha256 {sha}"
     np.testing.assert_array_equal(y, codec.decompress(data)[0])
     header, meta, chunks = read_nac(data)
-    v2 = write_nac_v2(meta, chunks, header.bitrate_kbps)    # the previous writer's bytes
+    assert header.version == 4 and codec.sha256.startswith(meta["model"]["sha256"])
+    legacy = {**meta, "model": {**meta["model"], "sha256": codec.identity.legacy}}   # what the earlier writers recorded
+    v3 = write_nac_v3(legacy, chunks, header.bitrate_kbps)
+    assert hashlib.sha256(v3).hexdigest() == GOLDEN_V3_SHA256
+    v2 = write_nac_v2(legacy, chunks, header.bitrate_kbps)
     assert hashlib.sha256(v2).hexdigest() == GOLDEN_V2_SHA256
     old = v1_nac(codec, ar_signal(0.5, 42))
     assert hashlib.sha256(old).hexdigest() == GOLDEN_V1_SHA256
-    for earlier, version in ((v2, 2), (old, 1)):
+    for earlier, version in ((v3, 3), (v2, 2), (old, 1)):
         assert read_nac(earlier)[0].version == version and read_nac(earlier)[2] == chunks   # same payloads
         np.testing.assert_array_equal(codec.decompress(earlier)[0], y)
+    # Each version is checked against the identity it records: swapped, the model is refused.
+    with pytest.raises(cs.ModelMismatchError):
+        codec.decompress(write_nac(legacy, chunks, header.bitrate_kbps))
+    with pytest.raises(cs.ModelMismatchError):
+        codec.decompress(write_nac_v3(meta, chunks, header.bitrate_kbps))
+
+
+def test_identity_ignores_the_config_but_not_the_weights_or_tables(codec):
+    model = codec.model
+    before, legacy = identity.model_id(model), codec.identity.legacy
+    assert before == codec.sha256 and before != legacy
+    original = model.get_config
+
+    def with_a_new_option():
+        return {**original(), "an_option_added_later": True}
+    model.get_config = with_a_new_option          # a config option added later: same identity
+    try:
+        assert identity.model_id(model) == before
+        assert cs.model_sha256(model) != legacy   # (the config hash moved: why version 4 left it)
+    finally:
+        del model.get_config
+    w = model.weights[-1]
+    kept = w.numpy().copy()
+    w.assign(kept + 1.0)
+    try:
+        assert identity.model_id(model) != before
+    finally:
+        w.assign(kept)
+    tables = model.entropy_tables
+    model.entropy_tables = {**tables, "lsf": {**tables["lsf"], "kind": "other"}}
+    try:
+        assert identity.model_id(model) != before
+    finally:
+        model.entropy_tables = tables
+    assert identity.model_id(model) == before
 
 
 def test_frame_functions_and_saved_model(codec, tmp_path):

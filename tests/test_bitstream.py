@@ -233,12 +233,13 @@ def test_golden_payload(kind):
 # ---------------------------------------------------------------- .nac container
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "nac")
-# Golden container files, one per version (tests/fixtures/nac/v{1,2,3}.nac). The version-1 and
-# version-2 hashes are those of the files the earlier writers made (they predate version 3).
+# Golden container files, one per version (tests/fixtures/nac/v{1,2,3,4}.nac). The version-1, -2
+# and -3 hashes are those of the files the earlier writers made (they predate version 4).
 GOLDEN_NAC_SHA256 = {
     1: "2e71b883b78e497175860d030d0e7a9052955705e70e02eac7dca73afe93bd59",
     2: "dcdb254c762f9444a6a1c99594c6a81189384187a4b0dbabfe25a546c05a3751",
     3: "51d3385db07c3f7a689211e88977fb12e69e80624d87c5673c1b58fa9de1c222",
+    4: "8542268a7ccdc45d3da5933f55a24dae2b6b99ed14e116c09538f87c5c1300ab",
 }
 CHUNKS = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
 
@@ -250,9 +251,15 @@ def small_meta(**kw):
 
 
 def small_nac():
-    """A version-3 file (what write_nac writes)."""
+    """A version-4 file (what write_nac writes)."""
     meta = small_meta()
     return nac.write_nac(meta, CHUNKS, 6.1), meta, CHUNKS
+
+
+def small_nac_v3():
+    """The version-3 file (the writer before version 4: the same layout)."""
+    meta = small_meta()
+    return nac.write_nac_v3(meta, CHUNKS, 6.1), meta, CHUNKS
 
 
 def small_nac_v2():
@@ -268,7 +275,7 @@ def small_nac_v1():
     return nac.write_nac_v1(meta, CHUNKS, 6.1), meta, CHUNKS
 
 
-MAKERS = {1: small_nac_v1, 2: small_nac_v2, 3: small_nac}
+MAKERS = {1: small_nac_v1, 2: small_nac_v2, 3: small_nac_v3, 4: small_nac}
 
 
 def seed_reader(data: bytes):
@@ -284,7 +291,7 @@ def seed_reader(data: bytes):
     return magic, version, meta_len, bitrate, chunks
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_golden_files_per_version(version):
     """tests/fixtures/nac/v{version}.nac: the bytes the writer of that version makes, readable today."""
     with open(os.path.join(FIXTURES, f"v{version}.nac"), "rb") as f:
@@ -316,7 +323,7 @@ def test_seed_001_prefix_parses_with_struct_alone():
 
 
 def test_version_3_byte_layout():
-    data, meta, chunks = small_nac()
+    data, meta, chunks = small_nac_v3()
     body = (b"\xab" * 8 + (4800).to_bytes(5, "big") + b"\x01" + b"\x00\x04" + b"\x02" + b"\x00\x00"
             + b"\x04tiny")
     head = b"NAC\x03" + struct.pack(">I", len(body) + 4) + bytes([24]) + body
@@ -326,10 +333,19 @@ def test_version_3_byte_layout():
     header, meta2, chunks2 = nac.read_nac(data)
     assert header == (3, len(head) + 4, 24) and header.bitrate_kbps == 6.0
     assert meta2["codebooks"] == [0, 0] and meta2["stages"] == [1, 2]
-    assert nac.write_nac(meta2, chunks, 6.1) == data      # what the reader returns writes the same bytes
+    assert nac.write_nac_v3(meta2, chunks, 6.1) == data      # what the reader returns writes the same bytes
     reader = nac.NacReader(io.BytesIO(data))
     assert reader.metadata == meta2 and reader.num_chunks == 3 and list(reader) == chunks
     assert reader.bytes_left == sum(8 + len(c) for c in chunks)
+
+
+def test_version_4_is_version_3s_layout():
+    """Version 4 changed what the model id means (bitstream/identity.py), not where anything is."""
+    v3, v4 = small_nac_v3()[0], small_nac()[0]
+    size = nac.read_nac(v3)[0].size
+    assert len(v4) == len(v3) and v4[3] == 4 and v3[3] == 3
+    assert v4[:3] == v3[:3] and v4[4:size - 4] == v3[4:size - 4] and v4[size:] == v3[size:]   # all but version, CRC
+    assert nac.read_nac(v4)[1:] == nac.read_nac(v3)[1:]
 
 
 def test_codebook_counts_round_trip_in_version_3_only():
@@ -363,7 +379,7 @@ def test_bitrate_byte():
         nac.bitrate_to_byte(float("nan"))
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_every_byte_corruption_and_truncation_raises_nac_error(version):
     data, _, _ = MAKERS[version]()
     rng = np.random.default_rng(5)
@@ -378,11 +394,11 @@ def test_every_byte_corruption_and_truncation_raises_nac_error(version):
                 nac.read_nac(case)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_error_types_and_messages(version):
     data, meta, chunks = MAKERS[version]()
-    with pytest.raises(nac.NacVersionError, match="version 4.*supports versions 1, 2 and 3"):
-        nac.read_nac(data[:3] + b"\x04" + data[4:])
+    with pytest.raises(nac.NacVersionError, match="version 5.*supports versions 1, 2, 3 and 4"):
+        nac.read_nac(data[:3] + b"\x05" + data[4:])
     with pytest.raises(nac.NacFormatError, match="magic"):
         nac.read_nac(b"RIFF" + data[4:])
     damaged = bytearray(data)
@@ -410,7 +426,7 @@ def with_crc(head: bytes) -> bytes:
 
 
 def test_version_3_length_and_field_limits():
-    data = small_nac()[0]
+    data = small_nac_v3()[0]
     for meta_len in (2 ** 31, 22, 533):
         bad = bytearray(data)
         bad[4:8] = struct.pack(">I", meta_len)

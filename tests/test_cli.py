@@ -82,7 +82,7 @@ def test_round_trip_in_process(models, wav16, tmp_path, capsys):
     assert not np.allclose(got, y.astype(np.float32), atol=1.5 / 32768)    # the default postfilters
     assert cli.main(["info", nac]) == 0
     printed = capsys.readouterr().out
-    assert '"num_samples": 9600' in printed and "version: 3" in printed and '"name": "a"' in printed
+    assert '"num_samples": 9600' in printed and "version: 4" in printed and '"name": "a"' in printed
 
 
 def test_info_reads_version_1_files(tmp_path, capsys):
@@ -135,7 +135,7 @@ def bad_inputs(models, tmp_path_factory):
     put("riff.nac", b"RIFF" + data[4:])
     put("empty.nac", b"")
     put("random.nac", rng.bytes(300))
-    put("bomb.nac", bombs(api.load(models[0]).sha256)["v2_65535_hops"][0])
+    put("bomb.nac", bombs(api.load(models[0]).identity.legacy)["v2_65535_hops"][0])
     nested = b'{"num_chunks":1,"x":' + b"[" * 100000 + b"]" * 100000 + b"}"
     put("nested_v1.nac", with_crc(b"NAC\x01" + struct.pack(">I", 60000) + b"\x04" + nested[:60000]))
     keras.utils.set_random_seed(0)
@@ -217,7 +217,7 @@ def test_output_through_a_symlink_replaces_the_target(models, wav16, tmp_path, c
     link.symlink_to(target.name)
     assert run(capsys, "encode", wav16, str(link), "--model", models[0]) == (0, "")
     assert link.is_symlink() and os.readlink(link) == "real.nac"
-    assert read_nac(target.read_bytes())[0].version == 3
+    assert read_nac(target.read_bytes())[0].version == 4
     dangling = tmp_path / "dangling.nac"
     dangling.symlink_to("made.nac")
     assert run(capsys, "encode", wav16, str(dangling), "--model", models[0]) == (0, "")
@@ -293,7 +293,7 @@ def bombs(model_sha: str) -> dict:
 
 def test_decompression_bombs_are_refused_before_decoding(models, tmp_path, capsys):
     codec = api.load(models[0])
-    for name, (blob, message) in bombs(codec.sha256).items():
+    for name, (blob, message) in bombs(codec.identity.legacy).items():   # version 2/3 files: the id they carried
         with time_limit(10):                   # a hang guard, not a timing assertion (refused in ms)
             with pytest.raises(NacError, match=message):
                 codec.decompress(blob)
@@ -303,7 +303,7 @@ def test_decompression_bombs_are_refused_before_decoding(models, tmp_path, capsy
         assert code == 1 and message in err, (name, err)
         assert_no_output(tmp_path, "out.wav")
     # Streamed (not seekable: no file size known) the chunk's own size refuses it before decoding it.
-    blob = v3_header(bytes.fromhex(codec.sha256[:16]), 4096 * 480, 4096, 2) + EMPTY_CHUNK
+    blob = v3_header(bytes.fromhex(codec.identity.legacy[:16]), 4096 * 480, 4096, 2) + EMPTY_CHUNK
     _, blocks = codec.decompress_blocks(Unseekable(blob))
     with pytest.raises(NacError, match="chunk 0: a 0-byte payload cannot hold 4096 hops"):
         next(blocks)
@@ -373,12 +373,12 @@ def test_long_chunks_decode_250_hops_at_a_time(models):
 def test_waveform_codec_refuses_bombs_and_bad_version_1_metadata():
     """The waveform codec's decoder has the same hard limits (stream format 2, shipped model)."""
     codec = api.load("waveform_rvq")
-    mid = bytes.fromhex(codec.sha256[:16])
+    mid = bytes.fromhex(codec.identity.legacy[:16])      # versions 1-3 carry the config hash
 
     def v3(num_samples, fpc, codebooks):
         body = struct.pack(">8s5sBHB", mid, num_samples.to_bytes(5, "big"), 2, fpc, 1) + bytes([codebooks]) + b"\x01a"
         return with_crc(struct.pack(">3sBIB", b"NAC", 3, len(body) + 4, 4) + body)
-    w = {"stream_format": 2, "model": {"name": "w", "sha256": codec.sha256}}
+    w = {"stream_format": 2, "model": {"name": "w", "sha256": codec.identity.legacy}}
     cases = [(v3(4096 * 480, 4096, 12) + EMPTY_CHUNK, "15360 frames in 1 chunk\\(s\\), which need at least"),
              (v3(40 * 4096 * 480, 4096, 12) + EMPTY_CHUNK * 40, "in 40 chunk\\(s\\), which need at least"),
              (write_nac_v1({**w, "codebooks": [3]}, [b""], 1), "'num_samples' must be an int"),

@@ -2,7 +2,7 @@
 
 from cq_codec.bitstream.container import (
     NacChecksumError, NacError, NacFormatError, NacHeader, NacReader, NacVersionError,
-    build_metadata, read_nac, write_nac, write_nac_v2,
+    build_metadata, read_nac, write_nac, write_nac_v2, write_nac_v3,
 )
 from cq_codec.bitstream.entropy import (
     CategoricalModel, ContextModel, decode, encode, estimate_bits, model_from_bytes,
@@ -12,5 +12,5 @@ from cq_codec.bitstream.entropy import (
 __all__ = [
     "CategoricalModel", "ContextModel", "encode", "decode", "estimate_bits", "model_from_dict",
     "model_from_bytes", "NacError", "NacFormatError", "NacVersionError", "NacChecksumError",
-    "NacHeader", "NacReader", "build_metadata", "write_nac", "write_nac_v2", "read_nac",
+    "NacHeader", "NacReader", "build_metadata", "write_nac", "write_nac_v3", "write_nac_v2", "read_nac",
 ]

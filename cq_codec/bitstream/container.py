@@ -1,14 +1,19 @@
 """The `.nac` container: seed 001's 9-byte prefix, a binary metadata block, CRC32-checked chunks.
 
-Writers produce version 3; readers read versions 1, 2 and 3. All integers are unsigned and
+Writers produce version 4; readers read versions 1, 2, 3 and 4. All integers are unsigned and
 big-endian (network order).
 
-Version 3 (what `write_nac` writes). The first 9 bytes are seed 001's header exactly, so a reader
+Version 4 (what `write_nac` writes) has version 3's layout, below; only the model id it carries
+differs: version 4 records `bitstream.identity.model_id` (code layout, entropy tables, weights),
+versions 1-3 the hash of the model's config and weights (`codec_stream.model_sha256`). The
+reader returns the same fields for both; the decoder checks the id the file's version implies.
+
+Version 3 (`write_nac_v3`). The first 9 bytes are seed 001's header exactly, so a reader
 written from the seed finds the bitrate at offset 8 and skips the metadata by its length:
 
     offset  size  field
     0       3     magic b"NAC"
-    3       1     version (3)
+    3       1     version (3; 4 the same layout)
     4       4     metadata length M: the bytes that follow this prefix up to the first chunk,
                   CRC included (M = 22 + k + N, so 23 .. 532)
     8       1     nominal bitrate in units of 0.25 kbps (round(kbps * 4), clamped to 0..255: 63.75
@@ -97,13 +102,13 @@ __all__ = [
     "MAGIC", "VERSION", "READ_VERSIONS", "MODEL_ID_BYTES", "MAX_METADATA_BYTES", "MAX_CHUNK_BYTES",
     "MAX_FRAMES_PER_CHUNK", "MAX_NUM_SAMPLES", "BITRATE_UNIT_KBPS",
     "NacError", "NacFormatError", "NacVersionError", "NacChecksumError", "NacHeader",
-    "bitrate_to_byte", "stream_counts", "build_metadata", "write_nac", "write_nac_v2", "write_nac_v1",
+    "bitrate_to_byte", "stream_counts", "build_metadata", "write_nac", "write_nac_v3", "write_nac_v2", "write_nac_v1",
     "read_nac", "NacReader",
 ]
 
 MAGIC = b"NAC"
-VERSION = 3                          # what write_nac writes
-READ_VERSIONS = (1, 2, 3)
+VERSION = 4                          # what write_nac writes
+READ_VERSIONS = (1, 2, 3, 4)
 MODEL_ID_BYTES = 8
 BITRATE_UNIT_KBPS = 0.25
 _SEED = struct.Struct(">3sBIB")             # seed 001: magic, version, metadata length, bitrate
@@ -146,7 +151,7 @@ def stream_counts(num_samples: int, frames_per_chunk: int) -> tuple[int, int]:
 
 def build_metadata(*, model_name: str, model_sha256: str, num_samples: int, num_stages: int,
                    frames_per_chunk: int, stream_format: int, codebooks: Sequence[int] | None = None) -> dict:
-    """The metadata a version-3 header stores (`write_nac` checks the values). `num_stages`: the
+    """The metadata a version-3 or -4 header stores (`write_nac` checks the values). `num_stages`: the
     number k of modules used; `codebooks`: per module the RVQ codebooks used (None: [0] * k,
     0 meaning all / not RVQ)."""
     k = int(num_stages)
@@ -217,15 +222,25 @@ def _binary_fields(metadata: dict, chunks: Sequence[bytes], version: int) -> tup
 
 
 def write_nac(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> bytes:
-    """Build a version-3 `.nac` file from `build_metadata`'s keys (the derived "sample_rate",
+    """Build a version-4 `.nac` file from `build_metadata`'s keys (the derived "sample_rate",
     "num_frames" and "num_chunks" may be given and must then match; "model"'s "sha256" is a hex
     digest of which the first 16 digits are stored; "codebooks" may be left out: all 0). Raises
     NacFormatError for values the header cannot hold, for keys it has no field for, and when
     len(chunks) is not the derived count."""
-    model_id, name, num_samples, fpc, fmt, codebooks = _binary_fields(metadata, chunks, 3)
+    return _write_v3_layout(metadata, chunks, bitrate_kbps, VERSION)
+
+
+def write_nac_v3(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float) -> bytes:
+    """Build a version-3 `.nac` file (the writer before version 4, whose model id was the config
+    hash; kept to test the reader)."""
+    return _write_v3_layout(metadata, chunks, bitrate_kbps, 3)
+
+
+def _write_v3_layout(metadata: dict, chunks: Sequence[bytes], bitrate_kbps: float, version: int) -> bytes:
+    model_id, name, num_samples, fpc, fmt, codebooks = _binary_fields(metadata, chunks, version)
     body = (_V3.pack(model_id, num_samples.to_bytes(5, "big"), fmt, fpc, len(codebooks))
             + bytes(codebooks) + bytes([len(name)]) + name)
-    head = _SEED.pack(MAGIC, 3, len(body) + 4, bitrate_to_byte(bitrate_kbps)) + body
+    head = _SEED.pack(MAGIC, version, len(body) + 4, bitrate_to_byte(bitrate_kbps)) + body
     return _frame(head, chunks)
 
 
@@ -277,13 +292,13 @@ class NacReader:
         if magic != MAGIC:
             raise NacFormatError(f"bad magic {magic!r} at offset 0 (expected {MAGIC!r}): "
                                  "not a .nac file")
-        if version in (1, 3):
+        if version in (1, 3, 4):
             rate, self.metadata = self._read_seed_prefixed(prefix, version)
         elif version == 2:
             rate, self.metadata = self._read_v2(prefix)
         else:
             raise NacVersionError(f"unsupported .nac version {version} at offset 3 "
-                                  "(this reader supports versions 1, 2 and 3)")
+                                  "(this reader supports versions 1, 2, 3 and 4)")
         self.header = NacHeader(version, self._offset, rate)
         self.bytes_left = self._bytes_left()
         if self.bytes_left is not None and self.bytes_left < _CHUNK.size * self.num_chunks:
@@ -317,7 +332,7 @@ class NacReader:
             return rate, meta
         low, high = _V3_MIN + 1, _V3_MIN + 2 * 255
         if not low <= meta_len <= high:
-            raise NacFormatError(f"metadata length {meta_len} at offset 4 is outside the version-3 "
+            raise NacFormatError(f"metadata length {meta_len} at offset 4 is outside the version-{version} "
                                  f"range [{low}, {high}]")
         block = self._read(meta_len, "metadata")
         head, (crc,) = prefix + rest + block[:-4], _U32.unpack(block[-4:])
