@@ -147,15 +147,15 @@ class Codec:
         return next(p for p in points if p.modules == n)
 
     def _use_codebooks(self, codebooks):
-        """Context manager: the RVQ modules' `num_active_stages` set to `codebooks` (per module)."""
+        """Context manager: the RVQ modules' `num_active_codebooks` set to `codebooks` (per module)."""
 
         @contextlib.contextmanager
         def cm():
-            saved = [getattr(m.quantizer, "num_active_stages", None) for m in self.model.codec_modules]
+            saved = [getattr(m.quantizer, "num_active_codebooks", None) for m in self.model.codec_modules]
             try:
                 for m, c in zip(self.model.codec_modules, codebooks or ()):
                     if cs._is_rvq(m):
-                        m.quantizer.num_active_stages = int(c)
+                        m.quantizer.num_active_codebooks = int(c)
                     elif c != m.quantizer.num_streams:
                         raise ValueError(f"module {m.name} is not an RVQ: it codes all {m.quantizer.num_streams} "
                                          f"streams, not {c}")
@@ -163,7 +163,7 @@ class Codec:
             finally:
                 for m, v in zip(self.model.codec_modules, saved):
                     if v is not None:
-                        m.quantizer.num_active_stages = v
+                        m.quantizer.num_active_codebooks = v
         return cm()
 
     def _resolve(self, bitrate, num_modules, codebooks) -> tuple[int, tuple]:

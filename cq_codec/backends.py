@@ -183,8 +183,8 @@ class TFLiteBackend:
         return content
 
     def _runner(self, kind: str, n: int) -> _Runner:
-        if any(hasattr(m.quantizer, "num_active_stages") for m in self.model.codec_modules[:n]):
-            # a conversion bakes the RVQ stages in use into the graph; not part of the cache key yet
+        if any(hasattr(m.quantizer, "num_active_codebooks") for m in self.model.codec_modules[:n]):
+            # a conversion bakes the RVQ codebooks in use into the graph; not part of the cache key yet
             raise ValueError("the tflite backend does not serve RVQ modules yet; use backend='keras'")
         if (kind, n) not in self._runners:
             self._runners[kind, n] = _Runner(self.flatbuffer(kind, n), self.num_threads)

@@ -120,9 +120,9 @@ class Config:
         "bins of the followers' softmax quantizers (per follower, last reused)", int)
     codebook_size: int = _f(256, "codebook size (vq, rvq, gumbel, pq)")
     embedding_dim: int = _f(4, "code-vector dimension (vq, rvq, gumbel, pq)")
-    num_stages: int = _f(3, "RVQ stages")
-    stage_dims: tuple = _f((), "PQ sub-vector sizes, e.g. 2,2", int)
-    codebook_sizes: tuple = _f((), "per-stage (RVQ) or per-group (PQ) codebook sizes, e.g. 256,256,256", int)
+    num_stages: int = _f(3, "RVQ codebooks (levels; the flag keeps seed 000's name)")
+    stage_dims: tuple = _f((), "per-codebook code dims (RVQ) or PQ sub-vector sizes, e.g. 2,2", int)
+    codebook_sizes: tuple = _f((), "per-codebook (RVQ) or per-group (PQ) codebook sizes, e.g. 256,256,256", int)
     lsf_bins: int = _f(16, "bins per LSF in the LSF codebook")
     gumbel_entropy_temperature: float = _f(0.1,
         "softmax temperature of the Gumbel quantizer's training entropy estimate (1.0 = the plain soft "
@@ -221,9 +221,9 @@ class Config:
         "evaluates; uses num_stages, codebook_size(s), stage_dims, block_type, epoch_tanh, learning_rate_tanh)")
     wave_strides: tuple = _f((2, 4, 4, 4),
         "waveform: encoder strides; their product is the downsampling factor (64..320)", int)
-    wave_channels: int = _f(32, "waveform: channels of the first stage (doubled per stage, capped at 8x)")
+    wave_channels: int = _f(32, "waveform: channels of the first encoder level (doubled per level, capped at 8x)")
     wave_latent_dim: int = _f(64, "waveform: dimension of the latent frames the RVQ codes")
-    wave_units: int = _f(2, "waveform: residual units per stage (dilations 1, 3, 9, ...)")
+    wave_units: int = _f(2, "waveform: residual units per encoder / decoder level (dilations 1, 3, 9, ...)")
     wave_patch: bool = _f(False, "waveform: the first stride as a patch reshape (no layer at the sample rate)")
     wave_segment: float = _f(1.0, "waveform: seconds of audio per training example")
     quantizer_dropout: float = _f(0.5, "waveform: probability that a batch trains with n ~ U{1..N} codebooks")
@@ -274,9 +274,9 @@ class Config:
         need(self.model_type in MODEL_TYPES, "model_type", f"must be one of {', '.join(MODEL_TYPES)}; got {self.model_type!r}")
         if self.codebook_sizes:
             need(all(k >= 2 for k in self.codebook_sizes), "codebook_sizes", "every entry must be >= 2")
-            if rvq:   # RVQ stages may differ (seed 000): one size per stage
+            if rvq:   # RVQ codebooks may differ (seed 000): one size per codebook
                 need(len(self.codebook_sizes) == self.num_stages, "codebook_sizes",
-                     f"RVQ needs one codebook size per stage (--num_stages {self.num_stages}); got {list(self.codebook_sizes)}")
+                     f"RVQ needs one size per codebook (--num_stages {self.num_stages}); got {list(self.codebook_sizes)}")
             else:
                 need(len(set(self.codebook_sizes)) == 1, "codebook_sizes",
                      f"{self.quantizer} groups share one codebook size (unequal sizes are for rvq); got {list(self.codebook_sizes)}")
@@ -284,7 +284,7 @@ class Config:
             need(all(d >= 1 for d in self.stage_dims), "stage_dims", "every entry must be >= 1")
             if rvq:
                 need(len(self.stage_dims) == self.num_stages, "stage_dims",
-                     f"RVQ needs one code dimension per stage (--num_stages {self.num_stages}); got {list(self.stage_dims)}")
+                     f"RVQ needs one code dimension per codebook (--num_stages {self.num_stages}); got {list(self.stage_dims)}")
             else:
                 need(len(set(self.stage_dims)) == 1, "stage_dims",
                      f"PQ sub-vectors must have equal sizes in this version; got {list(self.stage_dims)}")

@@ -221,7 +221,7 @@ class WaveformCodecAPI:
         payloads += [entropy.encode(c, table) for c in enc.finish()]
         kbps = sum(len(p) for p in payloads) * 8 / (max(enc.num_samples, 1) / C.SAMPLE_RATE) / C.BITS_PER_KBIT
         meta = build_metadata(model_name=self.name, model_sha256=self.sha256, num_samples=max(enc.num_samples, 1),
-                              num_stages=1, codebooks=[n], frames_per_chunk=self.frames_per_chunk,
+                              num_modules=1, codebooks=[n], frames_per_chunk=self.frames_per_chunk,
                               stream_format=WAVE_STREAM_FORMAT)
         return write_nac(meta, payloads, kbps)
 

@@ -246,7 +246,7 @@ CHUNKS = [b"\x01\x02\x03\x04\x05", b"", bytes(range(7))]
 
 def small_meta(**kw):
     """4800 samples = 10 hops, 4 hops per chunk -> 3 chunks; two modules."""
-    return nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, num_samples=4800, num_stages=2,
+    return nac.build_metadata(model_name="tiny", model_sha256="ab" * 32, num_samples=4800, num_modules=2,
                               frames_per_chunk=4, stream_format=1, **kw)
 
 
@@ -363,7 +363,7 @@ def test_codebook_counts_round_trip_in_version_3_only():
 def test_header_overhead_is_small():
     """Version 3 spends 31 bytes + one per module + the model name on the header, 8 per chunk."""
     meta = nac.build_metadata(model_name="default", model_sha256="0123456789abcdef" * 4, num_samples=48000,
-                              num_stages=3, frames_per_chunk=250, stream_format=1)
+                              num_modules=3, frames_per_chunk=250, stream_format=1)
     payload = bytes(1000)
     data = nac.write_nac(meta, [payload], 2.7)
     assert len(data) - len(payload) == 31 + 3 + len("default") + 8 < 64
@@ -519,3 +519,12 @@ def test_streaming_reader_yields_chunks_lazily():
         next(it)
     assert info.value.chunk_index == 4
     assert zlib.crc32(chunks[4]) != zlib.crc32(bytes(data[-1000:]))
+
+
+def test_build_metadata_counts_modules_under_either_name():
+    kw = dict(model_name="m", model_sha256="00" * 8, num_samples=4800, frames_per_chunk=4, stream_format=1)
+    assert nac.build_metadata(num_modules=2, **kw) == nac.build_metadata(num_stages=2, **kw)
+    assert nac.build_metadata(num_modules=2, **kw)["stages"] == [1, 2]      # the key keeps version 1's name
+    for bad in ({}, {"num_modules": 2, "num_stages": 2}):
+        with pytest.raises(TypeError, match="num_modules"):
+            nac.build_metadata(**bad, **kw)

@@ -407,3 +407,12 @@ def test_gumbel_sharp_entropy_estimate_tracks_the_argmax_codes():
     assert Q.GumbelQuantizer.from_config(cfg).entropy_temperature == 0.1
     with pytest.raises(ValueError, match="entropy_temperature"):
         Q.GumbelQuantizer(codebook_size=4, entropy_temperature=0.0)
+
+
+def test_rvq_counts_codebooks_under_their_own_name():
+    q = Q.ResidualVectorQuantizer(num_stages=3, codebook_size=4)
+    assert q.num_codebooks == 3 and q.num_active_codebooks == 3
+    q.num_active_codebooks = 2                      # the stored attribute keeps seed 000's name
+    assert q.num_active_stages == 2 and q.get_config()["num_active_stages"] == 2
+    with pytest.raises(ValueError, match=r"num_active_stages must be an int in \[1, 3\]"):
+        q.num_active_codebooks = 4

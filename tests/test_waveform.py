@@ -121,7 +121,7 @@ def test_rvq_rejects_bad_per_stage_lists():
 
 def test_config_codebook_sizes_and_stage_dims_for_rvq():
     Config(quantizer="rvq", num_stages=3, codebook_sizes=(256, 64, 16), embedding_dim=4).validate()
-    with pytest.raises(ConfigError, match="--codebook_sizes: RVQ needs one codebook size per stage"):
+    with pytest.raises(ConfigError, match="--codebook_sizes: RVQ needs one size per codebook"):
         Config(quantizer="rvq", num_stages=3, codebook_sizes=(256, 64), embedding_dim=4).validate()
     with pytest.raises(ConfigError, match="--codebook_sizes"):
         Config(quantizer="pq", codebook_sizes=(256, 64), embedding_dim=4, stage_dims=(2, 2)).validate()

@@ -149,12 +149,16 @@ def stream_counts(num_samples: int, frames_per_chunk: int) -> tuple[int, int]:
     return num_frames, -(-num_frames // frames_per_chunk)
 
 
-def build_metadata(*, model_name: str, model_sha256: str, num_samples: int, num_stages: int,
-                   frames_per_chunk: int, stream_format: int, codebooks: Sequence[int] | None = None) -> dict:
-    """The metadata a version-3 or -4 header stores (`write_nac` checks the values). `num_stages`: the
-    number k of modules used; `codebooks`: per module the RVQ codebooks used (None: [0] * k,
-    0 meaning all / not RVQ)."""
-    k = int(num_stages)
+def build_metadata(*, model_name: str, model_sha256: str, num_samples: int, num_modules: int | None = None,
+                   frames_per_chunk: int, stream_format: int, codebooks: Sequence[int] | None = None,
+                   num_stages: int | None = None) -> dict:
+    """The metadata a version-3 or -4 header stores (`write_nac` checks the values). `num_modules`:
+    the number k of cascade modules used (`num_stages`, its earlier name, is accepted); the key
+    "stages" ([1..k], the modules used) keeps the name version 1's JSON gave it. `codebooks`: per
+    module the RVQ codebooks used (None: [0] * k, 0 meaning all / not RVQ)."""
+    if (num_modules is None) == (num_stages is None):
+        raise TypeError("build_metadata needs num_modules (or its earlier name num_stages), once")
+    k = int(num_modules if num_modules is not None else num_stages)
     return {"model": {"name": str(model_name), "sha256": str(model_sha256)},
             "num_samples": int(num_samples), "stages": list(range(1, k + 1)),
             "codebooks": [0] * k if codebooks is None else [int(c) for c in codebooks],
@@ -201,14 +205,14 @@ def _binary_fields(metadata: dict, chunks: Sequence[bytes], version: int) -> tup
     num_samples = _field(metadata, "num_samples", 1, MAX_NUM_SAMPLES)
     fpc = _field(metadata, "frames_per_chunk", 1, MAX_FRAMES_PER_CHUNK)
     fmt = _field(metadata, "stream_format", 0, 0xFF)
-    stages = metadata.get("stages")
-    if not isinstance(stages, list) or not 1 <= len(stages) <= 0xFF or stages != list(range(1, len(stages) + 1)):
-        raise NacFormatError(f"metadata 'stages' must be [1..k] with 1 <= k <= 255, got {stages!r}")
-    codebooks = metadata.get("codebooks", [0] * len(stages))
-    if (not isinstance(codebooks, list) or len(codebooks) != len(stages)
+    modules = metadata.get("stages")     # the modules used, [1..k] (the key's name is version 1's)
+    if not isinstance(modules, list) or not 1 <= len(modules) <= 0xFF or modules != list(range(1, len(modules) + 1)):
+        raise NacFormatError(f"metadata 'stages' must be [1..k] with 1 <= k <= 255, got {modules!r}")
+    codebooks = metadata.get("codebooks", [0] * len(modules))
+    if (not isinstance(codebooks, list) or len(codebooks) != len(modules)
             or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 0xFF for c in codebooks)):
         raise NacFormatError(f"metadata 'codebooks' must be one int in [0, 255] per module "
-                             f"({len(stages)}), got {codebooks!r}")
+                             f"({len(modules)}), got {codebooks!r}")
     if version == 2 and any(codebooks):
         raise NacFormatError(f"the version-2 header cannot hold codebook counts {codebooks}")
     num_frames, num_chunks = stream_counts(num_samples, fpc)
@@ -354,19 +358,19 @@ class NacReader:
 
     def _read_v2(self, prefix: bytes) -> tuple[int, dict]:
         fixed = self._read(_V2.size, "header")
-        model_id, samples, stages, fpc, fmt, rate, name_len = _V2.unpack(fixed)
+        model_id, samples, modules, fpc, fmt, rate, name_len = _V2.unpack(fixed)
         name = self._read(name_len, "model name")
         self._check_header_crc(prefix + fixed + name)
-        meta = self._binary_meta(model_id, samples, stages, fpc, fmt, name, [0] * stages,
+        meta = self._binary_meta(model_id, samples, modules, fpc, fmt, name, [0] * modules,
                                  {"num_samples": 12, "modules": 17, "frames_per_chunk": 18,
                                   "name": _PREFIX.size + _V2.size})
         return rate, meta
 
-    def _binary_meta(self, model_id, samples, stages, fpc, fmt, name, codebooks, at: dict) -> dict:
+    def _binary_meta(self, model_id, samples, modules, fpc, fmt, name, codebooks, at: dict) -> dict:
         num_samples = int.from_bytes(samples, "big")
-        if num_samples < 1 or stages < 1 or fpc < 1:
+        if num_samples < 1 or modules < 1 or fpc < 1:
             raise NacFormatError(f"header: num_samples {num_samples} (offset {at['num_samples']}), modules "
-                                 f"{stages} (offset {at['modules']}) and frames_per_chunk {fpc} (offset "
+                                 f"{modules} (offset {at['modules']}) and frames_per_chunk {fpc} (offset "
                                  f"{at['frames_per_chunk']}) must be >= 1")
         if fpc > MAX_FRAMES_PER_CHUNK:
             raise NacFormatError(f"header: frames_per_chunk {fpc} at offset {at['frames_per_chunk']} "
@@ -377,7 +381,7 @@ class NacReader:
             raise NacFormatError(f"model name at offset {at['name']} is not UTF-8: {e}") from e
         num_frames, self.num_chunks = stream_counts(num_samples, fpc)
         meta = build_metadata(model_name=name, model_sha256=model_id.hex(), num_samples=num_samples,
-                              num_stages=stages, frames_per_chunk=fpc, stream_format=fmt,
+                              num_modules=modules, frames_per_chunk=fpc, stream_format=fmt,
                               codebooks=codebooks)
         meta.update(sample_rate=C.SAMPLE_RATE, num_frames=num_frames, num_chunks=self.num_chunks)
         return meta

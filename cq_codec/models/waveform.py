@@ -5,7 +5,7 @@ hop = product of the strides, 64..320; the seed's default 128), a residual vecto
 (`ResidualVectorQuantizer`: quantizer dropout, k-means init, EMA codebooks, dead-code restarts)
 codes each latent frame with up to N codebooks, and a mirrored decoder (sub-pixel upsampling)
 rebuilds the waveform. No LPC. Because the RVQ was trained with quantizer dropout, one file of
-weights serves every codebook count 1..N (bitrate = frames/s x sum of log2 K over the stages used).
+weights serves every codebook count 1..N (bitrate = frames/s x sum of log2 K over the codebooks used).
 
 Every convolution is causal (zeros on the left, no look-ahead), so the codec streams: the
 encoder's latent frame t depends only on samples < (t + 1) * hop, the decoder's samples of frame
@@ -205,13 +205,13 @@ class WaveformCodec(keras.Model):
     """Causal conv encoder -> RVQ -> causal conv decoder on 16 kHz audio.
 
     Args:
-      strides: downsampling per encoder stage (product = hop, MIN_HOP..MAX_HOP). The first stage
+      strides: downsampling per encoder level (product = hop, MIN_HOP..MAX_HOP). The first level
         is a patch front end when `patch` is set (the first stride's samples reshaped into
         channels: no layer runs at the sample rate), else a causal conv at the sample rate.
-      channels: channels per stage, one more than strides ([sample-rate stage, after stride 1, ...]);
+      channels: channels per level, one more than strides ([sample-rate level, after stride 1, ...]);
         an int c means [c, 2c, 4c, ...] capped at 8c.
       latent_dim: D of the latent frames.
-      num_units: residual units per stage (dilations 1, 3, 9, ...).
+      num_units: residual units per level (dilations 1, 3, 9, ...).
       block_type / kernel_size: the residual units (`CausalResidualUnit`).
       quantizer: `ResidualVectorQuantizer` config (num_stages, codebook_sizes, stage_dims, ...).
       entropy_tables: fitted code statistics for the `.nac` coder (set after training).
@@ -231,8 +231,8 @@ class WaveformCodec(keras.Model):
             channels = [min(channels * 2 ** i, channels * 8) for i in range(len(strides) + 1)]
         channels = [int(c) for c in channels]
         if len(channels) != len(strides) + 1 or min(channels) < 1:
-            raise ValueError(f"channels needs {len(strides) + 1} positive entries (one per stage + the "
-                             f"latent stage); got {channels}")
+            raise ValueError(f"channels needs {len(strides) + 1} positive entries (one per level + the "
+                             f"latent level); got {channels}")
         if block_type not in BLOCK_TYPES:
             raise ValueError(f"unknown block_type {block_type!r}; valid: {', '.join(BLOCK_TYPES)}")
         self.strides, self.channels, self.hop = strides, channels, hop
@@ -249,7 +249,7 @@ class WaveformCodec(keras.Model):
 
         enc = []
         first = strides[0]
-        if self.patch:   # stage 0 runs at sample rate / first stride on patches of `first` samples
+        if self.patch:   # level 0 runs at sample rate / first stride on patches of `first` samples
             enc.append(CausalConv1D(channels[1], k, name="enc_in"))
             rest = list(enumerate(strides[1:], start=1))
         else:
@@ -409,8 +409,8 @@ TABLES_FORMAT = "cq_codec.waveform_entropy_tables"
 
 def fit_entropy_tables(model, wavs, max_seconds: float = 600.0) -> dict:
     """Encodes up to max_seconds of 16 kHz signals (float, or int16) with all N codebooks and fits
-    one categorical table per stage; stores them with the measured bits per latent frame of each
-    stage in `model.entropy_tables` (saved inside the .keras file). Returns the tables."""
+    one categorical table per codebook; stores them with the measured bits per latent frame of each
+    codebook in `model.entropy_tables` (saved inside the .keras file). Returns the tables."""
     codes, total = [], 0
     for w in wavs:
         w = np.asarray(w)

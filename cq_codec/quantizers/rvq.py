@@ -1,14 +1,17 @@
 """Residual vector quantizer (Zeghidour et al., SoundStream, 2021).
 
-N EMA vector quantizers in cascade, each coding what the earlier ones left. Quantizer dropout
-(SoundStream): in training, with probability `dropout_prob` a batch uses a random number of
-stages n ~ U{1..N}, so one model serves every bitrate; at inference `num_stages` (or the
-`num_active_stages` attribute) picks how many stages to use.
+N EMA vector quantizers in cascade, each coding what the earlier ones left: N codebooks (the
+RVQ's levels; "stage" is kept only in the names seed 000 gave them: the `num_stages` /
+`stage_dims` arguments and flags, the `stages` sublayers and `num_active_stages`, which saved
+models' configs and weight paths hold). Quantizer dropout (SoundStream): in training, with
+probability `dropout_prob` a batch uses a random number of codebooks n ~ U{1..N}, so one model
+serves every bitrate; at inference `num_stages` (or `num_active_codebooks`) picks how many
+codebooks to use.
 
-Stages may differ (seed 000's `--codebook_sizes 256,256,256 --stage_dims ...`): stage i has its
-own codebook size K_i and may code a d_i-dimensional projection of the residual (a learned
-linear map D -> d_i before its codebook and d_i -> D after it, the factorised codes of DAC,
-Kumar et al. 2023); a stage whose d_i equals D has no projection.
+Codebooks may differ (seed 000's `--codebook_sizes 256,256,256 --stage_dims ...`): codebook i
+has its own size K_i and may code a d_i-dimensional projection of the residual (a learned
+linear map D -> d_i before it and d_i -> D after it, the factorised codes of DAC, Kumar et al.
+2023); a codebook whose d_i equals D has no projection.
 """
 
 import keras
@@ -23,20 +26,20 @@ __all__ = ["ResidualVectorQuantizer"]
 
 @keras.saving.register_keras_serializable(package="cq_codec")
 class ResidualVectorQuantizer(Quantizer):
-    """N-stage residual VQ; S = number of stages used.
+    """Residual VQ of N codebooks; S = number of codebooks used.
 
     Args:
-      num_stages: N (default 8).
-      codebook_size: K of every stage (default 256).
-      codebook_sizes: per-stage K_i (N entries; overrides `codebook_size`; unequal allowed).
-      stage_dims: per-stage code dims d_i (N entries; None = every stage codes the full D).
-      dropout_prob: probability that a training batch uses a random number of stages.
-      num_active_stages: stages used at inference when `call` gets no `num_stages` (default N).
-        A Python attribute: a compiled predict function must be retraced after changing it,
-        so prefer passing `num_stages` to `call`.
-      seed: integer seed (stage i gets seed + i).
-      vq_config: dict of further `VectorQuantizer` arguments for every stage.
-    Input `z [B, T, D]`; codes `[B, T, n]`, n = stages used.
+      num_stages: N, the number of codebooks (default 8).
+      codebook_size: K of every codebook (default 256).
+      codebook_sizes: per-codebook K_i (N entries; overrides `codebook_size`; unequal allowed).
+      stage_dims: per-codebook code dims d_i (N entries; None = every codebook codes the full D).
+      dropout_prob: probability that a training batch uses a random number of codebooks.
+      num_active_stages: codebooks used at inference when `call` gets no `num_stages` (default
+        N; also `num_active_codebooks`). A Python attribute: a compiled predict function must
+        be retraced after changing it, so prefer passing `num_stages` to `call`.
+      seed: integer seed (codebook i gets seed + i).
+      vq_config: dict of further `VectorQuantizer` arguments for every codebook.
+    Input `z [B, T, D]`; codes `[B, T, n]`, n = codebooks used.
     """
 
     def __init__(self, num_stages=8, codebook_size=256, dropout_prob=0.5,
@@ -73,6 +76,20 @@ class ResidualVectorQuantizer(Quantizer):
         self.num_active_stages = num_stages if num_active_stages is None else num_active_stages
 
     @property
+    def num_codebooks(self) -> int:
+        """N, the number of codebooks (the `num_stages` argument)."""
+        return self.num_stages
+
+    @property
+    def num_active_codebooks(self) -> int:
+        """Codebooks used at inference when `call` gets no `num_stages` (`num_active_stages`)."""
+        return self._num_active_stages
+
+    @num_active_codebooks.setter
+    def num_active_codebooks(self, value):
+        self.num_active_stages = value
+
+    @property
     def num_active_stages(self):
         return self._num_active_stages
 
@@ -88,7 +105,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     @property
     def codebook_sizes(self):
-        """Alphabet of every stage (all N; a stream cut to n stages uses the first n)."""
+        """Alphabet of every codebook (all N; a stream cut to n codebooks uses the first n)."""
         return list(self._sizes)
 
     def build(self, input_shape):
@@ -113,8 +130,8 @@ class ResidualVectorQuantizer(Quantizer):
         """z `[B, T, D]` -> QuantizerOutput with codes `[B, T, n]`.
 
         Args:
-          num_stages: stages to use (default `num_active_stages`). In training, quantizer
-            dropout may use fewer; the codes of every one of the n stages are returned.
+          num_stages: codebooks to use (default `num_active_codebooks`). In training, quantizer
+            dropout may use fewer; the codes of every one of the n codebooks are returned.
         """
         training = bool(training)
         z = self._check_input(z, self.dim)
@@ -151,11 +168,11 @@ class ResidualVectorQuantizer(Quantizer):
         return QuantizerOutput(total, codes, bits, aux, metrics)
 
     def decode(self, codes, num_stages=None):
-        """codes `[B, T, S]` -> `[B, T, D]` from the first `num_stages` (default S) stages."""
+        """codes `[B, T, S]` -> `[B, T, D]` from the first `num_stages` (default S) codebooks."""
         codes = self._check_codes(codes)
         if codes.shape[-1] > self.num_stages:
             raise ValueError(f"{self.name}: codes have {codes.shape[-1]} streams but the "
-                             f"quantizer has {self.num_stages} stages")
+                             f"quantizer has {self.num_stages} codebooks")
         n = codes.shape[-1] if num_stages is None else num_stages
         if not isinstance(n, int) or not 1 <= n <= codes.shape[-1]:
             raise ValueError(f"num_stages must be an int in [1, {codes.shape[-1]}] (the "
@@ -174,7 +191,7 @@ class ResidualVectorQuantizer(Quantizer):
                       dropout_prob=self.dropout_prob,
                       num_active_stages=self.num_active_stages, seed=self.seed,
                       vq_config=self.vq_config)
-        # Only when set: an equal-stage model's config (its identity) stays what it was.
+        # Only when set: an equal-codebook model's config reads as it did before the option.
         if self._sizes != [self.codebook_size] * self.num_stages:
             config["codebook_sizes"] = list(self._sizes)
         if self.stage_dims is not None:

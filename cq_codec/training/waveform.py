@@ -265,7 +265,7 @@ def train_codec(cfg: Config, parts: dict | None = None) -> dict:
     log.info("loaded %.1f min of training audio in %.0f s", sum(len(r) for r in train_recs) / 960000, time.time() - t0)
     state = train(cfg, model, train_recs, val_recs)
     tables = fit_entropy_tables(model, train_recs)
-    log.info("entropy tables: bits per frame per stage %s", [round(b, 2) for b in tables["bits_per_frame"]])
+    log.info("entropy tables: bits per frame per codebook %s", [round(b, 2) for b in tables["bits_per_frame"]])
     path = os.path.join(exp, "model.keras")
     model.save(path)
     with open(os.path.join(exp, "train_seconds.txt"), "w", encoding="utf-8") as fh:
