@@ -19,8 +19,22 @@ __all__ = ["PeriodDiscriminator", "ScaleDiscriminator", "WaveDiscriminator", "di
 _PKG = "cq_codec"
 
 
+class _ConvStack(layers.Layer):
+    """What both sub-discriminators share: `convs` each followed by LeakyReLU(0.1), then `post`
+    (no activation); every layer's output is a feature map for feature matching."""
+
+    def _stack(self, h):
+        feats = []
+        for conv in self.convs:
+            h = ops.leaky_relu(conv(h), negative_slope=0.1)
+            feats.append(h)
+        h = self.post(h)
+        feats.append(h)
+        return h, feats
+
+
 @keras.saving.register_keras_serializable(package=_PKG)
-class PeriodDiscriminator(layers.Layer):
+class PeriodDiscriminator(_ConvStack):
     """HiFi-GAN's period-p sub-discriminator: [B, N] -> logits [B, T', 1, 1], features."""
 
     def __init__(self, period: int, channels: int = 32, num_layers: int = 4, **kwargs):
@@ -39,14 +53,7 @@ class PeriodDiscriminator(layers.Layer):
         b, n = ops.shape(x)[0], ops.shape(x)[1]
         pad = (self.period - n % self.period) % self.period
         x = ops.pad(x, ((0, 0), (0, pad)), mode="reflect") if self.period > 1 else x
-        h = ops.reshape(x, (b, -1, self.period, 1))
-        feats = []
-        for conv in self.convs:
-            h = ops.leaky_relu(conv(h), negative_slope=0.1)
-            feats.append(h)
-        h = self.post(h)
-        feats.append(h)
-        return h, feats
+        return self._stack(ops.reshape(x, (b, -1, self.period, 1)))
 
     def get_config(self):
         cfg = super().get_config()
@@ -55,7 +62,7 @@ class PeriodDiscriminator(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
-class ScaleDiscriminator(layers.Layer):
+class ScaleDiscriminator(_ConvStack):
     """HiFi-GAN / MelGAN scale sub-discriminator on audio average-pooled by `pool`:
     [B, N] -> logits [B, T', 1], features."""
 
@@ -78,13 +85,7 @@ class ScaleDiscriminator(layers.Layer):
         h = x[:, :, None]
         if self.pool > 1:
             h = ops.average_pool(h, self.pool * 2, strides=self.pool, padding="same")
-        feats = []
-        for conv in self.convs:
-            h = ops.leaky_relu(conv(h), negative_slope=0.1)
-            feats.append(h)
-        h = self.post(h)
-        feats.append(h)
-        return h, feats
+        return self._stack(h)
 
     def get_config(self):
         cfg = super().get_config()
