@@ -29,6 +29,7 @@ from keras import layers, ops
 
 import constants as C
 from cq_codec.bitstream import entropy
+from cq_codec.nn.blocks import BLOCK_TYPES, CausalConv1D, CausalResidualUnit
 from cq_codec.quantizers.rvq import ResidualVectorQuantizer
 
 __all__ = ["CausalConv1D", "CausalResidualUnit", "CausalSubPixelUpsample", "WaveformCodec",
@@ -37,121 +38,6 @@ __all__ = ["CausalConv1D", "CausalResidualUnit", "CausalSubPixelUpsample", "Wave
 
 _PKG = "cq_codec"
 MIN_HOP, MAX_HOP = 64, 320
-BLOCK_TYPES = ("gln", "bottleneck", "separable")
-
-
-@keras.saving.register_keras_serializable(package=_PKG)
-class CausalConv1D(layers.Layer):
-    """Conv1D with (kernel - 1) * dilation zeros of history on the left: `[B, T, C] -> [B, T / stride, F]`.
-
-    `depthwise=True` makes it a depthwise convolution (filters = input channels)."""
-
-    def __init__(self, filters: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 depthwise: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        if min(filters, kernel_size, stride, dilation) < 1:
-            raise ValueError(f"CausalConv1D: filters, kernel_size, stride and dilation must be >= 1; got "
-                             f"{filters}, {kernel_size}, {stride}, {dilation}")
-        self.filters, self.kernel_size = int(filters), int(kernel_size)
-        self.stride, self.dilation, self.depthwise = int(stride), int(dilation), bool(depthwise)
-        self.pad = (self.kernel_size - 1) * self.dilation
-        # With stride s the window of output t ends on input t * s + s - 1: pad (s - 1) fewer on
-        # the left than a stride-1 causal conv, so output t sees inputs up to the end of its block.
-        self.left = max(self.pad - (self.stride - 1), 0)
-
-    def build(self, input_shape):
-        if self.depthwise:
-            self.conv = layers.DepthwiseConv1D(self.kernel_size, strides=self.stride, padding="valid",
-                                               dilation_rate=self.dilation)
-        else:
-            self.conv = layers.Conv1D(self.filters, self.kernel_size, strides=self.stride, padding="valid",
-                                      dilation_rate=self.dilation)
-        t = None if input_shape[1] is None else input_shape[1] + self.left
-        self.conv.build((input_shape[0], t, input_shape[-1]))
-
-    @property
-    def history(self) -> int:
-        """Input steps before the block of an output that it depends on."""
-        return self.left
-
-    def call(self, x):
-        if self.left:
-            x = ops.pad(x, ((0, 0), (self.left, 0), (0, 0)))
-        return self.conv(x)
-
-    def compute_output_shape(self, input_shape):
-        t = None if input_shape[1] is None else input_shape[1] // self.stride
-        return (input_shape[0], t, input_shape[-1] if self.depthwise else self.filters)
-
-    def get_config(self):
-        cfg = super().get_config()
-        cfg.update(filters=self.filters, kernel_size=self.kernel_size, stride=self.stride,
-                   dilation=self.dilation, depthwise=self.depthwise)
-        return cfg
-
-
-@keras.saving.register_keras_serializable(package=_PKG)
-class CausalResidualUnit(layers.Layer):
-    """The blocks of `cq_codec.nn.blocks` made causal: `[B, T, C] -> [B, T, C]`.
-
-    gln: 1x1 C->B, gated pair (linear * tanh, kernel k, dilation d), 1x1 B->C, LeakyReLU, + input.
-    bottleneck: 1x1 C->B, LeakyReLU, conv k (dilated), LeakyReLU, 1x1 B->C, + input.
-    separable: depthwise conv k (dilated) on C, 1x1 C->B, LeakyReLU, 1x1 B->C, + input.
-    """
-
-    def __init__(self, channels: int, bottleneck: int, kernel_size: int = 7, dilation: int = 1,
-                 block_type: str = "bottleneck", **kwargs):
-        super().__init__(**kwargs)
-        if block_type not in BLOCK_TYPES:
-            raise ValueError(f"unknown block_type {block_type!r}; valid: {', '.join(BLOCK_TYPES)}")
-        self.channels, self.bottleneck = int(channels), int(bottleneck)
-        self.kernel_size, self.dilation, self.block_type = int(kernel_size), int(dilation), block_type
-
-    def build(self, input_shape):
-        c, b, k, d = self.channels, self.bottleneck, self.kernel_size, self.dilation
-        mid = tuple(input_shape[:-1]) + (b,)
-        if self.block_type == "gln":
-            self.reduce = layers.Conv1D(b, 1)
-            self.linear = CausalConv1D(b, k, dilation=d)
-            self.gate = CausalConv1D(b, k, dilation=d)
-            self.linear.build(mid)
-            self.gate.build(mid)
-        elif self.block_type == "bottleneck":
-            self.reduce = layers.Conv1D(b, 1)
-            self.mid = CausalConv1D(b, k, dilation=d)
-            self.mid.build(mid)
-        else:
-            self.depthwise = CausalConv1D(c, k, dilation=d, depthwise=True)
-            self.depthwise.build(input_shape)
-            self.reduce = layers.Conv1D(b, 1)
-        self.reduce.build(input_shape)
-        self.expand = layers.Conv1D(c, 1)
-        self.expand.build(mid)
-
-    @property
-    def history(self) -> int:
-        return (self.kernel_size - 1) * self.dilation
-
-    def call(self, x):
-        if self.block_type == "gln":
-            h = self.reduce(x)
-            h = self.linear(h) * ops.tanh(self.gate(h))
-            return x + ops.leaky_relu(self.expand(h), negative_slope=0.2)
-        if self.block_type == "bottleneck":
-            h = ops.leaky_relu(self.reduce(x), negative_slope=0.2)
-            h = ops.leaky_relu(self.mid(h), negative_slope=0.2)
-            return x + self.expand(h)
-        h = ops.leaky_relu(self.reduce(self.depthwise(x)), negative_slope=0.2)
-        return x + self.expand(h)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        cfg = super().get_config()
-        cfg.update(channels=self.channels, bottleneck=self.bottleneck, kernel_size=self.kernel_size,
-                   dilation=self.dilation, block_type=self.block_type)
-        return cfg
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
