@@ -150,7 +150,7 @@ def _run_waveform(cfg: Config) -> dict:
     if cfg.training_mode == 0:
         if not os.path.exists(model_path):
             raise FileNotFoundError(f"mode 0 evaluates a trained model: no {model_path} (train with mode 1 first)")
-        parts = waveform_training.split_parts(cfg)
+        parts = modes.load_splits(cfg)
         model = keras.saving.load_model(model_path, compile=False)
     else:
         trained = waveform_training.train_codec(cfg)

@@ -316,3 +316,28 @@ def test_cli_encodes_at_several_bitrates_and_decodes(model, tmp_path, capsys):
     capsys.readouterr()
     assert cli(["encode", str(wav), str(tmp_path / "x.nac"), "--model", path, "--bitrate", f"{points[0].kbps / 2:.6f}"]) == 1
     assert "below every operating point" in capsys.readouterr().err and not (tmp_path / "x.nac").exists()
+
+
+# ---------------------------------------------------------------------- the driver (main.py's path)
+def test_waveform_mode_1_trains_and_scores_and_mode_0_rescores(tmp_path):
+    """`main.py --model_type waveform`: cq_codec.experiment trains (training/waveform.py: tables
+    fitted into the model), scores every codebook count from real .nac bytes; mode 0 rescores."""
+    import csv
+    import os
+    from cq_codec import experiment
+    from tests.conftest import write_librispeech
+    write_librispeech(str(tmp_path / "libri"), seconds=1.0)
+    cfg = dict(name="wave", results_dir=str(tmp_path / "results"), corpus="librispeech",
+               data_dir=str(tmp_path / "libri"), model_type="waveform", training_mode=1, wave_strides=(4, 2, 8),
+               wave_channels=4, wave_latent_dim=4, wave_units=1, wave_patch=True, wave_segment=0.25, num_stages=2,
+               codebook_size=8, block_type="bottleneck", epoch_tanh=1, pretrain_step=0, steps_per_epoch=2,
+               validation_steps=1, batch_size=2, eval_clips=1)
+    out = experiment.run(Config(**cfg).validate())
+    exp = out["experiment"]
+    for rel in ("config.json", "model.keras", "metrics.csv", "eval.csv", "eval.md"):
+        assert os.path.exists(os.path.join(exp, rel)), rel
+    with open(os.path.join(exp, "eval.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["codebooks"]) for r in rows] == [1, 2] and out["eval_rows"] == 2
+    assert all(float(r["file_kbps"]) > 0 for r in rows)
+    assert experiment.run(Config(**{**cfg, "training_mode": 0}).validate())["eval_rows"] == 2

@@ -31,7 +31,7 @@ from cq_codec.training import trainer
 from cq_codec.training.atomic import atomic_write, write_text
 from cq_codec.training.callbacks import fault_point
 
-__all__ = ["train", "load_data", "make_strategy", "is_chief", "noise_source", "datasets", "first_batch",
+__all__ = ["load_splits", "train", "load_data", "make_strategy", "is_chief", "noise_source", "datasets", "first_batch",
            "fit_tables", "trained_modules", "weights_fingerprint", "TABLE_MINUTES"]
 
 log = logging.getLogger("cq_codec.modes")
@@ -79,6 +79,18 @@ def is_chief(strategy) -> bool:
 
 def load_data(cfg: Config):
     """Corpus -> splits -> frame cache. Builds the demo corpus when asked for and missing."""
+    parts = load_splits(cfg)
+    if cfg.max_train_minutes > 0:
+        parts["train"] = _cap_minutes(parts["train"], cfg.max_train_minutes, cfg.seed)
+    cache_dir = os.path.join(cfg.cache_dir, _cache_name(cfg))
+    cache = pipeline.prepare_cache(parts, cache_dir, speeds=cfg.speed_perturb)
+    return parts, cache
+
+
+def load_splits(cfg: Config) -> dict:
+    """Corpus -> {"train", "val", "test"} utterances (seeded speaker split), every split non-empty;
+    builds the demo corpus when asked for and missing. ConfigError naming --data_dir otherwise.
+    (The CQ and the waveform trainers both start here.)"""
     if cfg.corpus == "demo" and not os.path.exists(os.path.join(cfg.data_dir, "manifest.json")):
         parent = os.path.dirname(os.path.abspath(cfg.data_dir))
         if not os.path.isdir(cfg.data_dir) and not os.path.isdir(parent):
@@ -100,11 +112,7 @@ def load_data(cfg: Config):
     if empty:
         raise ConfigError(f"--data_dir {cfg.data_dir!r}: {len(utts)} utterance(s) leave the {', '.join(empty)} "
                           f"split(s) empty; the corpus needs more speakers")
-    if cfg.max_train_minutes > 0:
-        parts["train"] = _cap_minutes(parts["train"], cfg.max_train_minutes, cfg.seed)
-    cache_dir = os.path.join(cfg.cache_dir, _cache_name(cfg))
-    cache = pipeline.prepare_cache(parts, cache_dir, speeds=cfg.speed_perturb)
-    return parts, cache
+    return parts
 
 
 def _cache_name(cfg: Config) -> str:

@@ -25,14 +25,13 @@ import tensorflow as tf
 
 import constants as C
 from cq_codec.config import Config
-from cq_codec.data import corpora, splits
 from cq_codec.data.audio import AudioError, load_audio
-from cq_codec.data.demo import build_demo_corpus
 from cq_codec.models.waveform import WaveformCodec, fit_entropy_tables, multi_resolution_stft_loss
 from cq_codec.nn import discriminators as D
 from cq_codec.training.callbacks import load_optimizer, save_optimizer
+from cq_codec.training.modes import load_splits
 
-__all__ = ["train_codec", "build_model", "load_split_audio", "SegmentSampler", "split_parts"]
+__all__ = ["train_codec", "build_model", "load_split_audio", "SegmentSampler"]
 
 log = logging.getLogger("cq_codec.waveform")
 
@@ -243,12 +242,6 @@ def plot_history(csv_path: str, out_path: str) -> None:
     plt.close(fig)
 
 
-def split_parts(cfg: Config) -> dict:
-    if cfg.corpus == "demo" and not os.path.exists(os.path.join(cfg.data_dir, "manifest.json")):
-        build_demo_corpus(cfg.data_dir)
-    return splits.split_utterances(corpora.discover(cfg.data_dir, cfg.corpus), seed=cfg.seed)
-
-
 def train_codec(cfg: Config, parts: dict | None = None) -> dict:
     """Mode 1: builds the model, trains it (resuming from checkpoints/), fits the entropy tables on
     the training audio and saves <experiment>/model.keras. Returns {"model", "parts",
@@ -257,7 +250,7 @@ def train_codec(cfg: Config, parts: dict | None = None) -> dict:
     exp = cfg.experiment_dir
     os.makedirs(exp, exist_ok=True)
     cfg.save(os.path.join(exp, "config.json"))
-    parts = parts or split_parts(cfg)
+    parts = parts or load_splits(cfg)
     model = build_model(cfg)
     t0 = time.time()
     train_recs = load_split_audio(parts["train"], cfg.max_train_minutes, cfg.seed)
