@@ -3,6 +3,8 @@
 
 numpy only. It sits below both `cq_codec.inference` (which makes codes) and
 `cq_codec.bitstream` (which entropy-codes them), so neither needs the other for the types.
+Also what a model's code streams cost at each operating point (`OperatingPoint`,
+`fitting_point`), shared by both APIs.
 """
 
 from __future__ import annotations
