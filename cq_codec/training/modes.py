@@ -22,14 +22,14 @@ import tensorflow as tf
 
 import constants as C
 from cq_codec.config import Config, ConfigError
-from cq_codec.data import corpora, noise, pipeline, splits
+from cq_codec.data import noise, pipeline
 from cq_codec.data.audio import load_audio
-from cq_codec.data.demo import DemoCorpusError, build_demo_corpus
 from cq_codec.evaluation.studies import plot_history
 from cq_codec.inference import fit_entropy_tables
 from cq_codec.training import trainer
 from cq_codec.training.atomic import atomic_write, write_text
 from cq_codec.training.callbacks import fault_point
+from cq_codec.training.corpus import load_splits
 
 __all__ = ["load_splits", "train", "load_data", "make_strategy", "is_chief", "noise_source", "datasets", "first_batch",
            "fit_tables", "trained_modules", "weights_fingerprint", "TABLE_MINUTES"]
@@ -85,34 +85,6 @@ def load_data(cfg: Config):
     cache_dir = os.path.join(cfg.cache_dir, _cache_name(cfg))
     cache = pipeline.prepare_cache(parts, cache_dir, speeds=cfg.speed_perturb)
     return parts, cache
-
-
-def load_splits(cfg: Config) -> dict:
-    """Corpus -> {"train", "val", "test"} utterances (seeded speaker split), every split non-empty;
-    builds the demo corpus when asked for and missing. ConfigError naming --data_dir otherwise.
-    (The CQ and the waveform trainers both start here.)"""
-    if cfg.corpus == "demo" and not os.path.exists(os.path.join(cfg.data_dir, "manifest.json")):
-        parent = os.path.dirname(os.path.abspath(cfg.data_dir))
-        if not os.path.isdir(cfg.data_dir) and not os.path.isdir(parent):
-            raise ConfigError(f"--data_dir {cfg.data_dir!r}: no such folder (the demo corpus is built only into a "
-                              f"folder whose parent exists; for another corpus set --corpus)")
-        try:
-            build_demo_corpus(cfg.data_dir)
-        except (DemoCorpusError, OSError) as exc:
-            raise ConfigError(f"--data_dir {cfg.data_dir!r} (--corpus demo): the demo corpus is not there and "
-                              f"cannot be built: {exc}") from exc
-    try:
-        utts = corpora.discover(cfg.data_dir, cfg.corpus)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        raise ConfigError(f"--data_dir {cfg.data_dir!r} (--corpus {cfg.corpus}): {exc}") from exc
-    if not utts:
-        raise ConfigError(f"--data_dir {cfg.data_dir!r} (--corpus {cfg.corpus}): no audio files found")
-    parts = splits.split_utterances(utts, seed=cfg.seed)
-    empty = [s for s in ("train", "val", "test") if not parts.get(s)]
-    if empty:
-        raise ConfigError(f"--data_dir {cfg.data_dir!r}: {len(utts)} utterance(s) leave the {', '.join(empty)} "
-                          f"split(s) empty; the corpus needs more speakers")
-    return parts
 
 
 def _cache_name(cfg: Config) -> str:

@@ -29,7 +29,7 @@ from cq_codec.data.audio import AudioError, load_audio
 from cq_codec.models.waveform import WaveformCodec, fit_entropy_tables, multi_resolution_stft_loss
 from cq_codec.nn import discriminators as D
 from cq_codec.training.callbacks import load_optimizer, save_optimizer
-from cq_codec.training.modes import load_splits
+from cq_codec.training.corpus import load_splits
 
 __all__ = ["train_codec", "build_model", "load_split_audio", "SegmentSampler"]
 
