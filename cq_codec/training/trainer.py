@@ -79,7 +79,9 @@ def quantizer_config(cfg: Config, i: int) -> dict:
     if name == "rvq":
         size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
         q = {"name": "rvq", "num_stages": cfg.num_stages, "codebook_size": int(size), "seed": cfg.seed + i}
-        if cfg.codebook_sizes:   # per-codebook sizes (seed 000); the RVQ leaves equal ones out of its config
+        # Per-stage sizes and dims (seed 000) only when they differ, so an equal-stage model's
+        # config (its .nac identity) is what it was before the option existed.
+        if cfg.codebook_sizes and len(set(cfg.codebook_sizes)) > 1:
             q["codebook_sizes"] = [int(k) for k in cfg.codebook_sizes]
         if cfg.stage_dims:
             q["stage_dims"] = [int(d) for d in cfg.stage_dims]
@@ -99,7 +101,10 @@ def module_configs(cfg: Config) -> list[dict]:
     return [dict(channels=cfg.channels, bottleneck=cfg.bottleneck, num_resnets=cfg.blocks_per_section,
                  kernel_and_dilation=list(cfg.kernel_and_dilation), stride=cfg.stride(i),
                  block_type=cfg.block_type, code_dim=1, vector_dim=vector_dim,
-                 quantizer=quantizer_config(cfg, i), front_end=cfg.front_end)
+                 quantizer=quantizer_config(cfg, i),
+                 # Only when not the default, so a conv model's config (its identity in .nac
+                 # headers) is what it was before the option existed.
+                 **({"front_end": cfg.front_end} if cfg.front_end != "conv" else {}))
             for i in range(cfg.num_modules)]
 
 
