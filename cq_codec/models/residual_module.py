@@ -181,7 +181,8 @@ class ResidualModule(layers.Layer):
                    block_type=self.block_type, code_dim=self.code_dim, vector_dim=self.vector_dim,
                    quantizer=self.quantizer_config, frame_size=self.frame_size)
         if self.front_end != "conv":
-            # Only when not the default: a model's identity (the .nac header's model hash, over
-            # its config) stays what it was before the option existed, so its files still decode.
+            # Only when not the default: the config hash that .nac files of versions 1-3 carry
+            # (codec_stream.model_sha256) stays what it was before the option existed, so those
+            # files still decode (from version 4 the model id is not over the config).
             cfg["front_end"] = self.front_end
         return cfg

@@ -79,8 +79,9 @@ def quantizer_config(cfg: Config, i: int) -> dict:
     if name == "rvq":
         size = cfg.codebook_sizes[0] if cfg.codebook_sizes else cfg.codebook_size
         q = {"name": "rvq", "num_stages": cfg.num_stages, "codebook_size": int(size), "seed": cfg.seed + i}
-        # Per-stage sizes and dims (seed 000) only when they differ, so an equal-stage model's
-        # config (its .nac identity) is what it was before the option existed.
+        # Per-codebook sizes and dims (seed 000) only when they differ, and front_end below only
+        # when not the default: a model built today has the config (so the config hash .nac files
+        # of versions 1-3 carry, bitstream/identity.py) a model built before the option had.
         if cfg.codebook_sizes and len(set(cfg.codebook_sizes)) > 1:
             q["codebook_sizes"] = [int(k) for k in cfg.codebook_sizes]
         if cfg.stage_dims:
@@ -102,8 +103,7 @@ def module_configs(cfg: Config) -> list[dict]:
                  kernel_and_dilation=list(cfg.kernel_and_dilation), stride=cfg.stride(i),
                  block_type=cfg.block_type, code_dim=1, vector_dim=vector_dim,
                  quantizer=quantizer_config(cfg, i),
-                 # Only when not the default, so a conv model's config (its identity in .nac
-                 # headers) is what it was before the option existed.
+                 # (only when not the default: see quantizer_config)
                  **({"front_end": cfg.front_end} if cfg.front_end != "conv" else {}))
             for i in range(cfg.num_modules)]
 
