@@ -47,7 +47,7 @@ class Postfilter:
       agc: gain smoothing in [0, 1).
     """
 
-    def __init__(self, gamma_num: float = 0.6, gamma_den: float = 0.8, pitch_gain: float = 0.5,
+    def __init__(self, gamma_num: float = 0.7, gamma_den: float = 0.85, pitch_gain: float = 0.25,
                  pitch_threshold: float = 0.5, agc: float = 0.9):
         if not 0.0 <= gamma_num <= gamma_den <= 1.0:
             raise ValueError(f"postfilter needs 0 <= gamma_num <= gamma_den <= 1; got {gamma_num}, {gamma_den}")
