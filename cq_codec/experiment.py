@@ -59,6 +59,17 @@ def load_codec(model_dir_or_path: str, train_utterances=None, seed: int = 0) -> 
     return api.Codec(model, name=os.path.basename(os.path.dirname(os.path.abspath(path))))
 
 
+def _eval_clips(cfg: Config, utterances, audio_dir: str):
+    """The first cfg.eval_clips test utterances: (index, utterance, wav, seconds, file stem), each
+    clean clip written to audio_dir as <stem>_clean.wav."""
+    os.makedirs(audio_dir, exist_ok=True)
+    for k, utt in enumerate(utterances[: cfg.eval_clips]):
+        wav = load_audio(utt.path)
+        base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
+        write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
+        yield k, utt, wav, len(wav) / C.SAMPLE_RATE, base
+
+
 def evaluate(cfg: Config, model, utterances, out_dir: str, source=None, modules: int | None = None) -> list[dict]:
     """Compresses to real .nac bytes and decodes up to `cfg.eval_clips` test utterances at every
     operating point (modules 1..N); writes audio/, eval.csv and eval.md. `kbps` is measured from
@@ -68,13 +79,8 @@ def evaluate(cfg: Config, model, utterances, out_dir: str, source=None, modules:
     1..modules only (default: every module of the model)."""
     codec = api.Codec(model, name=cfg.name)
     audio_dir = os.path.join(out_dir, "audio")
-    os.makedirs(audio_dir, exist_ok=True)
     rows = []
-    for k, utt in enumerate(utterances[: cfg.eval_clips]):
-        wav = load_audio(utt.path)
-        seconds = len(wav) / C.SAMPLE_RATE
-        base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
-        write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
+    for k, utt, wav, seconds, base in _eval_clips(cfg, utterances, audio_dir):
         inputs = [(None, wav, "decoded")]
         if cfg.eval_snr:  # denoising: noisy input, clean reference; modules=0 scores the noisy input
             inputs = []
@@ -107,13 +113,8 @@ def evaluate_waveform(cfg: Config, model, utterances, out_dir: str, name: str | 
     bytes at every codebook count 1..N, decodes and scores them; audio/, eval.csv, eval.md."""
     codec = WaveformCodecAPI(model, name=name or cfg.name)
     audio_dir = os.path.join(out_dir, "audio")
-    os.makedirs(audio_dir, exist_ok=True)
     rows = []
-    for k, utt in enumerate(utterances[: cfg.eval_clips]):
-        wav = load_audio(utt.path)
-        seconds = len(wav) / C.SAMPLE_RATE
-        base = f"{k:02d}_{os.path.splitext(os.path.basename(utt.path))[0]}"
-        write_wav(os.path.join(audio_dir, f"{base}_clean.wav"), wav)
+    for _, _, wav, seconds, base in _eval_clips(cfg, utterances, audio_dir):
         for n in range(1, model.num_codebooks + 1):
             data = codec.compress(wav, C.SAMPLE_RATE, num_codebooks=n)
             decoded, _ = codec.decompress(data)

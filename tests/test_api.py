@@ -34,17 +34,18 @@ def ar_signal(seconds, seed=0, scale=0.1):
     return (scale * x / x.std()).astype(np.float32)
 
 
-def make_model(seed=0, num_modules=2):
-    """A tiny deterministic CQ model with fitted entropy tables (a few seconds to build)."""
+def make_model(seed=0, num_modules=2, table_signals=None, **config):
+    """A tiny deterministic CQ model with fitted entropy tables (a few seconds to build);
+    `config`: further Config fields, `table_signals`: what the tables are fitted on."""
     keras.utils.set_random_seed(seed)
     sig = ar_signal(1.0, seed, 1.0).astype(np.float64)
     lsf = lpc.analyze(sig)
     ts = range(1, len(lsf) - 2)
     sample = {"x": np.array([sig[t * 480 - 16: t * 480 + 512] for t in ts], np.float32),
               "lsf": np.array([lsf[t - 1: t + 2] for t in ts], np.float32)}
-    cfg = Config(num_modules=num_modules, channels=8, bottleneck=4, blocks_per_section=1).validate()
+    cfg = Config(num_modules=num_modules, channels=8, bottleneck=4, blocks_per_section=1, **config).validate()
     model = build_model(cfg, 1.0, sample)
-    inference.fit_entropy_tables(model, [ar_signal(0.5, seed + k) for k in range(4)])
+    inference.fit_entropy_tables(model, table_signals or [ar_signal(0.5, seed + k) for k in range(4)])
     return model
 
 

@@ -2,37 +2,29 @@
 gain codes' trip through the `.nac` payload (bit-exact), streaming equal to whole-file, the bits
 counted in the file, the model's identity unchanged without it, and clear errors."""
 
-import keras
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import constants as C
 import cq_codec
 import lpc
 from cq_codec import inference
 from cq_codec.bitstream import codec_stream as cs
 from cq_codec.bitstream import identity
 from cq_codec.bitstream import entropy
-from cq_codec.codes import CodeChunk, Codes
+from cq_codec.bitstream.container import NacReader
+from cq_codec.codes import Codes
 from cq_codec.config import Config, ConfigError
 from cq_codec.quantizers.gain import GainQuantizer
-from cq_codec.training.trainer import build_model, gain_config
+from cq_codec.training.trainer import gain_config
 from test_api import ar_signal, make_model
 
 
 def gain_model(seed=0, subframes=4, num_modules=2):
-    keras.utils.set_random_seed(seed)
-    sig = ar_signal(1.0, seed, 1.0).astype(np.float64)
-    lsf = lpc.analyze(sig)
-    ts = range(1, len(lsf) - 2)
-    sample = {"x": np.array([sig[t * 480 - 16: t * 480 + 512] for t in ts], np.float32),
-              "lsf": np.array([lsf[t - 1: t + 2] for t in ts], np.float32)}
-    cfg = Config(num_modules=num_modules, channels=8, bottleneck=4, blocks_per_section=1,
-                 gain_subframes=subframes).validate()
-    model = build_model(cfg, 1.0, sample)
-    inference.fit_entropy_tables(model, [_with_level_changes(ar_signal(0.5, seed + k)) for k in range(4)])
-    return model
+    return make_model(seed, num_modules, [_with_level_changes(ar_signal(0.5, seed + k)) for k in range(4)],
+                      gain_subframes=subframes)
 
 
 def _with_level_changes(x):
@@ -133,12 +125,10 @@ def test_gain_codes_trip_through_the_file_bit_exact(codec, model):
     wav = _with_level_changes(ar_signal(1.3, 11))
     codes = codec.encode(wav, 16000)
     data = codec.compress(wav, 16000)
-    meta, blocks = codec.decompress_blocks(__import__("io").BytesIO(data))
+    meta, blocks = codec.decompress_blocks(io.BytesIO(data))
     info = cs.check_metadata(meta, codec.model, codec.sha256)
     assert info["layout"]["gain"] == {"subframes": 4, "alphabet_size": model.gain_quantizer.levels}
     # Decode the payloads back to codes: bit-exact, gains included.
-    from cq_codec.bitstream.container import NacReader
-    import io
     reader = NacReader(io.BytesIO(data))
     models = cs.entropy_models(codec.model)
     got = [cs.decode_chunk(p, min(6, info["num_frames"] - 6 * i), info["num_active"], models, info["layout"])

@@ -67,16 +67,6 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def is_chief(strategy) -> bool:
-    """True except on the non-chief workers of a multi-worker job (the chief is the 'chief' task,
-    or worker 0 when the cluster has none): only the chief writes the experiment folder."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
-
-
 def load_data(cfg: Config):
     """Corpus -> splits -> frame cache. Builds the demo corpus when asked for and missing."""
     parts = load_splits(cfg)
