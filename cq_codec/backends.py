@@ -16,6 +16,16 @@ that oneDNN does not pad its one output channel to 16 (`residual_module.strided_
 codes agree with keras's except where a latent lies within rounding of a bin boundary, so, as
 with tflite, the bytes may differ from keras's and either decodes the other's.
 
+"bf16" (opt-in): the modules' encoder and decoder layers computing in bfloat16 on oneDNN
+(`BF16Backend`; float32 weights cast per call, fp32 accumulation), the quantizer, the residual
+cascade and the sum of the modules' outputs in float32, and each encoder's output convolution
+laid out as "fast" does. About 1.4x keras's encode + decode at 3 modules on a CPU with
+AVX512_BF16 (docs/DESIGN.md "Speed, third pass"; without native bf16 oneDNN emulates it and it
+may be slower than keras). It is lossy against keras: ~0.3-0.9 % of the module codes differ
+(latents round to bfloat16 before the quantizer) and its decoder's output is ~26 dB SNR from
+keras's on the same bytes; bytes of any backend decode with every other, and PESQ-WB on the
+test voices moved by < 0.01 on average. Never the default.
+
 "tflite": the same functions frozen (variables folded into constants: a hand conversion of the
 SavedModel keeps READ_VARIABLE ops whose resources LiteRT never initialises, so it fails with
 `variable != nullptr` or decodes NaN) and converted to `.tflite` flatbuffers, one encoder and one
@@ -40,10 +50,10 @@ import numpy as np
 
 import constants as C
 
-__all__ = ["BACKENDS", "KerasBackend", "TFLiteBackend", "get_backend", "model_key", "default_cache_dir",
+__all__ = ["BACKENDS", "KerasBackend", "TFLiteBackend", "BF16Backend", "get_backend", "model_key", "default_cache_dir",
            "tflite_interpreter_class"]
 
-BACKENDS = ("keras", "tflite", "fast")
+BACKENDS = ("keras", "tflite", "fast", "bf16")
 _FORMAT = 1          # bump when the exported functions change (invalidates disk caches)
 
 
@@ -220,14 +230,109 @@ class TFLiteBackend:
         return np.array(self._runner("decode", n).run(**feed)[0], np.float32)
 
 
+class _CastConv:
+    """A Conv1D's kernel, bias and activation in another dtype (for `strided_output_conv`, which
+    reads the layer's variables directly: outside a layer call Keras does not autocast them)."""
+
+    def __init__(self, conv, dtype):
+        import tensorflow as tf
+        self.kernel = tf.cast(conv.kernel, dtype)
+        self.use_bias = conv.use_bias
+        self.bias = tf.cast(conv.bias, dtype) if conv.use_bias else None
+        self.activation = conv.activation
+
+
+class BF16Backend:
+    """The modules' convolutions in bfloat16 (see the module docstring): a copy of each module
+    whose encoder / decoder layers have the "mixed_bfloat16" policy (the model's own layers are
+    untouched, so a keras backend on the same model is unchanged); one `tf.function` per
+    direction and number of modules, like keras's."""
+
+    name = "bf16"
+
+    def __init__(self, model):
+        from cq_codec.models.residual_module import ResidualModule
+        self.model = model
+        self.modules = []
+        for m in model.codec_modules:
+            if hasattr(m.quantizer, "num_active_codebooks"):
+                raise ValueError("the bf16 backend does not serve RVQ modules; use backend='keras'")
+            c = ResidualModule.from_config(m.get_config())
+            c.build((None, m.frame_size, 1))
+            c.set_weights(m.get_weights())
+            for layer in c.encoder_layers + c.decoder_layers:   # after build: the blocks' sublayers exist
+                for sub in layer._flatten_layers(include_self=True):
+                    sub.dtype_policy = "mixed_bfloat16"
+            self.modules.append(c)
+        self._fns = {}
+
+    @staticmethod
+    def _latent(m, x):
+        """`m.encode_latent(x, strided_out=True)` with x in bfloat16."""
+        import tensorflow as tf
+        from cq_codec.models.residual_module import _strided_ok, strided_output_conv
+        h = x if m.front_end == "conv" else tf.reshape(x, (-1, m.frame_size // m.stride, m.stride))
+        last = m.encoder_layers[-1]
+        fast = _strided_ok(last, m.frame_size // m.stride)
+        for layer in m.encoder_layers[:-1] if fast else m.encoder_layers:
+            h = layer(h)
+        if fast:
+            h = strided_output_conv(_CastConv(last, h.dtype), h)
+        return tf.reshape(h, (-1, m.num_positions, m.vector_dim))
+
+    def _encode_fn(self, n: int):
+        import tensorflow as tf
+        if ("encode", n) not in self._fns:
+            bf, f32 = tf.bfloat16, tf.float32
+
+            def fn(frames):   # CQCodec._encode_frames with the casts
+                r = frames * self.model.residual_scale
+                codes = []
+                for i, m in enumerate(self.modules[:n]):
+                    z = tf.cast(self._latent(m, tf.cast(r[..., None], bf)), f32)
+                    q = m.quantizer(z, training=False)
+                    codes.append(q.codes)
+                    if i == n - 1:   # the last module's decoder is not needed to encode
+                        break
+                    y = m.decode_latent(tf.cast(m.bypass * z + (1.0 - m.bypass) * q.quantized, bf))
+                    r = r - tf.cast(y, f32)[..., 0]
+                return codes
+            self._fns["encode", n] = tf.function(fn, input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32)])
+        return self._fns["encode", n]
+
+    def _decode_fn(self, n: int):
+        import tensorflow as tf
+        if ("decode", n) not in self._fns:
+            def fn(*codes):   # CQCodec._decode_frames with the casts
+                total = 0.0
+                for m, c in zip(self.modules, codes):
+                    total += tf.cast(m.decode_latent(tf.cast(m.quantizer.decode(c), tf.bfloat16)), tf.float32)[..., 0]
+                return total / self.model.residual_scale
+            specs = [tf.TensorSpec([None, p, s], tf.int32) for p, s in _layout(self.model, n)]
+            self._fns["decode", n] = tf.function(fn, input_signature=specs)
+        return self._fns["decode", n]
+
+    def encode_frames(self, frames: np.ndarray, num_active: int) -> list[np.ndarray]:
+        codes = self._encode_fn(int(num_active))(np.asarray(frames, np.float32))
+        return [np.asarray(c, np.int32) for c in codes]
+
+    def decode_frames(self, codes) -> np.ndarray:
+        n = len(codes)
+        if not 1 <= n <= len(self.modules):
+            raise ValueError(f"decode_frames: expected codes of 1..{len(self.modules)} modules; got {n}")
+        return np.asarray(self._decode_fn(n)(*[np.asarray(c, np.int32) for c in codes]))
+
+
 def get_backend(model, backend="keras", **kwargs):
-    """"keras" / "tflite" / None (keras) / a backend object (returned as it is)."""
+    """"keras" / "tflite" / "fast" / "bf16" / None (keras) / a backend object (returned as it is)."""
     if backend is None or backend == "keras":
         return KerasBackend(model)
     if backend == "tflite":
         return TFLiteBackend(model, **kwargs)
     if backend == "fast":
         return KerasBackend(model, strided_out=True)
+    if backend == "bf16":
+        return BF16Backend(model)
     if hasattr(backend, "encode_frames") and hasattr(backend, "decode_frames"):
         return backend
     raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
