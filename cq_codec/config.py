@@ -82,7 +82,8 @@ class Config:
         "fine-tune only")
     name: str = _f("default", "experiment name: results go to <results_dir>/<name><suffix>")
     results_dir: str = _f("results", "folder of experiment folders")
-    base_model_id: str = _f("", "experiment folder name (under results_dir) whose checkpoint modes 2 and 5 restore")
+    base_model_id: str = _f("", "experiment folder name (under results_dir) whose checkpoint modes 2 and 5 restore, "
+                               "or a .keras model file (e.g. cq_codec/pretrained/default.keras) whose weights they start from")
     suffix: str = _f("", "appended to the experiment folder name")
     seed: int = _f(1234, "random seed (training is deterministic on CPU for a seed)")
     # Data.
@@ -177,6 +178,13 @@ class Config:
         "the stream and the cascade codes the residual divided by it")
     gain_floor_db: float = _f(-40.0,
         "lowest coded gain, dB relative to the training residual's RMS (quieter sub-frames take it)")
+    # Open-loop pitch prediction (lpc/ltp.py) trained with: the cascade learns to code the pitch
+    # residual it codes at inference (cq_codec/data/pitch.py), and the model carries the predictor.
+    pitch_prediction: bool = _f(False,
+        "long-term (pitch) prediction in the model and in training: the cascade codes the open-loop pitch "
+        "residual, lag and gain per 120-sample sub-frame coded in the stream")
+    ltp_threshold: float = _f(0.4, "pitch prediction: normalised correlation below which a sub-frame is not predicted")
+    ltp_hold: float = _f(0.8, "pitch prediction: keep the previous lag while it scores this fraction of the best")
     # Schedule.
     learning_rate_tanh: tuple = _f((1e-4,), "learning rate of the first module", float)
     learning_rate_followers: tuple = _f((1e-4,), "learning rates of the followers (last reused)", float)
@@ -319,6 +327,10 @@ class Config:
         need(self.gain_subframes in (0, 1, 2, 4, 8, 16), "gain_subframes",
              f"must be 0 (off) or 1, 2, 4, 8 or 16 sub-frames per frame; got {self.gain_subframes}")
         need(-120.0 <= self.gain_floor_db <= 0.0, "gain_floor_db", f"must be in [-120, 0] dB; got {self.gain_floor_db}")
+        need(0.0 <= self.ltp_threshold < 1.0, "ltp_threshold", f"must be in [0, 1); got {self.ltp_threshold}")
+        need(0.0 <= self.ltp_hold <= 1.0, "ltp_hold", f"must be in [0, 1]; got {self.ltp_hold}")
+        need(not (self.pitch_prediction and self.train_snr), "pitch_prediction",
+             "is not supported with denoising (--train_snr) examples")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
              f"expected 3 non-negative weights 'time,mel,sparsity' (on the command line also the original's 4: "

@@ -4,7 +4,9 @@ Each batch is a dict: ``x`` float32 [B, 528] (normalised, pre-emphasised signal:
 history, then the frame's 512 samples, unwindowed) and ``lsf`` float32 [B, 3, 16] (LSFs of hops
 t-1, t, t+1); with `noise_fn` also ``x_noisy`` [B, 528] (noisy input, ``x`` stays the clean
 target); with `noisy_examples` (e.g. `cq_codec.data.noise.FrameNoiser`) ``x_noisy`` [B, 528] and
-``lsf_noisy`` [B, 3, 16] (LSFs of the noisy signal). Batches are gathered from the memory-mapped cache in numpy, so audio is decoded only
+``lsf_noisy`` [B, 3, 16] (LSFs of the noisy signal); with `pitch` (`cq_codec.data.pitch`)
+``ltp`` [B, 512] (the frame's open-loop pitch prediction, unwindowed, normalised like ``x``).
+Batches are gathered from the memory-mapped cache in numpy, so audio is decoded only
 when the cache is built.
 """
 
@@ -19,7 +21,7 @@ import tensorflow as tf
 import constants as C
 from cq_codec.data.cache import FrameCache, build_cache, load_cache
 from cq_codec.data.corpora import Utterance
-from cq_codec.data.preprocess import EXAMPLE_SIZE
+from cq_codec.data.preprocess import EXAMPLE_SIZE, HISTORY
 
 __all__ = ["SILENCE_RMS", "NoiseFn", "NoisyExamplesFn", "select_frames", "iterate_batches", "make_dataset",
            "prepare_cache"]
@@ -51,9 +53,10 @@ def select_frames(rms: np.ndarray, keep_silence: float, seed: int) -> np.ndarray
 def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: bool = True,
                     seed: int = 0, repeat: bool = False, keep_silence: float = 0.1,
                     noise_fn: NoiseFn | None = None, drop_remainder: bool = False,
-                    noisy_examples: NoisyExamplesFn | None = None):
+                    noisy_examples: NoisyExamplesFn | None = None, pitch: np.ndarray | None = None):
     """Generator of numpy batch dicts (see module docstring); epoch e shuffles with seed
-    (seed, e), so the sequence depends only on `seed`."""
+    (seed, e), so the sequence depends only on `seed`. `pitch`: the split's pitch prediction
+    (`cq_codec.data.pitch.pitch_prediction`), laid out like its signal."""
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if noise_fn is not None and not callable(noise_fn):
@@ -63,6 +66,9 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
     if noise_fn is not None and noisy_examples is not None:
         raise ValueError("give noise_fn or noisy_examples, not both (both would set 'x_noisy')")
     arrays = cache.arrays(split)
+    if pitch is not None and np.shape(pitch) != np.shape(arrays["signal"]):
+        raise ValueError(f"pitch must be laid out like split {split!r}'s signal {np.shape(arrays['signal'])}; "
+                         f"got shape {np.shape(pitch)}")
     frames = select_frames(arrays["rms"], keep_silence, seed)
     if len(frames) == 0 or (drop_remainder and len(frames) < batch_size):
         raise ValueError(f"split {split!r} of cache {cache.directory} has {len(frames)} usable "
@@ -70,6 +76,7 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
     signal, starts = arrays["signal"], arrays["starts"]
     lsf, lsf_index = arrays["lsf"], arrays["lsf_index"]
     offsets = np.arange(EXAMPLE_SIZE)
+    frame_offsets = HISTORY + np.arange(C.FRAME_SIZE)   # the frame's samples within its example
     scale = np.float32(1.0 / cache.std)
     noise_rng = np.random.default_rng([seed, 2])
     epoch = 0
@@ -81,6 +88,8 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
             sel = order[b:b + batch_size]
             x = np.asarray(signal[starts[sel][:, None] + offsets]) * scale
             batch = {"x": x, "lsf": np.asarray(lsf[lsf_index[sel]])}
+            if pitch is not None:
+                batch["ltp"] = np.asarray(pitch[starts[sel][:, None] + frame_offsets]) * scale
             if noise_fn is not None:
                 noisy = np.asarray(noise_fn(x.copy(), noise_rng), dtype=np.float32)
                 if noisy.shape != x.shape:
@@ -104,7 +113,8 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
                  shuffle: bool = True, seed: int = 0, repeat: bool = False,
                  keep_silence: float = 0.1, noise_fn: NoiseFn | None = None,
                  drop_remainder: bool = False,
-                 noisy_examples: NoisyExamplesFn | None = None) -> tf.data.Dataset:
+                 noisy_examples: NoisyExamplesFn | None = None,
+                 pitch: np.ndarray | None = None) -> tf.data.Dataset:
     """Batched, shuffled, prefetched tf.data.Dataset of training examples from the cache.
 
     Args:
@@ -119,6 +129,8 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
       drop_remainder: drop the last partial batch of each epoch (static batch dimension).
       noisy_examples: optional callable (split arrays, frame indices [B], rng) ->
         {'x_noisy': [B, 528], 'lsf_noisy': [B, 3, 16]} (see cq_codec.data.noise.FrameNoiser).
+      pitch: optional pitch prediction of the split (cq_codec.data.pitch.pitch_prediction);
+        adds 'ltp' [B, 512].
     Returns:
       Dataset of {'x': [B, 528], 'lsf': [B, 3, 16]} (+ 'x_noisy' [B, 528], + 'lsf_noisy'
       [B, 3, 16]) float32.
@@ -127,7 +139,7 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
         cache = load_cache(os.fspath(cache))
     args = dict(cache=cache, split=split, batch_size=batch_size, shuffle=shuffle, seed=seed,
                 repeat=repeat, keep_silence=keep_silence, noise_fn=noise_fn,
-                drop_remainder=drop_remainder, noisy_examples=noisy_examples)
+                drop_remainder=drop_remainder, noisy_examples=noisy_examples, pitch=pitch)
     first = iterate_batches(**args)  # validates the arguments now, not at the first batch
     next(first)
     first.close()
@@ -138,6 +150,8 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
         signature["x_noisy"] = tf.TensorSpec([b, EXAMPLE_SIZE], tf.float32)
     if noisy_examples is not None:
         signature["lsf_noisy"] = tf.TensorSpec([b, 3, C.LPC_ORDER], tf.float32)
+    if pitch is not None:
+        signature["ltp"] = tf.TensorSpec([b, C.FRAME_SIZE], tf.float32)
     ds = tf.data.Dataset.from_generator(lambda: iterate_batches(**args),
                                         output_signature=signature)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -59,8 +59,9 @@ class CQCodec(keras.Model):
         residual divided by its coded per-sub-frame gain (gain-shape; cq_codec/quantizers/gain.py).
       ltp: None, or `lpc.ltp.LongTermPredictor` kwargs: at inference the cascade codes the
         open-loop pitch residual and the decoder runs the pitch synthesis filter (lag and gain
-        per sub-frame coded in the stream). Training does not model it (yet): a model gets it
-        after training (`scripts/add_ltp.py`), its entropy tables refitted.
+        per sub-frame coded in the stream). Either added after training (`with_ltp`,
+        `scripts/add_ltp.py`, its entropy tables refitted) or trained with (`--ltp_threshold`:
+        the examples carry the frame's open-loop prediction as "ltp", `cq_codec.data.pitch`).
     """
 
     def __init__(self, module_configs, is_cq=True, lsf_grid=None, residual_scale=1.0, signal_std=1.0,
@@ -128,6 +129,14 @@ class CQCodec(keras.Model):
         a = tf_ops.per_sample_filters_tf(lsf_q)                      # [B, 512, 17]
         e = tf_ops.residual_tf(x, a) * self.window                    # [B, 512] target residual
         e_in = e if x_in is x else tf_ops.residual_tf(x_in, a) * self.window
+        if "ltp" in inputs:
+            # Pitch prediction in training (cq_codec.data.pitch): the cascade codes the open-loop
+            # pitch residual, as the encoder hands it at inference, and the prediction is added
+            # back, so the error (and the loss) is the cascade's error as before.
+            if x_in is not x:
+                raise ValueError("pitch prediction in training does not support denoising examples")
+            e = e - inputs["ltp"] * self.window
+            e_in = e
         r = e_in * self.residual_scale
         # Gain-shape: the cascade codes the residual over its quantized sub-frame gains (from the
         # encoder's input), and its output is scaled back by them.

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 import constants as C
 from cq_codec.config import Config, ConfigError
-from cq_codec.data import noise, pipeline
+from cq_codec.data import noise, pipeline, pitch
 from cq_codec.data.audio import load_audio
 from cq_codec.evaluation.studies import plot_history
 from cq_codec.inference import fit_entropy_tables
@@ -30,6 +30,7 @@ from cq_codec.training import trainer
 from cq_codec.training.atomic import atomic_write, write_text
 from cq_codec.training.callbacks import fault_point
 from cq_codec.training.corpus import load_splits
+from lpc.ltp import LongTermPredictor
 
 __all__ = ["load_splits", "train", "load_data", "make_strategy", "is_chief", "noise_source", "datasets", "first_batch",
            "fit_tables", "trained_modules", "weights_fingerprint", "TABLE_MINUTES"]
@@ -112,8 +113,10 @@ def datasets(cfg: Config, cache, train_utts=(), noisy_examples=None):
     if noisy_examples is None and cfg.train_snr:
         noisy_examples = noise.FrameNoiser(cache.std, tuple(cfg.train_snr), source=noise_source(cfg, train_utts))
     kw = dict(shuffle=True, repeat=True, drop_remainder=True, noisy_examples=noisy_examples)
-    train_ds = pipeline.make_dataset(cache, "train", cfg.batch_size, seed=cfg.seed, **kw)
-    val_ds = pipeline.make_dataset(cache, "val", cfg.batch_size, seed=cfg.seed + 1, **kw)
+    ltp = trainer.ltp_config(cfg)
+    pred = {} if ltp is None else {s: pitch.pitch_prediction(cache, s, LongTermPredictor(**ltp)) for s in ("train", "val")}
+    train_ds = pipeline.make_dataset(cache, "train", cfg.batch_size, seed=cfg.seed, pitch=pred.get("train"), **kw)
+    val_ds = pipeline.make_dataset(cache, "val", cfg.batch_size, seed=cfg.seed + 1, pitch=pred.get("val"), **kw)
     steps = cfg.steps_per_epoch or max(1, cache.num_frames("train") // cfg.batch_size)
     return train_ds, val_ds, steps
 
@@ -191,7 +194,10 @@ def train(cfg: Config, noisy_examples=None, strategy=None, out: str | None = Non
     with strategy.scope():
         model = trainer.build_model(cfg, signal_std=cache.std, sample=first_batch(cache))
     train_ds, val_ds, steps = datasets(cfg, cache, parts["train"], noisy_examples)
-    base = os.path.join(cfg.results_dir, cfg.base_model_id) if cfg.training_mode in (2, 5) else None
+    base = None
+    if cfg.training_mode in (2, 5):
+        base = (cfg.base_model_id if cfg.base_model_id.endswith(".keras")
+                else os.path.join(cfg.results_dir, cfg.base_model_id))
     t0 = time.perf_counter()
     with strategy.scope():
         state = trainer.train(cfg, model, train_ds, val_ds, steps, base_dir=base, out_dir=out)

@@ -24,6 +24,7 @@ import tensorflow as tf
 import constants as C
 import lpc
 from lpc import tf_ops
+from lpc.ltp import LongTermPredictor
 from cq_codec.config import Config, ConfigError
 from cq_codec.losses import bits_per_symbol_target
 from cq_codec.models.cq import CQCodec, default_lsf_grid
@@ -118,6 +119,13 @@ def gain_config(cfg: Config) -> dict | None:
             "levels": int(np.ceil((20.0 - cfg.gain_floor_db) / step)) + 1}
 
 
+def ltp_config(cfg: Config) -> dict | None:
+    """The model's pitch predictor (`lpc.ltp.LongTermPredictor` kwargs), or None when off."""
+    if not cfg.pitch_prediction:
+        return None
+    return LongTermPredictor(threshold=cfg.ltp_threshold, hold=cfg.ltp_hold).get_config()
+
+
 def data_statistics(sample: dict) -> tuple[np.ndarray, float]:
     """From a batch of training examples: the LSF codebook init and the residual scale."""
     lsf = np.asarray(sample["lsf"], np.float32)
@@ -132,7 +140,7 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     model = CQCodec(module_configs(cfg), is_cq=cfg.is_cq, lsf_grid=default_lsf_grid(cfg.lsf_bins, lsf_samples),
                     residual_scale=scale * cfg.res_scalar, signal_std=signal_std,
                     loss_weights=cfg.coeff_term, name="cq_codec",
-                    gain=gain_config(cfg))
+                    gain=gain_config(cfg), ltp=ltp_config(cfg))
     model.weighting_gamma = cfg.weighting_gamma
     model.spectral_loss = cfg.spectral_loss
     model.spectral_weight = cfg.spectral_weight
@@ -249,7 +257,8 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
         log.info("resuming from %s (finished: %s)", own, state["done"])
         write_metrics(os.path.join(out, "metrics.csv"), state.get("history", []))
     elif base_dir:
-        base = latest_weights(base_dir)
+        # A .keras file (a shipped model) gives its weights; an experiment folder its latest checkpoint.
+        base = base_dir if base_dir.endswith(".keras") and os.path.isfile(base_dir) else latest_weights(base_dir)
         if not base:
             raise ConfigError(f"--base_model_id: no checkpoint in {base_dir}/checkpoints (train that experiment first)")
         model.load_weights(base)
