@@ -185,6 +185,8 @@ class Config:
         "residual, lag and gain per 120-sample sub-frame coded in the stream")
     ltp_threshold: float = _f(0.4, "pitch prediction: normalised correlation below which a sub-frame is not predicted")
     ltp_hold: float = _f(0.8, "pitch prediction: keep the previous lag while it scores this fraction of the best")
+    ltp_shaped_loss: bool = _f(False,
+        "pitch prediction: the loss sees the cascade's error through the decoder's pitch synthesis filter")
     # Schedule.
     learning_rate_tanh: tuple = _f((1e-4,), "learning rate of the first module", float)
     learning_rate_followers: tuple = _f((1e-4,), "learning rates of the followers (last reused)", float)
@@ -329,6 +331,7 @@ class Config:
         need(-120.0 <= self.gain_floor_db <= 0.0, "gain_floor_db", f"must be in [-120, 0] dB; got {self.gain_floor_db}")
         need(0.0 <= self.ltp_threshold < 1.0, "ltp_threshold", f"must be in [0, 1); got {self.ltp_threshold}")
         need(0.0 <= self.ltp_hold <= 1.0, "ltp_hold", f"must be in [0, 1]; got {self.ltp_hold}")
+        need(self.pitch_prediction or not self.ltp_shaped_loss, "ltp_shaped_loss", "needs --pitch_prediction")
         need(not (self.pitch_prediction and self.train_snr), "pitch_prediction",
              "is not supported with denoising (--train_snr) examples")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")

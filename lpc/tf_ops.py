@@ -12,7 +12,7 @@ import constants as C
 from lpc.lsf import lsf_ceiling
 
 __all__ = ["repair_lsf_tf", "lsf_to_lpc_tf", "subframe_lsf_tf", "per_sample_filters_tf", "residual_tf",
-           "synthesis_error_tf"]
+           "synthesis_error_tf", "pitch_synthesis_tf"]
 
 _P = C.LPC_ORDER
 
@@ -171,3 +171,29 @@ def synthesis_error_tf(err, a):
     n_fft = int(2 ** int(np.ceil(np.log2(max(2 * n, _P + 1)))))
     spec = tf.signal.rfft(err, [n_fft]) / tf.signal.rfft(a, [n_fft])
     return tf.signal.irfft(spec, [n_fft])[:, :n]
+
+
+def pitch_synthesis_tf(err, lag, gain, iterations: int = 8):
+    """The error through the pitch synthesis filter y[n] = err[n] + b y[n - T] (zero history),
+    with lag T and gain b per sample (T = 0: not predicted), as the decoder's
+    `lpc.ltp.LongTermPredictor.synthesis_filter` shapes the cascade's noise.
+
+    Fixed-point iterations y <- err + b y[n - T]: the k-th one is exact for every sample whose
+    chain n, n - T, ... reaches the frame start within k steps (all of a 512-sample frame for
+    lags >= 512 / k); beyond, the truncated terms carry b^(k+1) <= 0.34 at k = 8, b <= 0.875.
+
+    Args:
+      err: [B, N] residual-domain error; lag: int [B, N]; gain: [B, N].
+    Returns:
+      [B, N] float32.
+    """
+    err = _as_tensor(err, "err", rank=2)
+    lag = tf.cast(lag, tf.int32)
+    gain = tf.cast(gain, err.dtype)
+    src = tf.range(tf.shape(err)[1])[None, :] - lag
+    gain = tf.where((lag > 0) & (src >= 0), gain, 0.0)
+    src = tf.maximum(src, 0)
+    y = err
+    for _ in range(int(iterations)):
+        y = err + gain * tf.gather(y, src, batch_dims=1)
+    return y

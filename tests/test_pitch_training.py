@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import constants as C
 import lpc
+from lpc import tf_ops
 from cq_codec import experiment
 from cq_codec.config import Config, ConfigError
 from cq_codec.data import audio, cache as cache_lib, corpora, pipeline, pitch, preprocess, splits
@@ -39,18 +40,28 @@ def test_batches_carry_each_frames_prediction_as_the_encoder_computes_it(built):
     predictor = LongTermPredictor(threshold=0.3)
     pred = pitch.pitch_prediction(cache, "val", predictor)
     ds = pipeline.make_dataset(cache, "val", batch_size=4, shuffle=False, keep_silence=1.0, pitch=pred)
-    got = np.concatenate([b["ltp"] for b in ds.as_numpy_iterator()])
-    want = []
+    batches = list(ds.as_numpy_iterator())
+    got = np.concatenate([b["ltp"] for b in batches])
+    lag = np.concatenate([b["ltp_lag"] for b in batches])
+    gain = np.concatenate([b["ltp_gain"] for b in batches])
+    want, want_lag, want_gain = [], [], []
     for u in parts["val"]:
         y = preprocess.preprocess_audio(audio.load_audio(u.path))
         lsf = preprocess.analyze_utterance(y)
         t = len(lsf)
         yy = np.zeros(t * C.HOP_SIZE + C.OVERLAP)
         yy[: len(y)] = y
-        p = np.zeros_like(yy)
-        p[: t * C.HOP_SIZE] = pitch.utterance_prediction(yy[: t * C.HOP_SIZE].astype(np.float32), lsf, predictor)
-        want.append(np.stack([p[i * C.HOP_SIZE: i * C.HOP_SIZE + C.FRAME_SIZE] for i in range(t)]) / cache.std)
+        p, lg, gn = (np.zeros_like(yy) for _ in range(3))
+        p[: t * C.HOP_SIZE], lg[: t * C.HOP_SIZE], gn[: t * C.HOP_SIZE] = pitch.utterance_pitch(
+            yy[: t * C.HOP_SIZE].astype(np.float32), lsf, predictor)
+        frames = lambda v: np.stack([v[i * C.HOP_SIZE: i * C.HOP_SIZE + C.FRAME_SIZE] for i in range(t)])
+        want.append(frames(p) / cache.std)
+        want_lag.append(frames(lg))
+        want_gain.append(frames(gn))
     want = np.concatenate(want)
+    np.testing.assert_array_equal(lag, np.concatenate(want_lag))
+    np.testing.assert_array_equal(gain, np.concatenate(want_gain))
+    assert set(np.unique(lag)) <= {0} | set(range(32, 321)) and np.all((lag > 0) == (gain > 0))
     assert got.shape == want.shape == (cache.num_frames("val"), C.FRAME_SIZE)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     # The generated speech is voiced: the predictor takes something out of most frames.
@@ -89,7 +100,25 @@ def test_prediction_file_is_reused_and_keyed_by_the_settings(built):
 def test_dataset_rejects_a_prediction_of_another_layout(built):
     _, cache = built
     with pytest.raises(ValueError, match="laid out like"):
-        pipeline.make_dataset(cache, "val", batch_size=2, pitch=np.zeros(7, np.float32))
+        pipeline.make_dataset(cache, "val", batch_size=2, pitch=pitch.PitchTrack(*(np.zeros(7, np.float32),) * 3))
+
+
+def test_pitch_synthesis_tf_equals_the_decoders_filter():
+    """The loss's pitch synthesis is the decoder's (zero history) to float32 precision for lags of
+    64 and more, where its 8 iterations are exact."""
+    rng = np.random.default_rng(3)
+    predictor = LongTermPredictor()
+    err = rng.standard_normal((3, 480))
+    codes = np.stack([rng.integers(64 - 32, 320 - 32, (3, 4)), rng.integers(0, 8, (3, 4))], axis=-1)
+    want = np.stack([predictor.synthesis_filter(predictor.initial_history(), err[i], codes[i]) for i in range(3)])
+    gain = np.repeat(codes[..., 1] * predictor.gain_step, 120, axis=1)
+    lag = np.where(gain > 0, np.repeat(codes[..., 0] + 32, 120, axis=1), 0)
+    got = tf_ops.pitch_synthesis_tf(tf.constant(err, tf.float32), lag, gain).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(got, err)
+    # Not predicted anywhere: the error passes unchanged.
+    same = tf_ops.pitch_synthesis_tf(tf.constant(err, tf.float32), np.zeros((3, 480), int), np.zeros((3, 480))).numpy()
+    np.testing.assert_array_equal(same, err.astype(np.float32))
 
 
 def _tiny_model():
@@ -116,6 +145,13 @@ def test_forward_codes_the_pitch_residual_and_adds_the_prediction_back():
     # The cascade saw a different residual, so its output (and the error) changed.
     assert not np.allclose(fwd["x_hat"].numpy(), plain["x_hat"].numpy())
     assert model.ltp is not None and model.ltp.threshold == cfg.ltp_threshold and model.ltp.hold == cfg.ltp_hold
+    # With the shaped loss, the error the loss sees is the cascade's through the pitch synthesis filter.
+    shaped_in = {**batch, "ltp": p, "ltp_lag": tf.fill((3, 512), 100), "ltp_gain": tf.fill((3, 512), 0.5)}
+    unshaped = model.forward(shaped_in, training=False)
+    model.ltp_shaped_loss = True
+    shaped = model.forward(shaped_in, training=False)
+    model.ltp_shaped_loss = False
+    assert float(tf.reduce_sum(shaped["err_sig"] ** 2)) > 1.2 * float(tf.reduce_sum(unshaped["err_sig"] ** 2))
 
 
 def test_flags_are_checked():
@@ -123,6 +159,8 @@ def test_flags_are_checked():
         Config(pitch_prediction=True, ltp_threshold=1.0).validate()
     with pytest.raises(ConfigError, match="ltp_hold"):
         Config(pitch_prediction=True, ltp_hold=-0.1).validate()
+    with pytest.raises(ConfigError, match="ltp_shaped_loss"):
+        Config(ltp_shaped_loss=True).validate()
     with pytest.raises(ConfigError, match="denoising"):
         Config(pitch_prediction=True, train_snr=(0.0, 10.0)).validate()
     assert trainer.ltp_config(Config().validate()) is None

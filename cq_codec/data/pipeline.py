@@ -4,8 +4,10 @@ Each batch is a dict: ``x`` float32 [B, 528] (normalised, pre-emphasised signal:
 history, then the frame's 512 samples, unwindowed) and ``lsf`` float32 [B, 3, 16] (LSFs of hops
 t-1, t, t+1); with `noise_fn` also ``x_noisy`` [B, 528] (noisy input, ``x`` stays the clean
 target); with `noisy_examples` (e.g. `cq_codec.data.noise.FrameNoiser`) ``x_noisy`` [B, 528] and
-``lsf_noisy`` [B, 3, 16] (LSFs of the noisy signal); with `pitch` (`cq_codec.data.pitch`)
-``ltp`` [B, 512] (the frame's open-loop pitch prediction, unwindowed, normalised like ``x``).
+``lsf_noisy`` [B, 3, 16] (LSFs of the noisy signal); with `pitch` (a `cq_codec.data.pitch.PitchTrack`)
+``ltp`` [B, 512] (the frame's open-loop pitch prediction, unwindowed, normalised like ``x``),
+``ltp_lag`` int32 and ``ltp_gain`` float32 [B, 512] (each sample's sub-frame lag, 0 where not
+predicted, and gain).
 Batches are gathered from the memory-mapped cache in numpy, so audio is decoded only
 when the cache is built.
 """
@@ -53,9 +55,9 @@ def select_frames(rms: np.ndarray, keep_silence: float, seed: int) -> np.ndarray
 def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: bool = True,
                     seed: int = 0, repeat: bool = False, keep_silence: float = 0.1,
                     noise_fn: NoiseFn | None = None, drop_remainder: bool = False,
-                    noisy_examples: NoisyExamplesFn | None = None, pitch: np.ndarray | None = None):
+                    noisy_examples: NoisyExamplesFn | None = None, pitch=None):
     """Generator of numpy batch dicts (see module docstring); epoch e shuffles with seed
-    (seed, e), so the sequence depends only on `seed`. `pitch`: the split's pitch prediction
+    (seed, e), so the sequence depends only on `seed`. `pitch`: the split's `PitchTrack`
     (`cq_codec.data.pitch.pitch_prediction`), laid out like its signal."""
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -66,9 +68,9 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
     if noise_fn is not None and noisy_examples is not None:
         raise ValueError("give noise_fn or noisy_examples, not both (both would set 'x_noisy')")
     arrays = cache.arrays(split)
-    if pitch is not None and np.shape(pitch) != np.shape(arrays["signal"]):
+    if pitch is not None and any(np.shape(a) != np.shape(arrays["signal"]) for a in pitch):
         raise ValueError(f"pitch must be laid out like split {split!r}'s signal {np.shape(arrays['signal'])}; "
-                         f"got shape {np.shape(pitch)}")
+                         f"got shapes {[np.shape(a) for a in pitch]}")
     frames = select_frames(arrays["rms"], keep_silence, seed)
     if len(frames) == 0 or (drop_remainder and len(frames) < batch_size):
         raise ValueError(f"split {split!r} of cache {cache.directory} has {len(frames)} usable "
@@ -89,7 +91,10 @@ def iterate_batches(cache: FrameCache, split: str, batch_size: int, shuffle: boo
             x = np.asarray(signal[starts[sel][:, None] + offsets]) * scale
             batch = {"x": x, "lsf": np.asarray(lsf[lsf_index[sel]])}
             if pitch is not None:
-                batch["ltp"] = np.asarray(pitch[starts[sel][:, None] + frame_offsets]) * scale
+                at = starts[sel][:, None] + frame_offsets
+                batch["ltp"] = np.asarray(pitch.pred[at]) * scale
+                batch["ltp_lag"] = np.asarray(pitch.lag[at], np.int32)
+                batch["ltp_gain"] = np.asarray(pitch.gain[at])
             if noise_fn is not None:
                 noisy = np.asarray(noise_fn(x.copy(), noise_rng), dtype=np.float32)
                 if noisy.shape != x.shape:
@@ -114,7 +119,7 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
                  keep_silence: float = 0.1, noise_fn: NoiseFn | None = None,
                  drop_remainder: bool = False,
                  noisy_examples: NoisyExamplesFn | None = None,
-                 pitch: np.ndarray | None = None) -> tf.data.Dataset:
+                 pitch=None) -> tf.data.Dataset:
     """Batched, shuffled, prefetched tf.data.Dataset of training examples from the cache.
 
     Args:
@@ -129,8 +134,8 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
       drop_remainder: drop the last partial batch of each epoch (static batch dimension).
       noisy_examples: optional callable (split arrays, frame indices [B], rng) ->
         {'x_noisy': [B, 528], 'lsf_noisy': [B, 3, 16]} (see cq_codec.data.noise.FrameNoiser).
-      pitch: optional pitch prediction of the split (cq_codec.data.pitch.pitch_prediction);
-        adds 'ltp' [B, 512].
+      pitch: optional PitchTrack of the split (cq_codec.data.pitch.pitch_prediction); adds
+        'ltp', 'ltp_lag' and 'ltp_gain' [B, 512].
     Returns:
       Dataset of {'x': [B, 528], 'lsf': [B, 3, 16]} (+ 'x_noisy' [B, 528], + 'lsf_noisy'
       [B, 3, 16]) float32.
@@ -152,6 +157,8 @@ def make_dataset(cache: FrameCache | str | os.PathLike, split: str, batch_size: 
         signature["lsf_noisy"] = tf.TensorSpec([b, 3, C.LPC_ORDER], tf.float32)
     if pitch is not None:
         signature["ltp"] = tf.TensorSpec([b, C.FRAME_SIZE], tf.float32)
+        signature["ltp_lag"] = tf.TensorSpec([b, C.FRAME_SIZE], tf.int32)
+        signature["ltp_gain"] = tf.TensorSpec([b, C.FRAME_SIZE], tf.float32)
     ds = tf.data.Dataset.from_generator(lambda: iterate_batches(**args),
                                         output_signature=signature)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -97,6 +97,9 @@ class CQCodec(keras.Model):
         # (cq_codec.losses.SPECTRAL_LOSSES) and its weight.
         self.spectral_loss = "none"
         self.spectral_weight = 0.0
+        # Training-time loss setting (from the Config, not saved): with pitch prediction in the
+        # examples, the error passes through the pitch synthesis filter before the loss.
+        self.ltp_shaped_loss = False
         if not 1 <= self.num_active <= n:
             raise ValueError(f"num_active must be in 1..{n}; got {num_active}")
         # Entropy weights tau: index 0 is the LSF stream, 1..n the modules (adapted per epoch).
@@ -151,6 +154,9 @@ class CQCodec(keras.Model):
             r = r - y
             outs.append(q)
             errs.append(e - total / scale)
+        if self.ltp_shaped_loss and "ltp_lag" in inputs:
+            # The decoder's pitch synthesis filter shapes the cascade's error: the loss sees it so.
+            errs = [tf_ops.pitch_synthesis_tf(err, inputs["ltp_lag"], inputs["ltp_gain"]) for err in errs]
         a_centre = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1])
         x_w = x[:, C.LPC_ORDER:] * self.window
         k = len(errs) if self.prefix_loss and training else 1

@@ -143,6 +143,7 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
                     gain=gain_config(cfg), ltp=ltp_config(cfg))
     model.weighting_gamma = cfg.weighting_gamma
     model.spectral_loss = cfg.spectral_loss
+    model.ltp_shaped_loss = cfg.ltp_shaped_loss
     model.spectral_weight = cfg.spectral_weight
     model.build()
     return model
