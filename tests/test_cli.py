@@ -390,3 +390,14 @@ def test_waveform_codec_refuses_bombs_and_bad_version_1_metadata():
     _, blocks = codec.decompress_blocks(Unseekable(cases[0][0]))
     with pytest.raises(NacError, match="chunk 0: a 0-byte payload cannot hold 15360 hops"):
         next(blocks)
+
+
+def test_backend_choices_are_the_librarys():
+    """The CLI's --backend choices (a literal: the CLI imports no TensorFlow before it must) are
+    the library's backends."""
+    from cq_codec.__main__ import build_parser
+    from cq_codec.backends import BACKENDS
+    p = build_parser()
+    for cmd in ("encode", "decode"):
+        sub = next(a for a in p._subparsers._group_actions[0].choices[cmd]._actions if a.dest == "backend")
+        assert tuple(sub.choices) == BACKENDS
