@@ -230,18 +230,6 @@ class TFLiteBackend:
         return np.array(self._runner("decode", n).run(**feed)[0], np.float32)
 
 
-class _CastConv:
-    """A Conv1D's kernel, bias and activation in another dtype (for `strided_output_conv`, which
-    reads the layer's variables directly: outside a layer call Keras does not autocast them)."""
-
-    def __init__(self, conv, dtype):
-        import tensorflow as tf
-        self.kernel = tf.cast(conv.kernel, dtype)
-        self.use_bias = conv.use_bias
-        self.bias = tf.cast(conv.bias, dtype) if conv.use_bias else None
-        self.activation = conv.activation
-
-
 class BF16Backend:
     """The modules' convolutions in bfloat16 (see the module docstring): a copy of each module
     whose encoder / decoder layers have the "mixed_bfloat16" policy (the model's own layers are
@@ -251,13 +239,12 @@ class BF16Backend:
     name = "bf16"
 
     def __init__(self, model):
-        from cq_codec.models.residual_module import ResidualModule
         self.model = model
         self.modules = []
         for m in model.codec_modules:
             if hasattr(m.quantizer, "num_active_codebooks"):
                 raise ValueError("the bf16 backend does not serve RVQ modules; use backend='keras'")
-            c = ResidualModule.from_config(m.get_config())
+            c = type(m).from_config(m.get_config())   # a ResidualModule (models is a higher layer)
             c.build((None, m.frame_size, 1))
             c.set_weights(m.get_weights())
             for layer in c.encoder_layers + c.decoder_layers:   # after build: the blocks' sublayers exist
@@ -268,17 +255,9 @@ class BF16Backend:
 
     @staticmethod
     def _latent(m, x):
-        """`m.encode_latent(x, strided_out=True)` with x in bfloat16."""
-        import tensorflow as tf
-        from cq_codec.models.residual_module import _strided_ok, strided_output_conv
-        h = x if m.front_end == "conv" else tf.reshape(x, (-1, m.frame_size // m.stride, m.stride))
-        last = m.encoder_layers[-1]
-        fast = _strided_ok(last, m.frame_size // m.stride)
-        for layer in m.encoder_layers[:-1] if fast else m.encoder_layers:
-            h = layer(h)
-        if fast:
-            h = strided_output_conv(_CastConv(last, h.dtype), h)
-        return tf.reshape(h, (-1, m.num_positions, m.vector_dim))
+        """`m.encode_latent(x, strided_out=True)` on the bfloat16 copy (`strided_output_conv`
+        computes in its input's dtype)."""
+        return m.encode_latent(x, True)
 
     def _encode_fn(self, n: int):
         import tensorflow as tf

@@ -48,7 +48,7 @@ def strided_output_conv(conv, h):
     differently for this shape, so results differ in the last bits (up to ~1e-5 before the
     tanh on the default model)."""
     import tensorflow as tf
-    kernel = tf.convert_to_tensor(conv.kernel)[:, :, 0]                       # [k, C]
+    kernel = tf.cast(tf.convert_to_tensor(conv.kernel)[:, :, 0], h.dtype)     # [k, C] (bf16 backend: h's dtype)
     k = int(kernel.shape[0])
     shifted = tf.stack([tf.pad(kernel, [[j, _LANES - 1 - j], [0, 0]]) for j in range(_LANES)], axis=-1)
     left = (k - 1) // 2
@@ -56,7 +56,7 @@ def strided_output_conv(conv, h):
     y = tf.nn.conv1d(padded, shifted, _LANES, "VALID")                      # [B, T / 16, 16]
     y = tf.reshape(y, (-1, int(h.shape[1]), 1))
     if conv.use_bias:
-        y = y + conv.bias
+        y = y + tf.cast(conv.bias, y.dtype)
     return conv.activation(y)
 
 
