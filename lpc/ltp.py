@@ -27,6 +27,7 @@ __all__ = ["MIN_LAG", "MAX_LAG", "LongTermPredictor"]
 
 MIN_LAG = 32     # 500 Hz
 MAX_LAG = 320    # 50 Hz
+_BLOCK = 64      # sub-frames per block of the analysis (small temporaries)
 
 
 class LongTermPredictor:
@@ -98,8 +99,21 @@ class LongTermPredictor:
         out = np.zeros((n, 2), np.int32)
         if n == 0:
             return out
-        span = MAX_LAG - MIN_LAG + sub                       # 408: every candidate's samples
         rows = np.lib.stride_tricks.sliding_window_view(ext, MAX_LAG + sub)[::sub][:n]
+        # Blocks of _BLOCK sub-frames: each row's arithmetic is the same whatever the block, and
+        # the temporaries stay small (a whole chunk's, ~4 MB each, were fresh mmaps whose page
+        # faults cost as much as the arithmetic).
+        voiced = False
+        for s0 in range(0, n, _BLOCK):
+            prev_lag, voiced = self._analyze_block(rows[s0:s0 + _BLOCK], out[s0:s0 + _BLOCK], prev_lag, voiced)
+        return out
+
+    def _analyze_block(self, rows: np.ndarray, out: np.ndarray, prev_lag: int, voiced: bool) -> tuple:
+        """Codes of the sub-frames whose [MAX_LAG history + sub-frame] are `rows`, into `out`;
+        `prev_lag` / `voiced`: the lag code and voicing of the sub-frame before. Returns those
+        of the block's last sub-frame."""
+        n, sub = len(rows), self.subframe
+        span = MAX_LAG - MIN_LAG + sub                       # 408: every candidate's samples
         seg, target = rows[:, :span], rows[:, MAX_LAG:]
         nfft = 512                                           # >= span: the valid lags see no wrap-around
         dot = np.fft.irfft(np.fft.rfft(seg, nfft) * np.conj(np.fft.rfft(target, nfft)), nfft)[:, : span - sub + 1]
@@ -118,7 +132,6 @@ class LongTermPredictor:
         rows_ = np.arange(n)
         k_best = gain_index(dot[rows_, best], energy[rows_, best], t_energy).tolist()
         best_l, s_best = best.tolist(), score[rows_, best].tolist()
-        voiced = False
         for s in range(n):
             j, k = best_l[s], k_best[s]
             if self.hold and voiced:
@@ -128,7 +141,7 @@ class LongTermPredictor:
             lag_code = MAX_LAG - j - MIN_LAG if k else prev_lag
             out[s] = lag_code, k
             prev_lag, voiced = lag_code, k > 0
-        return out
+        return prev_lag, voiced
 
     def _per_sample(self, codes: np.ndarray):
         lag = np.repeat(codes[:, 0] + MIN_LAG, self.subframe)
@@ -149,14 +162,12 @@ class LongTermPredictor:
         """y[n] = e2[n] + b y[n - T] per sub-frame; `history`: the last MAX_LAG outputs before."""
         h, e2 = self._check(history, e2, "synthesis_filter")
         c = self.check_codes(codes, len(e2) // self.subframe)
-        y = np.concatenate([h, np.zeros(len(e2))])
-        for s, (lag_code, k) in enumerate(c):
+        y = np.concatenate([h, e2])                       # unpredicted sub-frames: y = e2
+        voiced = np.flatnonzero(c[:, 1])
+        for s, lag_code, k in zip(voiced.tolist(), c[voiced, 0].tolist(), c[voiced, 1].tolist()):
             p = MAX_LAG + s * self.subframe
             end = p + self.subframe
-            if k == 0:
-                y[p:end] = e2[p - MAX_LAG: end - MAX_LAG]
-                continue
-            lag, b = int(lag_code) + MIN_LAG, k * self.gain_step
+            lag, b = lag_code + MIN_LAG, k * self.gain_step
             for q in range(p, end, lag):                  # blocks no longer than the lag
                 r = min(q + lag, end)
                 y[q:r] = e2[q - MAX_LAG: r - MAX_LAG] + b * y[q - lag: r - lag]

@@ -34,6 +34,7 @@ _SUB = C.SUBFRAME_SIZE
 _HIST = PITCH_MAX + _SUB
 _P = C.LPC_ORDER
 _MID = C.NUM_SUBFRAMES // 2 - 1   # the sub-frame filter half way between the hops' LSFs
+_BLOCK = 64       # sub-frames per block of the pitch search (small temporaries)
 _NFFT = 448       # > (PITCH_MAX - PITCH_MIN) + SUB - 1 = 407: the needed lags see no wrap-around
 
 
@@ -100,27 +101,42 @@ class Postfilter:
         n_sub = len(y) // _SUB
         if self.pitch_gain == 0.0 or n_sub == 0:
             return y
-        # All sub-frames at once. Sub-frame s starts at buf[start_s]; candidate i (lag
-        # PITCH_MAX - i) is buf[first_s + i : + SUB] with first_s = start_s - PITCH_MAX.
-        starts = _HIST + _SUB * np.arange(n_sub)
-        firsts = starts - PITCH_MAX
+        # Sub-frame s starts at buf[_HIST + s SUB]; candidate i (lag PITCH_MAX - i) is
+        # buf[SUB + s SUB + i : + SUB] (first_s = start_s - PITCH_MAX = SUB + s SUB), so the
+        # candidates of sub-frame s span buf[SUB + s SUB : + span]: strided views, no copies.
+        # Blocks of _BLOCK sub-frames (each row's arithmetic does not depend on the block): the
+        # temporaries stay small, in cache and in malloc's heap (a whole chunk's, ~2 MB each, were
+        # fresh mmaps, and their page faults cost as much as the arithmetic).
+        out = np.empty(n_sub * _SUB)
+        for s0 in range(0, n_sub, _BLOCK):
+            s1 = min(n_sub, s0 + _BLOCK)
+            out[s0 * _SUB:s1 * _SUB] = self._pitch_block(buf, s0, s1).reshape(-1)
+        return np.concatenate([out, y[n_sub * _SUB:]])
+
+    def _pitch_block(self, buf: np.ndarray, s0: int, s1: int) -> np.ndarray:
+        """Sub-frames s0..s1 - 1 of the pitch postfilter -> [s1 - s0, SUB]."""
+        n = s1 - s0
         n_lags = PITCH_MAX - PITCH_MIN + 1
-        view = np.lib.stride_tricks.sliding_window_view
-        segs = view(buf, n_lags + _SUB - 1)[firsts]                       # [n_sub, span]
-        cur = buf[starts[:, None] + np.arange(_SUB)]                       # [n_sub, SUB]
-        # cross-correlations by FFT, in float32 (only compared with each other and a threshold)
-        spec = scipy.fft.rfft(segs.astype(np.float32), _NFFT) * np.conj(scipy.fft.rfft(cur.astype(np.float32), _NFFT))
+        span = n_lags + _SUB - 1
+        segs = np.lib.stride_tricks.sliding_window_view(buf[_SUB * (s0 + 1):], span)[::_SUB][:n]   # [n, span]
+        cur = buf[_HIST + s0 * _SUB:_HIST + s1 * _SUB].reshape(n, _SUB)                           # [n, SUB]
+        # cross-correlations by FFT, in float32 (only compared with each other and a threshold);
+        # zero-padded here, not by rfft's n= (its padding copy cost as much as the transform)
+        seg32, cur32 = np.zeros((n, _NFFT), np.float32), np.zeros((n, _NFFT), np.float32)
+        seg32[:, :span], cur32[:, :_SUB] = segs, cur
+        spec = scipy.fft.rfft(seg32) * np.conj(scipy.fft.rfft(cur32))
         num = scipy.fft.irfft(spec, _NFFT)[:, :n_lags].astype(np.float64)
         # candidate energies from each segment's own running sum (chunking-exact)
-        run = np.concatenate([np.zeros((n_sub, 1)), np.cumsum(np.square(segs), axis=1)], axis=1)
-        den = (run[:, _SUB:] - run[:, :-_SUB]) * np.sum(np.square(cur), axis=1)[:, None]
-        corr = num / np.sqrt(np.maximum(den, 1e-30))
+        run = np.zeros((n, span + 1))
+        np.cumsum(np.square(segs), axis=1, out=run[:, 1:])
+        den = np.subtract(run[:, _SUB:], run[:, :-_SUB])
+        den *= np.sum(np.square(cur), axis=1)[:, None]
+        corr = np.divide(num, np.sqrt(np.maximum(den, 1e-30, out=den), out=den), out=num)
         best = n_lags - 1 - np.argmax(corr[:, ::-1], axis=1)               # ties: shortest lag
-        c = corr[np.arange(n_sub), best]
+        c = corr[np.arange(n), best]
         g = np.where(c > self.pitch_threshold, self.pitch_gain * np.minimum(c, 1.0), 0.0)
-        past = buf[(firsts + best)[:, None] + np.arange(_SUB)]
-        out = (cur + g[:, None] * past) / (1.0 + g[:, None])
-        return np.concatenate([out.reshape(-1), y[n_sub * _SUB:]])
+        past = np.lib.stride_tricks.sliding_window_view(buf, _SUB)[_SUB * np.arange(s0 + 1, s1 + 1) + best]
+        return (cur + g[:, None] * past) / (1.0 + g[:, None])
 
     def _gain_control(self, ref: np.ndarray, z: np.ndarray) -> np.ndarray:
         n_sub = len(z) // _SUB
