@@ -117,8 +117,13 @@ class LongTermPredictor:
         seg, target = rows[:, :span], rows[:, MAX_LAG:]
         nfft = 512                                           # >= span: the valid lags see no wrap-around
         dot = np.fft.irfft(np.fft.rfft(seg, nfft) * np.conj(np.fft.rfft(target, nfft)), nfft)[:, : span - sub + 1]
-        cs = np.concatenate([np.zeros((n, 1)), np.cumsum(seg * seg, axis=1)], axis=1)
-        energy = np.maximum(cs[:, sub:] - cs[:, : span - sub + 1], 1e-30)   # row j: lag MAX_LAG - j
+        # each row's running sum of squares, accumulated in the transposed layout [span, n] (the
+        # same sequential sums as np.cumsum along each row, which numpy runs one row at a time)
+        cs = np.empty((span + 1, n))
+        cs[0] = 0.0
+        np.multiply(seg.T, seg.T, out=cs[1:])
+        np.cumsum(cs[1:], axis=0, out=cs[1:])
+        energy = np.maximum(cs[sub:] - cs[: span - sub + 1], 1e-30).T     # row j: lag MAX_LAG - j
         score = np.where(dot > 0, dot * dot / energy, 0.0)
         best = np.argmax(score, axis=1)
         t_energy = np.einsum("ij,ij->i", target, target)

@@ -127,9 +127,13 @@ class Postfilter:
         spec = scipy.fft.rfft(seg32) * np.conj(scipy.fft.rfft(cur32))
         num = scipy.fft.irfft(spec, _NFFT)[:, :n_lags].astype(np.float64)
         # candidate energies from each segment's own running sum (chunking-exact)
-        run = np.zeros((n, span + 1))
-        np.cumsum(np.square(segs), axis=1, out=run[:, 1:])
-        den = np.subtract(run[:, _SUB:], run[:, :-_SUB])
+        # (accumulated in the transposed layout [span, n]: the same sequential sums as np.cumsum
+        # along each row, which numpy runs one row at a time)
+        run = np.empty((span + 1, n))
+        run[0] = 0.0
+        np.square(segs.T, out=run[1:])
+        np.cumsum(run[1:], axis=0, out=run[1:])
+        den = np.subtract(run[_SUB:], run[:-_SUB]).T                          # [n, n_lags]
         den *= np.sum(np.square(cur), axis=1)[:, None]
         corr = np.divide(num, np.sqrt(np.maximum(den, 1e-30, out=den), out=den), out=num)
         best = n_lags - 1 - np.argmax(corr[:, ::-1], axis=1)               # ties: shortest lag
