@@ -378,6 +378,8 @@ class Config:
 
     def _validate_waveform(self, need) -> None:
         import math
+        need(not (self.pitch_prediction or self.gain_subframes), "pitch_prediction" if self.pitch_prediction else "gain_subframes",
+             "is an option of the CQ (LPC) codec; the waveform codec has no LPC residual to predict or scale")
         need(self.training_mode in (0, 1), "training_mode",
              f"--model_type waveform is one model trained in one stage: mode 1 trains it (and resumes "
              f"from its checkpoints), mode 0 evaluates it; modes 2-5 are CQ's greedy schedule of "

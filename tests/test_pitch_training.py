@@ -163,6 +163,8 @@ def test_flags_are_checked():
         Config(ltp_shaped_loss=True).validate()
     with pytest.raises(ConfigError, match="denoising"):
         Config(pitch_prediction=True, train_snr=(0.0, 10.0)).validate()
+    with pytest.raises(ConfigError, match="pitch_prediction.*waveform codec"):
+        Config(model_type="waveform", training_mode=1, pitch_prediction=True).validate()
     assert trainer.ltp_config(Config().validate()) is None
 
 
