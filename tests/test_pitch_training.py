@@ -75,7 +75,7 @@ def test_prediction_is_what_the_analysis_filter_leaves():
     y = np.convolve(pulses, 0.9 ** np.arange(40))[: t * C.HOP_SIZE] + 0.01 * rng.standard_normal(t * C.HOP_SIZE)
     lsf = lpc.analyze(y, t)
     predictor = LongTermPredictor(threshold=0.3)
-    p = pitch.utterance_prediction(y, lsf, predictor)
+    p = pitch.utterance_pitch(y, lsf, predictor)[0]
     e, _ = lpc.residual(y, lpc.subframe_lpc(lsf))
     hist = predictor.initial_history()
     e2 = predictor.analysis_filter(hist, e, predictor.analyze(hist, e, 0))

@@ -34,7 +34,7 @@ from cq_codec.data.cache import FrameCache
 from cq_codec.data.preprocess import HISTORY
 from lpc.ltp import MIN_LAG, LongTermPredictor
 
-__all__ = ["PitchTrack", "prediction_path", "segments", "utterance_pitch", "utterance_prediction", "pitch_prediction"]
+__all__ = ["PitchTrack", "prediction_path", "segments", "utterance_pitch", "pitch_prediction"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,6 @@ def utterance_pitch(y: np.ndarray, lsf: np.ndarray, predictor: LongTermPredictor
     gain = np.repeat(codes[:, 1] * predictor.gain_step, predictor.subframe)
     lag = np.where(gain > 0, np.repeat(codes[:, 0] + MIN_LAG, predictor.subframe), 0)
     return e - predictor.analysis_filter(hist, e, codes), lag, gain
-
-
-def utterance_prediction(y: np.ndarray, lsf: np.ndarray, predictor: LongTermPredictor) -> np.ndarray:
-    """The prediction p of `utterance_pitch` alone."""
-    return utterance_pitch(y, lsf, predictor)[0]
 
 
 def pitch_prediction(cache: FrameCache, split: str, predictor: LongTermPredictor) -> PitchTrack:

@@ -154,16 +154,17 @@ class CQCodec(keras.Model):
             r = r - y
             outs.append(q)
             errs.append(e - total / scale)
-        if self.ltp_shaped_loss and "ltp_lag" in inputs:
-            # The decoder's pitch synthesis filter shapes the cascade's error: the loss sees it so.
-            errs = [tf_ops.pitch_synthesis_tf(err, inputs["ltp_lag"], inputs["ltp_gain"]) for err in errs]
         a_centre = tf_ops.lsf_to_lpc_tf(lsf_q[:, 1])
         x_w = x[:, C.LPC_ORDER:] * self.window
         k = len(errs) if self.prefix_loss and training else 1
         # With prefix_loss, every prefix of the cascade is an operating point: the loss sees each
         # one's output (stacked along the batch, the full cascade last), so joint fine-tuning
         # cannot trade module 1's standalone quality for the full cascade's.
-        sig = tf_ops.synthesis_error_tf(tf.concat(errs[-k:], 0), tf.tile(a_centre, [k, 1]))
+        err = tf.concat(errs[-k:], 0)
+        if self.ltp_shaped_loss and "ltp_lag" in inputs:
+            # The decoder's pitch synthesis filter shapes the cascade's error: the loss sees it so.
+            err = tf_ops.pitch_synthesis_tf(err, tf.tile(inputs["ltp_lag"], [k, 1]), tf.tile(inputs["ltp_gain"], [k, 1]))
+        sig = tf_ops.synthesis_error_tf(err, tf.tile(a_centre, [k, 1]))
         err_sig = sig[-tf.shape(x_w)[0]:]
         out = {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs}
         if k > 1:
@@ -171,7 +172,7 @@ class CQCodec(keras.Model):
             out["loss_x_hat"] = out["loss_x"] - sig
         if self.weighting_gamma < 1.0:
             shrink = tf.constant(self.weighting_gamma ** np.arange(C.LPC_ORDER + 1), tf.float32)
-            out["loss_err_w"] = tf_ops.synthesis_error_tf(tf.concat(errs[-k:], 0), tf.tile(a_centre * shrink, [k, 1]))
+            out["loss_err_w"] = tf_ops.synthesis_error_tf(err, tf.tile(a_centre * shrink, [k, 1]))
         return out
 
     def call(self, inputs, training=None):
