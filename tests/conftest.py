@@ -107,3 +107,21 @@ def corpus_factory(tmp_path):
         writers[layout](root, **kwargs)
         return root
     return make
+
+
+def check_backend_against_keras(keras_codec, other, wav, num_modules, code_agreement, audio_close):
+    """A backend's codes agree with keras's (LSF codes equal, at least `code_agreement` of each
+    module's codes), and bytes made by either decode with both: `audio_close(y_keras, y_other)`
+    asserts how close the two decodes of the same bytes must be."""
+    ck, co = keras_codec.encode(wav, 16000, num_modules), other.encode(wav, 16000, num_modules)
+    assert np.array_equal(ck.lsf, co.lsf)            # LSF codes are numpy on every backend
+    assert len(co.modules) == num_modules
+    for a, b in zip(ck.modules, co.modules):
+        assert a.shape == b.shape and b.dtype == np.int32
+        assert np.mean(a == b) >= code_agreement
+    for data in (keras_codec.compress(wav, 16000, num_modules=num_modules),
+                 other.compress(wav, 16000, num_modules=num_modules)):
+        yk, _ = keras_codec.decompress(data)
+        yo, _ = other.decompress(data)
+        assert yk.shape == yo.shape == wav.shape
+        audio_close(yk, yo)

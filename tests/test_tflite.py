@@ -16,6 +16,7 @@ import soundfile as sf
 
 from cq_codec import __main__ as cli
 from cq_codec import api, backends, inference
+from conftest import check_backend_against_keras
 from test_api import ar_signal, make_model
 
 TOL = 1e-4          # x the reference's peak, for float outputs of the two runtimes
@@ -60,19 +61,9 @@ def test_export_has_frozen_weights_and_matches_keras(codecs):
 def test_codes_agree_and_cross_decode(codecs, num_modules):
     keras_codec, tfl = codecs
     wav = ar_signal(1.3, 4)
-    ck, ct = keras_codec.encode(wav, 16000, num_modules), tfl.encode(wav, 16000, num_modules)
-    assert np.array_equal(ck.lsf, ct.lsf)            # LSF codes are numpy on both backends
-    assert len(ct.modules) == num_modules
-    for a, b in zip(ck.modules, ct.modules):
-        assert a.shape == b.shape and b.dtype == np.int32
-        assert np.mean(a == b) >= CODE_AGREEMENT
     # Bytes of either backend decode with the other; the same bytes decode alike on both.
-    for data in (keras_codec.compress(wav, 16000, num_modules=num_modules),
-                 tfl.compress(wav, 16000, num_modules=num_modules)):
-        yk, _ = keras_codec.decompress(data)
-        yt, _ = tfl.decompress(data)
-        assert yk.shape == yt.shape == wav.shape
-        np.testing.assert_allclose(yt, yk, atol=TOL * np.abs(yk).max())
+    check_backend_against_keras(keras_codec, tfl, wav, num_modules, CODE_AGREEMENT, lambda yk, yt:
+                                np.testing.assert_allclose(yt, yk, atol=TOL * np.abs(yk).max()))
 
 
 def test_streaming_tflite_equals_whole_signal(codecs):
