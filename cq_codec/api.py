@@ -6,6 +6,8 @@
     data = codec.compress(wav, sr, bitrate=6.0)   # .nac bytes at the operating point nearest 6 kbps
     wav16, sr = codec.decompress(data)
     codec.postfilter = False                 # decode without the adaptive postfilter (default on)
+    codec.pipeline = False                   # run the networks in turn with the numpy work (default:
+                                             # beside it, on a worker thread; the same bytes and audio)
     codec.operating_points                  # [OperatingPoint(modules, kbps, codebooks), ...]
 
 Files stream through `read_audio_blocks` (`cq_codec.data.audio`) + `compress_blocks` and `decompress_blocks` (one chunk
@@ -68,12 +70,16 @@ def frame_functions(model, num_active: int | None = None):
 
 
 class Codec:
-    """A loaded CQ codec with its entropy tables. `frames_per_chunk` hops per `.nac` chunk."""
+    """A loaded CQ codec with its entropy tables. `frames_per_chunk` hops per `.nac` chunk.
+    `pipeline` (default True): each chunk's network call runs on a worker thread beside the numpy
+    work of its neighbours (`inference` module docstring); False runs them in turn. Either way
+    the codes, bytes and audio are the same."""
 
     def __init__(self, model, name: str = "cq_codec",
                  frames_per_chunk: int = inference.DEFAULT_FRAMES_PER_CHUNK, postfilter: bool = True,
-                 backend: str = DEFAULT_BACKEND):
+                 backend: str = DEFAULT_BACKEND, pipeline: bool = True):
         self.model, self.name = model, str(name)
+        self.pipeline = bool(pipeline)
         self.backend = backend    # "keras", "tflite" or "fast" (cq_codec.backends); codes of any decode with all
         if not isinstance(postfilter, bool):
             raise TypeError(f"postfilter must be True or False; got {postfilter!r}")
@@ -187,11 +193,12 @@ class Codec:
         n, cb = self._resolve(None, num_modules or (None if codebooks else self.num_modules), codebooks)
         with self._use_codebooks(cb):
             return inference.encode_blocks(self.model, _array_blocks(wav, sr), n, self.frames_per_chunk,
-                                           self._backend)
+                                           self._backend, self.pipeline)
 
     def decode(self, codes: inference.Codes) -> np.ndarray:
         """Codes -> float32 wav [num_samples] at 16 kHz."""
-        return inference.decode(self.model, codes, self.frames_per_chunk, self.postfilter, self._backend)
+        return inference.decode(self.model, codes, self.frames_per_chunk, self.postfilter, self._backend,
+                                self.pipeline)
 
     # ------------------------------------------------------------------ bytes
     def compress_blocks(self, blocks: Iterable[np.ndarray], bitrate: float | None = None,
@@ -202,7 +209,7 @@ class Codec:
         n, cb = self._resolve(bitrate, num_modules, codebooks)
         models = cs.entropy_models(self.model)
         with self._use_codebooks(cb):
-            enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk, self._backend)
+            enc = inference.StreamEncoder(self.model, n, self.frames_per_chunk, self._backend, self.pipeline)
             payloads = [cs.encode_chunk(c, models) for b in blocks for c in enc.push(b)]
             payloads += [cs.encode_chunk(c, models) for c in enc.finish()]
         kbps = sum(len(p) for p in payloads) * 8 / (enc.num_samples / C.SAMPLE_RATE) / C.BITS_PER_KBIT
@@ -229,14 +236,21 @@ class Codec:
         models = cs.entropy_models(self.model)
         bounds = cs.check_stream_size(reader.bytes_left, info, models)   # before any decoding work
 
-        def blocks():
-            dec = inference.StreamDecoder(self.model, info["num_samples"], self.postfilter, self._backend)
+        def pieces():
             for i, data in enumerate(reader):
                 n = min(info["frames_per_chunk"], info["num_frames"] - i * info["frames_per_chunk"])
                 bounds.check(len(data), n, f"chunk {i}")
                 chunk = cs.decode_chunk(data, n, info["num_active"], models, info["layout"], info.get("codebooks"))
                 for s in range(0, n, _DECODE_HOPS):    # the network sees <= 250 hops at a time
-                    yield dec.push(chunk.hops(s, s + _DECODE_HOPS))
+                    yield chunk.hops(s, s + _DECODE_HOPS)
+
+        def blocks():
+            dec = inference.StreamDecoder(self.model, info["num_samples"], self.postfilter, self._backend)
+            if self.pipeline:     # piece k's network beside piece k - 1's synthesis and k + 1's range decoding
+                yield from dec.stream(pieces())
+            else:
+                for piece in pieces():
+                    yield dec.push(piece)
         return reader.metadata, blocks()
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, int]:

@@ -16,11 +16,22 @@ indices, so the codes (and the decoded audio) do not depend on how the input was
 bounded by one chunk plus about two hops of look-ahead, whatever the input length. The network
 halves run on a `cq_codec.backends` backend ("keras", the default, or "tflite"), one call per
 chunk; the rest is numpy.
+
+Pipelining (`pipeline=True`; the batch paths `encode_blocks`, `encode`, `decode` and `api.Codec`
+use it): the network call of chunk k runs on a worker thread while this thread does the numpy
+work around it (the encoder: the LPC / pitch analysis of the input that follows, and the caller's
+range coding of chunk k - 1; the decoder: range decoding of chunk k + 1 and the synthesis,
+pitch synthesis and postfilter of chunk k - 1). TensorFlow and LiteRT release the GIL while they
+compute. Every computation is the same one as without the pipeline, in the same order for each
+piece of state (the network halves are stateless), so the codes, bytes and audio are
+bit-identical (tests/test_pipeline_overlap.py); at most one chunk's network call is in flight.
+docs/DESIGN.md "Speed, fifth pass" has the measurements.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import threading
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,6 +67,30 @@ def _quantized_lsf(model, lsf_codes: np.ndarray) -> np.ndarray:
     return lpc.repair_lsf(model.lsf_quantizer.decode_numpy(lsf_codes)).astype(np.float64)
 
 
+class _Background:
+    """`fn(*args)` on a thread of its own (the pipeline's network call); `result()` joins it and
+    returns its value or re-raises its exception. One short-lived thread per chunk: nothing
+    lingers when a stream is dropped half-way."""
+
+    def __init__(self, fn, *args):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="cq-codec-network")
+        self._thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._value
+
+
 def _check_chunk_size(frames_per_chunk) -> int:
     if isinstance(frames_per_chunk, bool) or int(frames_per_chunk) != frames_per_chunk or frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be a positive int, got {frames_per_chunk!r}")
@@ -68,10 +103,16 @@ class StreamEncoder:
     Both return the list of `CodeChunk`s completed so far (each `frames_per_chunk` hops, the last
     one possibly shorter). Hop t's codes need the input up to sample t * 480 + 1232 (LPC window of
     hop t + 1 reaches t * 480 + 480 + 752, the frame's last 32 samples are hop t + 1's residual).
+
+    `pipeline=True`: a chunk's network call runs on a worker thread while the following pushes
+    are analysed; the chunk is returned by the push that completes the next chunk (or by
+    `finish`), so each chunk comes one chunk later than without it (same chunks, same codes).
+    Off by default here (a live stream wants each chunk as soon as it is coded); the batch paths
+    turn it on.
     """
 
     def __init__(self, model, num_active: int | None = None,
-                 frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None):
+                 frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None, pipeline: bool = False):
         n = model.num_active if num_active is None else int(num_active)
         if not 1 <= n <= len(model.codec_modules):
             raise ValueError(f"num_active must be in 1..{len(model.codec_modules)}; got {num_active}")
@@ -89,6 +130,8 @@ class StreamEncoder:
         self._frames, self._lsf_codes = [], []   # pending (not yet coded) frames / LSF codes
         self._ltp_hist = None if model.ltp is None else model.ltp.initial_history()   # original residual
         self._ltp_prev, self._pitch_codes = 0, []                                      # pending pitch codes
+        self.pipeline = bool(pipeline)
+        self._inflight = None           # pipeline: (network call, lsf, gain, pitch) of the chunk in flight
         self._finished = False
 
     def push(self, wav) -> list[CodeChunk]:
@@ -177,15 +220,29 @@ class StreamEncoder:
             gain = None if gq is None else gq.encode_numpy(batch, self.model.residual_scale)
             if gain is not None:   # the cascade codes the residual over its coded gains
                 batch = (batch / gq.per_sample(gq.decode_numpy(gain))).astype(np.float32)
-            codes = self.backend.encode_frames(batch, self.num_active)
-            out.append(CodeChunk(lsf[s: s + len(batch)], codes, gain,
-                                 None if self.model.ltp is None else pitch[s: s + len(batch)]))
+            chunk_lsf, chunk_pitch = lsf[s: s + len(batch)], None if self.model.ltp is None else pitch[s: s + len(batch)]
+            if self.pipeline:   # chunk k - 1's network first (one call in flight), then start chunk k's
+                if self._inflight is not None:
+                    out.append(self._join())
+                self._inflight = (_Background(self.backend.encode_frames, batch, self.num_active),
+                                  chunk_lsf, gain, chunk_pitch)
+            else:
+                codes = self.backend.encode_frames(batch, self.num_active)
+                out.append(CodeChunk(chunk_lsf, codes, gain, chunk_pitch))
             s += len(batch)
+        if final and self._inflight is not None:
+            out.append(self._join())
         self._frames = [frames[s:]] if s < len(frames) else []
         self._lsf_codes = [lsf[s:]] if s < len(lsf) else []
         if pitch is not None:
             self._pitch_codes = [pitch[s:]] if s < len(pitch) else []
         return out
+
+    def _join(self) -> CodeChunk:
+        """The chunk whose network call is in flight, once the call is done."""
+        call, lsf, gain, pitch = self._inflight
+        self._inflight = None
+        return CodeChunk(lsf, call.result(), gain, pitch)
 
 
 class StreamDecoder:
@@ -194,6 +251,10 @@ class StreamDecoder:
     With `num_samples` given, the output stops there (the encoder's zero padding is dropped).
     `postfilter`: True (the default `lpc.Postfilter`), False / None (the synthesis as it is), or
     a `lpc.Postfilter` (fresh: it carries the stream's state).
+
+    `stream(chunks)` is the pipelined form of `push` over an iterable: each chunk's network call
+    runs on a worker thread while the previous chunk is synthesised and postfiltered (and the
+    iterable produces the next one); the same samples, one block per chunk.
     """
 
     def __init__(self, model, num_samples: int | None = None, postfilter=True, backend=None):
@@ -208,6 +269,39 @@ class StreamDecoder:
         self._ltp_hist = None if model.ltp is None else model.ltp.initial_history()   # decoded residual
 
     def push(self, chunk: CodeChunk) -> np.ndarray:
+        prepared = self._prepare(chunk)
+        return self._synthesize(prepared, self._network(chunk))
+
+    def stream(self, chunks: Iterable[CodeChunk]) -> Iterator[np.ndarray]:
+        """`push` of each chunk in turn, pipelined (see the class docstring). An error raised by
+        the iterable or by a chunk's checks comes after the previous chunk's samples are yielded,
+        as it would with `push`; at most one chunk's network call is in flight."""
+        pending = None                           # (prepared chunk k - 1, its network call)
+        it = iter(chunks)
+        while True:
+            try:
+                chunk = next(it)                 # e.g. range decoding, beside chunk k - 1's network
+                prepared = self._prepare(chunk)
+            except StopIteration:
+                break
+            except Exception:
+                if pending is not None:          # what push would have returned before this error
+                    done, pending = pending, None
+                    yield self._synthesize(done[0], done[1].result())
+                raise
+            frames = None if pending is None else pending[1].result()
+            call = _Background(self._network, chunk)
+            if pending is not None:              # chunk k - 1's numpy side beside chunk k's network
+                yield self._synthesize(pending[0], frames)
+            pending = (prepared, call)
+        if pending is not None:
+            yield self._synthesize(pending[0], pending[1].result())
+
+    def _network(self, chunk: CodeChunk) -> np.ndarray:
+        return self.backend.decode_frames(chunk.modules).astype(np.float64)
+
+    def _prepare(self, chunk: CodeChunk):
+        """Checks and the LSF side of a chunk (carries the previous hop's quantized LSFs)."""
         lsf_codes = np.asarray(chunk.lsf, np.int32)
         n = lsf_codes.shape[0]
         if lsf_codes.ndim != 2 or n == 0 or any(np.shape(m)[0] != n for m in chunk.modules) or not chunk.modules:
@@ -228,7 +322,13 @@ class StreamDecoder:
         lsf_q = _quantized_lsf(self.model, lsf_codes)
         a_sub = lpc.subframe_lpc(lsf_q, self._lsf_prev)
         self._lsf_prev = lsf_q[-1]
-        frames = self.backend.decode_frames(chunk.modules).astype(np.float64)
+        return a_sub, gains, pitch
+
+    def _synthesize(self, prepared, frames: np.ndarray) -> np.ndarray:
+        """A chunk's decoded frames [n, 512] float64 -> its samples (overlap-add, pitch synthesis,
+        1/A(z), postfilter, de-emphasis; carries their states)."""
+        a_sub, gains, pitch = prepared
+        ltp = self.model.ltp
         if gains is not None:
             frames *= gains
         e = frames[:, : C.HOP_SIZE].copy()
@@ -250,21 +350,22 @@ class StreamDecoder:
 
 
 def encode_blocks(model, blocks: Iterable[np.ndarray], num_active: int | None = None,
-                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None) -> Codes:
-    """16 kHz mono float blocks (any sizes) -> Codes: the whole signal through one StreamEncoder."""
-    enc = StreamEncoder(model, num_active, frames_per_chunk, backend)
+                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None, pipeline: bool = True) -> Codes:
+    """16 kHz mono float blocks (any sizes) -> Codes: the whole signal through one StreamEncoder
+    (pipelined unless `pipeline=False`: the same codes)."""
+    enc = StreamEncoder(model, num_active, frames_per_chunk, backend, pipeline)
     chunks = [c for b in blocks for c in enc.push(b)]
     chunks += enc.finish()
     return Codes.join(chunks, enc.num_samples)
 
 
 def encode(model, wav: np.ndarray, num_active: int | None = None,
-           frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None) -> Codes:
+           frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, backend=None, pipeline: bool = True) -> Codes:
     """Float wav [N] at 16 kHz -> Codes (hard codes of the first `num_active` modules)."""
     wav = np.asarray(wav, np.float64)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"encode expects a non-empty 1-D 16 kHz signal; got shape {wav.shape}")
-    return encode_blocks(model, [wav], num_active, frames_per_chunk, backend)
+    return encode_blocks(model, [wav], num_active, frames_per_chunk, backend, pipeline)
 
 
 def fit_entropy_tables(model, wavs: Sequence[np.ndarray], held_out_every: int = 5,
@@ -291,8 +392,9 @@ def make_postfilter(postfilter):
 
 
 def decode(model, codes: Codes, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK, postfilter=True,
-           backend=None) -> np.ndarray:
+           backend=None, pipeline: bool = True) -> np.ndarray:
     """Codes -> float32 wav [num_samples] at 16 kHz (any prefix of the modules); `postfilter`
-    as in `StreamDecoder`."""
+    as in `StreamDecoder`; `pipeline`: `StreamDecoder.stream` (the same samples) or `push`."""
     dec = StreamDecoder(model, codes.num_samples, postfilter, backend)
-    return np.concatenate([dec.push(c) for c in codes.chunks(frames_per_chunk)])
+    chunks = codes.chunks(frames_per_chunk)
+    return np.concatenate(list(dec.stream(chunks)) if pipeline else [dec.push(c) for c in chunks])

@@ -2,12 +2,15 @@
 entropy estimate, and peak memory of the CLI on a long generated input.
 
     python scripts/benchmark_codec.py [--model PATH] [--wav PATH] [--hours 1.0] [--repeats 5]
-        [--backends keras,tflite] [--profile] [--nopostfilter]
+        [--backends keras,tflite] [--sequential] [--profile] [--nopostfilter]
 
 Speed is the median of `--repeats` rounds after a warm-up run of the whole input; within a round
 the backends run in turn (encode, then decode of those bytes), so a shared machine's slow phases
 hit all of them. With two backends it also reports their agreement (codes, and each decoding
-the other's bytes). The memory test runs the CLI on `--hours` of generated audio per backend.
+the other's bytes). `--sequential` adds each backend without the pipeline ("keras/seq": the
+network calls in turn with the numpy work instead of beside it on a worker thread) to the same
+rounds, so the two schedules meet the same machine. The memory test runs the CLI on `--hours` of
+generated audio per backend.
 
 Without --model, a tiny model (2 modules, 8 channels) is trained for --train_steps steps on --wav
 and its entropy tables fitted on it (a smoke-scale stand-in for a real model).
@@ -42,6 +45,7 @@ flags.DEFINE_bool("profile", False, "also print where the time goes (cProfile), 
 flags.DEFINE_integer("profile_runs", 3, "runs per operating point and side under the profiler")
 flags.DEFINE_string("workdir", None, "where to put generated files (default: a temp dir)")
 flags.DEFINE_bool("postfilter", True, "decode through the adaptive postfilter (--nopostfilter: without)")
+flags.DEFINE_bool("sequential", False, "also measure each backend with the pipeline off (\"<backend>/seq\"), interleaved")
 
 
 def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
@@ -72,6 +76,10 @@ def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
 
 def _load(path: str, backend: str):
     from cq_codec import api
+    if backend.endswith("/seq"):   # the same backend with the network calls in turn with the numpy work
+        codec = _load(path, backend[: -len("/seq")])
+        codec.pipeline = False
+        return codec
     try:
         return api.load(path, postfilter=FLAGS.postfilter, backend=backend)
     except TypeError:   # a tree from before the backends (the "old" side of an old-vs-new run)
@@ -182,6 +190,8 @@ def profile(codec, wav: np.ndarray) -> None:
         setattr(owner, name, timed)
 
     backend = codec._backend if hasattr(codec, "_backend") else None
+    pipeline = getattr(codec, "pipeline", False)
+    codec.pipeline = False    # the parts timed one after the other (with the pipeline they overlap)
     parts = {"network (frame encoder / decoder, tensor copies)": [(backend, "encode_frames"), (backend, "decode_frames")],
              "range coding": [(cs, "encode_chunk"), (cs, "decode_chunk")],
              "LPC analysis + LSF codes": [(inference.StreamEncoder, "_analyse")],
@@ -189,7 +199,7 @@ def profile(codec, wav: np.ndarray) -> None:
              "postfilter": [(lpc.postfilter.Postfilter, "__call__")]}
     seconds = len(wav) / C.SAMPLE_RATE
     print(f"\nprofile ({codec.backend if hasattr(codec, 'backend') else 'keras'}; ms per second of audio, "
-          f"wall-clock timers, {FLAGS.profile_runs} runs)")
+          f"wall-clock timers, {FLAGS.profile_runs} runs, pipeline off)")
     print("| modules | side | " + " | ".join(parts) + " | other | total |\n|" + "---|" * (len(parts) + 4))
     for point in codec.operating_points:
         n = point[0]
@@ -221,6 +231,7 @@ def profile(codec, wav: np.ndarray) -> None:
             ms = lambda t: 1000 * t / FLAGS.profile_runs / seconds  # noqa: E731
             print(f"| {n} | {side} | " + " | ".join(f"{ms(v):.1f}" for v in vals)
                   + f" | {ms(total - sum(vals)):.1f} | {ms(total):.1f} |")
+    codec.pipeline = pipeline
 
 
 def memory_test(model_path: str, hours: float, workdir: str, backend: str = "keras") -> None:
@@ -258,7 +269,8 @@ def main(_):
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cq_bench_")
     os.makedirs(workdir, exist_ok=True)
     model_path = FLAGS.model or tiny_model(wav, FLAGS.train_steps, os.path.join(workdir, "tiny.keras"))
-    codecs = {b: _load(model_path, b) for b in FLAGS.backends}
+    names = [v for b in FLAGS.backends for v in ([b, b + "/seq"] if FLAGS.sequential else [b])]
+    codecs = {b: _load(model_path, b) for b in names}
     first = next(iter(codecs.values()))
     print(f"model {model_path}; {len(wav) / C.SAMPLE_RATE:.2f} s of {FLAGS.wav}; "
           f"operating points {[(p[0], round(p[1], 2)) for p in first.operating_points]}; "
@@ -270,8 +282,8 @@ def main(_):
     if FLAGS.repeats > 0:
         measure(codecs, wav)
     if FLAGS.profile:
-        for codec in codecs.values():
-            profile(codec, wav)
+        for b in FLAGS.backends:
+            profile(codecs[b], wav)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     if FLAGS.hours > 0:
