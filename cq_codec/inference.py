@@ -220,7 +220,8 @@ class StreamEncoder:
             gain = None if gq is None else gq.encode_numpy(batch, self.model.residual_scale)
             if gain is not None:   # the cascade codes the residual over its coded gains
                 batch = (batch / gq.per_sample(gq.decode_numpy(gain))).astype(np.float32)
-            chunk_lsf, chunk_pitch = lsf[s: s + len(batch)], None if self.model.ltp is None else pitch[s: s + len(batch)]
+            chunk_lsf = lsf[s: s + len(batch)]
+            chunk_pitch = None if self.model.ltp is None else pitch[s: s + len(batch)]
             if self.pipeline:   # chunk k - 1's network first (one call in flight), then start chunk k's
                 if self._inflight is not None:
                     out.append(self._join())

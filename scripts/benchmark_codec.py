@@ -45,7 +45,8 @@ flags.DEFINE_bool("profile", False, "also print where the time goes (cProfile), 
 flags.DEFINE_integer("profile_runs", 3, "runs per operating point and side under the profiler")
 flags.DEFINE_string("workdir", None, "where to put generated files (default: a temp dir)")
 flags.DEFINE_bool("postfilter", True, "decode through the adaptive postfilter (--nopostfilter: without)")
-flags.DEFINE_bool("sequential", False, "also measure each backend with the pipeline off (\"<backend>/seq\"), interleaved")
+flags.DEFINE_bool("sequential", False,
+                  "also measure each backend with the pipeline off (\"<backend>/seq\"), interleaved")
 
 
 def tiny_model(wav: np.ndarray, steps: int, path: str) -> str:
