@@ -169,6 +169,8 @@ class Config:
         "extra spectral loss term: none, mrstft (spectral convergence + log magnitude, STFT 512/256/128) or nsr "
         "(per-bin noise-to-signal ratio against the speech) or nsr_mel (the same on mel bands)")
     spectral_weight: float = _f(0.0, "weight of --spectral_loss")
+    spectral_high_weight: float = _f(1.0,
+        "weight of 4-8 kHz in the nsr / nsr_mel loss relative to 0-4 kHz (1 = all frequencies alike)")
     # Gain-shape coding (cq_codec/quantizers/gain.py): the residual's RMS per sub-frame (this many
     # per 512-sample frame; 0 = off, the original) is coded as side information on a 3 dB log
     # grid from gain_floor_db (dB relative to the training residual's RMS) up, and the cascade
@@ -326,6 +328,9 @@ class Config:
         need(self.spectral_loss in ("none", "mrstft", "nsr", "nsr_mel"), "spectral_loss",
              f"must be none, mrstft, nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.spectral_weight >= 0, "spectral_weight", f"must be >= 0; got {self.spectral_weight}")
+        need(self.spectral_high_weight >= 0, "spectral_high_weight", f"must be >= 0; got {self.spectral_high_weight}")
+        need(self.spectral_high_weight == 1.0 or self.spectral_loss in ("nsr", "nsr_mel"), "spectral_high_weight",
+             f"applies to --spectral_loss nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.gain_subframes in (0, 1, 2, 4, 8, 16), "gain_subframes",
              f"must be 0 (off) or 1, 2, 4, 8 or 16 sub-frames per frame; got {self.gain_subframes}")
         need(-120.0 <= self.gain_floor_db <= 0.0, "gain_floor_db", f"must be in [-120, 0] dB; got {self.gain_floor_db}")

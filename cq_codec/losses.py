@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 import constants as C
@@ -70,7 +71,20 @@ def mrstft_loss(x, y, fft_sizes=(512, 256, 128)):
     return total / len(sizes)
 
 
-def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, abs_floor: float = 3e-5):
+def _high_band_weights(freqs_hz, high_weight: float, split_hz: float = 4000.0):
+    """Per-frequency weights: 1 below `split_hz`, `high_weight` from it up (numpy, [F])."""
+    return np.where(np.asarray(freqs_hz) >= split_hz, high_weight, 1.0).astype(np.float32)
+
+
+def _weighted_mean(v, w):
+    """Mean of v ([..., F]) over everything, each frequency weighted by w ([F])."""
+    if w is None:
+        return tf.reduce_mean(v)
+    return tf.reduce_mean(tf.tensordot(v, w, 1)) / float(np.sum(w))
+
+
+def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, abs_floor: float = 3e-5,
+                           high_weight: float = 1.0):
     """Per-bin relative (noise-to-signal) spectral loss: mean over time-frequency bins of
     log(1 + |E|^2 / (|X|^2 + floor)), E = STFT(y - x), X = STFT(x).
 
@@ -79,14 +93,16 @@ def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, 
     the quiet stretches (issue 14's oracle). The floor is `floor_db` below the frame's mean
     power (a bin far below its frame's level is masked anyway) plus `abs_floor` in signal
     power units (the input is normalised by the corpus std, so silence is not chased). log1p
-    keeps the loss bounded where the error dwarfs a bin. [B, N], [B, N] -> scalar."""
+    keeps the loss bounded where the error dwarfs a bin. With `high_weight` != 1 the bins
+    from 4 kHz up weigh that much relative to those below. [B, N], [B, N] -> scalar."""
     total = 0.0
     sizes = [n for n in fft_sizes if n <= int(x.shape[-1])]
     for n in sizes:
         px, pe, _, _ = _power_spectra(x, y, n)
         w2 = 3.0 * n / 8.0                 # sum of the squared Hann window: power units -> |STFT|^2
         floor = 10.0 ** (floor_db / 10.0) * tf.reduce_mean(px, axis=-1, keepdims=True) + abs_floor * w2
-        total += tf.reduce_mean(tf.math.log1p(pe / (px + floor)))
+        w = None if high_weight == 1.0 else _high_band_weights(np.arange(n // 2 + 1) * C.SAMPLE_RATE / n, high_weight)
+        total += _weighted_mean(tf.math.log1p(pe / (px + floor)), w)
     return total / len(sizes)
 
 
@@ -98,17 +114,19 @@ def _band_matrix(bands: int, fft: int):
 
 
 def mel_relative_spectral_loss(x, y, fft: int = 512, bands: int = 64, floor_db: float = -35.0,
-                               abs_floor: float = 3e-5):
+                               abs_floor: float = 3e-5, high_weight: float = 1.0):
     """`relative_spectral_loss` with the bins pooled into `bands` mel bands first: the
     noise-to-signal ratio per mel band and STFT frame. Below ~1 kHz a band is one or two bins
     (harmonics stay resolved); above, bands widen as critical bands do, so 4-8 kHz weighs as
-    much as the ear gives it instead of half the bins. [B, N], [B, N] -> scalar."""
+    much as the ear gives it instead of half the bins. With `high_weight` != 1 the bands whose
+    peak is at 4 kHz or above weigh that much relative to the others. [B, N], [B, N] -> scalar."""
     px, pe, _, _ = _power_spectra(x, y, fft)
     m = _band_matrix(bands, fft)
     bx, be = tf.tensordot(px, m, 1), tf.tensordot(pe, m, 1)
     floor = (10.0 ** (floor_db / 10.0) * tf.reduce_mean(bx, axis=-1, keepdims=True)
              + abs_floor * 3.0 * fft / 8.0 * tf.reduce_sum(m, axis=0))
-    return tf.reduce_mean(tf.math.log1p(be / (bx + floor)))
+    w = None if high_weight == 1.0 else _high_band_weights(np.argmax(m, axis=0) * C.SAMPLE_RATE / fft, high_weight)
+    return _weighted_mean(tf.math.log1p(be / (bx + floor)), w)
 
 
 # name -> function of (x, x_hat); "none" adds no term.
@@ -116,10 +134,15 @@ SPECTRAL_LOSSES = {"none": None, "mrstft": mrstft_loss, "nsr": relative_spectral
                    "nsr_mel": mel_relative_spectral_loss}
 
 
-def spectral_loss(name: str, x, y):
-    """The spectral term `name` of SPECTRAL_LOSSES between x and y ([B, N]) -> scalar."""
+def spectral_loss(name: str, x, y, high_weight: float = 1.0):
+    """The spectral term `name` of SPECTRAL_LOSSES between x and y ([B, N]) -> scalar.
+    `high_weight`: the relative weight of 4-8 kHz in the noise-to-signal losses (nsr, nsr_mel)."""
     if name not in SPECTRAL_LOSSES or SPECTRAL_LOSSES[name] is None:
         raise ValueError(f"spectral loss must be one of {sorted(k for k, v in SPECTRAL_LOSSES.items() if v)}; got {name!r}")
+    if high_weight != 1.0:
+        if name not in ("nsr", "nsr_mel"):
+            raise ValueError(f"a high-band weight applies to the nsr and nsr_mel losses only; got {name!r}")
+        return SPECTRAL_LOSSES[name](x, y, high_weight=high_weight)
     return SPECTRAL_LOSSES[name](x, y)
 
 

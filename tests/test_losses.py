@@ -79,3 +79,42 @@ def test_unknown_spectral_loss_is_refused():
         L.spectral_loss("bogus", np.zeros((1, 512), np.float32), np.zeros((1, 512), np.float32))
     with pytest.raises(Exception, match="spectral_loss"):
         Config(spectral_loss="bogus").validate()
+
+
+def _band_noise(shape, lo, hi, rng):
+    spec = np.fft.rfft(rng.standard_normal(shape), axis=-1)
+    f = np.fft.rfftfreq(shape[-1], 1 / 16000)
+    spec[:, (f < lo) | (f >= hi)] = 0
+    return np.fft.irfft(spec, n=shape[-1], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["nsr", "nsr_mel"])
+def test_high_band_weight_scales_only_the_error_above_4_khz(name):
+    """--spectral_high_weight: 1 is the unweighted loss; 0 ignores an error confined to 4.5-7.5 kHz
+    and leaves (up to renormalisation) one confined to 1-2 kHz; in between, the high band's cost falls."""
+    x, rng = _harmonic(b=4, f0=120.0)
+    x = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    low = 0.3 * _band_noise(x.shape, 1000, 2000, rng)
+    high = 0.3 * _band_noise(x.shape, 4500, 7500, rng)
+    # Exactly the unweighted loss at 1 (the default path).
+    assert float(L.spectral_loss(name, x, x + high, 1.0)) == float(L.spectral_loss(name, x, x + high))
+    h = [float(L.spectral_loss(name, x, x + high, w)) for w in (1.0, 0.3, 0.0)]
+    assert h[0] > h[1] > h[2] >= 0 and h[2] < 0.05 * h[0]
+    lo1, lo0 = float(L.spectral_loss(name, x, x + low, 1.0)), float(L.spectral_loss(name, x, x + low, 0.0))
+    assert lo0 > lo1 > 0   # the low band keeps its cost (a larger share of the weighted mean)
+
+
+def test_high_band_weight_has_gradients_and_is_checked():
+    x, rng = _harmonic(b=2)
+    y = tf.Variable(x + 0.05 * rng.standard_normal(x.shape).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = L.spectral_loss("nsr_mel", tf.constant(x), y, 0.3)
+    g = tape.gradient(loss, y).numpy()
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+    with pytest.raises(ValueError, match="nsr and nsr_mel losses only"):
+        L.spectral_loss("mrstft", x, x, 0.5)
+    with pytest.raises(Exception, match="spectral_high_weight"):
+        Config(spectral_loss="mrstft", spectral_weight=1.0, spectral_high_weight=0.5).validate()
+    with pytest.raises(Exception, match="spectral_high_weight"):
+        Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_high_weight=-1.0).validate()
+    Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_high_weight=0.3).validate()

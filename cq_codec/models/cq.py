@@ -97,6 +97,7 @@ class CQCodec(keras.Model):
         # (cq_codec.losses.SPECTRAL_LOSSES) and its weight.
         self.spectral_loss = "none"
         self.spectral_weight = 0.0
+        self.spectral_high_weight = 1.0
         # Training-time loss setting (from the Config, not saved): with pitch prediction in the
         # examples, the error passes through the pitch synthesis filter before the loss.
         self.ltp_shaped_loss = False
@@ -192,7 +193,7 @@ class CQCodec(keras.Model):
         t = {"time": time, "mel": L.multiscale_mel_loss(x, x_hat)}
         loss = w_time * t["time"] + w_mel * t["mel"]
         if self.spectral_loss != "none":
-            t["spec"] = L.spectral_loss(self.spectral_loss, x, x_hat)
+            t["spec"] = L.spectral_loss(self.spectral_loss, x, x_hat, self.spectral_high_weight)
             loss += self.spectral_weight * t["spec"]
         lsf = fwd["lsf"]
         lsf_bits = lsf.bits / (3.0 * b)                                # bits per frame (16 LSFs)

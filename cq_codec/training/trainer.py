@@ -145,6 +145,7 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     model.spectral_loss = cfg.spectral_loss
     model.ltp_shaped_loss = cfg.ltp_shaped_loss
     model.spectral_weight = cfg.spectral_weight
+    model.spectral_high_weight = cfg.spectral_high_weight
     model.build()
     return model
 
