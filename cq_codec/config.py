@@ -169,8 +169,9 @@ class Config:
         "extra spectral loss term: none, mrstft (spectral convergence + log magnitude, STFT 512/256/128) or nsr "
         "(per-bin noise-to-signal ratio against the speech) or nsr_mel (the same on mel bands)")
     spectral_weight: float = _f(0.0, "weight of --spectral_loss")
-    spectral_high_weight: float = _f(1.0,
-        "weight of 4-8 kHz in the nsr / nsr_mel loss relative to 0-4 kHz (1 = all frequencies alike)")
+    spectral_high_weight: tuple = _f((1.0,),
+        "weight of 4-8 kHz in the nsr / nsr_mel loss relative to 0-4 kHz (1 = all frequencies alike), per "
+        "operating point: the i-th value for the output of i modules (last reused)", float)
     # Gain-shape coding (cq_codec/quantizers/gain.py): the residual's RMS per sub-frame (this many
     # per 512-sample frame; 0 = off, the original) is coded as side information on a 3 dB log
     # grid from gain_floor_db (dB relative to the training residual's RMS) up, and the cascade
@@ -197,6 +198,9 @@ class Config:
     epoch_tanh: int = _f(10, "epochs of the first module (pretrain epochs included)")
     epoch_followers: tuple = _f((10,), "epochs per follower (last reused)", int)
     epoch_finetune: int = _f(5, "epochs of joint fine-tuning")
+    first_follower: int = _f(2,
+        "--training_mode 2: the first follower trained; the modules before it keep their weights (e.g. 3 with "
+        "--base_model_id retrains module 3 alone)")
     # Joint fine-tuning's loss averages every prefix of the cascade (each is an operating point);
     # with the full cascade's loss alone, fine-tuning drove module 1 from 1.75 to 0.78 bits/symbol.
     finetune_prefix_loss: bool = _f(True,
@@ -328,9 +332,10 @@ class Config:
         need(self.spectral_loss in ("none", "mrstft", "nsr", "nsr_mel"), "spectral_loss",
              f"must be none, mrstft, nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.spectral_weight >= 0, "spectral_weight", f"must be >= 0; got {self.spectral_weight}")
-        need(self.spectral_high_weight >= 0, "spectral_high_weight", f"must be >= 0; got {self.spectral_high_weight}")
-        need(self.spectral_high_weight == 1.0 or self.spectral_loss in ("nsr", "nsr_mel"), "spectral_high_weight",
-             f"applies to --spectral_loss nsr or nsr_mel; got {self.spectral_loss!r}")
+        need(len(self.spectral_high_weight) >= 1 and all(w >= 0 for w in self.spectral_high_weight),
+             "spectral_high_weight", f"must be one or more values >= 0; got {list(self.spectral_high_weight)}")
+        need(all(w == 1.0 for w in self.spectral_high_weight) or self.spectral_loss in ("nsr", "nsr_mel"),
+             "spectral_high_weight", f"applies to --spectral_loss nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.gain_subframes in (0, 1, 2, 4, 8, 16), "gain_subframes",
              f"must be 0 (off) or 1, 2, 4, 8 or 16 sub-frames per frame; got {self.gain_subframes}")
         need(-120.0 <= self.gain_floor_db <= 0.0, "gain_floor_db", f"must be in [-120, 0] dB; got {self.gain_floor_db}")
@@ -353,6 +358,10 @@ class Config:
         need(len(self.epoch_followers) >= 1 and all(e >= 1 for e in self.epoch_followers), "epoch_followers",
              f"every entry must be >= 1; got {list(self.epoch_followers)}")
         need(self.epoch_finetune >= 0, "epoch_finetune", f"must be >= 0; got {self.epoch_finetune}")
+        need(2 <= self.first_follower <= max(2, self.num_modules), "first_follower",
+             f"must be in [2, --num_modules]; got {self.first_follower}")
+        need(self.first_follower == 2 or self.training_mode == 2, "first_follower",
+             f"applies to --training_mode 2 (the follower stages alone); got mode {self.training_mode}")
         need(0 <= self.pretrain_step, "pretrain_step", f"must be >= 0; got {self.pretrain_step}")
         need(0 <= self.follower_pretrain_step, "follower_pretrain_step", f"must be >= 0; got {self.follower_pretrain_step}")
         need(self.from_where_step in (0, 1, 2), "from_where_step",

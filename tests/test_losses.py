@@ -114,7 +114,25 @@ def test_high_band_weight_has_gradients_and_is_checked():
     with pytest.raises(ValueError, match="nsr and nsr_mel losses only"):
         L.spectral_loss("mrstft", x, x, 0.5)
     with pytest.raises(Exception, match="spectral_high_weight"):
-        Config(spectral_loss="mrstft", spectral_weight=1.0, spectral_high_weight=0.5).validate()
+        Config(spectral_loss="mrstft", spectral_weight=1.0, spectral_high_weight=(0.5,)).validate()
     with pytest.raises(Exception, match="spectral_high_weight"):
-        Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_high_weight=-1.0).validate()
-    Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_high_weight=0.3).validate()
+        Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_high_weight=(1.0, -1.0)).validate()
+    Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_high_weight=(1.0, 1.0, 0.3)).validate()
+
+
+def test_high_band_weight_per_operating_point():
+    """The model's spectral term weighs each stacked prefix output (the output of i modules) with
+    the i-th weight, the last reused; equal weights take the single-call path."""
+    from types import SimpleNamespace
+    from cq_codec.models.cq import CQCodec
+    x, rng = _harmonic(b=3, f0=130.0)
+    x = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    y = [x + 0.2 * _band_noise(x.shape, 500, 8000, rng) for _ in range(3)]
+    xs, ys = np.concatenate([x, x, x]), np.concatenate(y)
+    m = SimpleNamespace(spectral_loss="nsr_mel", spectral_high_weight=(1.0, 0.5))
+    got = float(CQCodec._spectral_term(m, tf.constant(xs), tf.constant(ys), [1, 2, 3]))
+    want = np.mean([float(L.spectral_loss("nsr_mel", x, yi, w)) for yi, w in zip(y, (1.0, 0.5, 0.5))])
+    assert got == pytest.approx(want, rel=1e-5)
+    m.spectral_high_weight = (1.0,)
+    assert float(CQCodec._spectral_term(m, tf.constant(xs), tf.constant(ys), [1, 2, 3])) == \
+        float(L.spectral_loss("nsr_mel", xs, ys))

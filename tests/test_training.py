@@ -183,3 +183,25 @@ def test_gumbel_temperature_anneals_over_a_stage(tmp_path, corpus):
     assert seen[0] == pytest.approx(q.initial_temperature, rel=1e-7)
     assert seen[1:] == pytest.approx([expect(steps - 1), expect(2 * steps - 1)], rel=1e-6)
     assert seen[2] < seen[1] < seen[0]
+
+
+def test_mode2_first_follower_retrains_the_last_module_alone(tmp_path, corpus):
+    """--training_mode 2 --first_follower 3 --base_model_id m.keras: only stage m3 runs; modules 1-2
+    keep the base's weights exactly, module 3's move."""
+    base = _cfg(tmp_path, corpus, training_mode=3, num_modules=3, epoch_tanh=1, pretrain_step=0,
+                follower_pretrain_step=0, steps_per_epoch=2, eval_clips=0)
+    experiment.run(base)
+    path = os.path.join(base.experiment_dir, "model.keras")
+    cfg = _cfg(tmp_path, corpus, name="m3only", training_mode=2, num_modules=3, first_follower=3,
+               base_model_id=path, follower_pretrain_step=0, steps_per_epoch=2, eval_clips=0)
+    experiment.run(cfg)
+    assert _stages(os.path.join(cfg.experiment_dir, "metrics.csv")) == [("m3", 1)]
+    before = keras.saving.load_model(path, compile=False)
+    after = keras.saving.load_model(os.path.join(cfg.experiment_dir, "model.keras"), compile=False)
+    for i in (0, 1):
+        for a, b in zip(before.codec_modules[i].weights, after.codec_modules[i].weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(before.codec_modules[2].trainable_weights, after.codec_modules[2].trainable_weights))
+    with pytest.raises(Exception, match="first_follower"):
+        _cfg(tmp_path, corpus, training_mode=4, num_modules=3, first_follower=3)

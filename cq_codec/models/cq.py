@@ -97,7 +97,7 @@ class CQCodec(keras.Model):
         # (cq_codec.losses.SPECTRAL_LOSSES) and its weight.
         self.spectral_loss = "none"
         self.spectral_weight = 0.0
-        self.spectral_high_weight = 1.0
+        self.spectral_high_weight = (1.0,)   # per operating point (i-th: the output of i modules; last reused)
         # Training-time loss setting (from the Config, not saved): with pitch prediction in the
         # examples, the error passes through the pitch synthesis filter before the loss.
         self.ltp_shaped_loss = False
@@ -167,7 +167,8 @@ class CQCodec(keras.Model):
             err = tf_ops.pitch_synthesis_tf(err, tf.tile(inputs["ltp_lag"], [k, 1]), tf.tile(inputs["ltp_gain"], [k, 1]))
         sig = tf_ops.synthesis_error_tf(err, tf.tile(a_centre, [k, 1]))
         err_sig = sig[-tf.shape(x_w)[0]:]
-        out = {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs}
+        out = {"x": x_w, "x_hat": x_w - err_sig, "err_sig": err_sig, "lsf": lsf_out, "modules": outs,
+               "loss_modules": list(range(len(errs) - k + 1, len(errs) + 1))}   # modules of each stacked part
         if k > 1:
             out["loss_x"] = tf.tile(x_w, [k, 1])
             out["loss_x_hat"] = out["loss_x"] - sig
@@ -183,6 +184,16 @@ class CQCodec(keras.Model):
     def positions(self, i: int) -> int:
         return self.codec_modules[i].num_positions
 
+    def _spectral_term(self, x, x_hat, loss_modules):
+        """The spectral loss over the stacked outputs ([k B, N]; part i is the output of
+        loss_modules[i] modules), each part with its operating point's high-band weight."""
+        hw = tuple(self.spectral_high_weight)
+        weights = [hw[min(m, len(hw)) - 1] for m in loss_modules]
+        if len(set(weights)) == 1:
+            return L.spectral_loss(self.spectral_loss, x, x_hat, weights[0])
+        xs, ys = tf.split(x, len(weights)), tf.split(x_hat, len(weights))
+        return tf.add_n([L.spectral_loss(self.spectral_loss, a, b, w) for a, b, w in zip(xs, ys, weights)]) / len(weights)
+
     def compute_terms(self, fwd, training=False):
         """Loss terms and metrics (scalars) from `forward`'s output."""
         w_time, w_mel, w_sparse = self.loss_weights
@@ -193,7 +204,7 @@ class CQCodec(keras.Model):
         t = {"time": time, "mel": L.multiscale_mel_loss(x, x_hat)}
         loss = w_time * t["time"] + w_mel * t["mel"]
         if self.spectral_loss != "none":
-            t["spec"] = L.spectral_loss(self.spectral_loss, x, x_hat, self.spectral_high_weight)
+            t["spec"] = self._spectral_term(x, x_hat, fwd["loss_modules"])
             loss += self.spectral_weight * t["spec"]
         lsf = fwd["lsf"]
         lsf_bits = lsf.bits / (3.0 * b)                                # bits per frame (16 LSFs)

@@ -57,7 +57,7 @@ def plan_stages(cfg: Config) -> list[Stage]:
     first = Stage("m1", 1, (0,), cfg.is_cq, cfg.stage_epochs(cfg.epoch_tanh), cfg.per_module("learning_rate_tanh", 0),
                   cfg.pretrain_step)
     followers = []
-    for k in range(2, n + 1):
+    for k in range(cfg.first_follower, n + 1):
         epochs = cfg.stage_epochs(cfg.per_module("epoch_followers", k - 2))
         followers.append(Stage(f"m{k}", k, (k - 1,), False, epochs,
                                cfg.per_module("learning_rate_followers", k - 2),
@@ -145,7 +145,7 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     model.spectral_loss = cfg.spectral_loss
     model.ltp_shaped_loss = cfg.ltp_shaped_loss
     model.spectral_weight = cfg.spectral_weight
-    model.spectral_high_weight = cfg.spectral_high_weight
+    model.spectral_high_weight = tuple(cfg.spectral_high_weight)
     model.build()
     return model
 
