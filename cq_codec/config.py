@@ -198,6 +198,9 @@ class Config:
     epoch_tanh: int = _f(10, "epochs of the first module (pretrain epochs included)")
     epoch_followers: tuple = _f((10,), "epochs per follower (last reused)", int)
     epoch_finetune: int = _f(5, "epochs of joint fine-tuning")
+    finetune_from: int = _f(1,
+        "joint fine-tuning trains the modules from this one on (1 = all of them and the LSF quantizer; 2 keeps "
+        "module 1 and the LSF quantizer as they are, so the first operating point's codes do not change)")
     first_follower: int = _f(2,
         "--training_mode 2: the first follower trained; the modules before it keep their weights (e.g. 3 with "
         "--base_model_id retrains module 3 alone)")
@@ -358,6 +361,8 @@ class Config:
         need(len(self.epoch_followers) >= 1 and all(e >= 1 for e in self.epoch_followers), "epoch_followers",
              f"every entry must be >= 1; got {list(self.epoch_followers)}")
         need(self.epoch_finetune >= 0, "epoch_finetune", f"must be >= 0; got {self.epoch_finetune}")
+        need(1 <= self.finetune_from <= self.num_modules, "finetune_from",
+             f"must be in [1, --num_modules]; got {self.finetune_from}")
         need(2 <= self.first_follower <= max(2, self.num_modules), "first_follower",
              f"must be in [2, --num_modules]; got {self.first_follower}")
         need(self.first_follower == 2 or self.training_mode == 2, "first_follower",

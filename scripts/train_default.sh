@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-trains the default model (cq_codec/pretrained/default.keras, default_v10) from scratch on
+# Re-trains the default model (cq_codec/pretrained/default.keras, default_v11) from scratch on
 # the demo corpus with many voices (data/many: the demo packages plus the many-speaker Debian
 # packages of cq_codec/data/voices.py, 98 training voices in 25 languages; built here if
 # missing), then installs it. Resumable: re-running continues from the last finished epoch.
@@ -18,8 +18,14 @@
 #   C. default_v10: v9 restored, 8 epochs of joint fine-tuning with gain-shape coding
 #      (--gain_subframes 4: 4 coded gains per frame; docs/DESIGN.md "Codec structure");
 #   D. open-loop pitch prediction added (scripts/add_ltp.py, threshold 0.4, hold 0.8) and the
-#      entropy tables refitted: default_v10_ltp, the model installed.
-# Measured here: A 66 min, B 21 min, C 9 min, D 1 min on the 2 cores while other jobs shared them.
+#      entropy tables refitted: default_v10_ltp (the default until v11);
+#   E. default_v11: D restored, modules 2 and 3 jointly fine-tuned 8 epochs (module 1 and the LSF
+#      quantizer kept: --finetune_from 2) with pitch prediction in training, the loss through the
+#      pitch synthesis filter, and 4-8 kHz weighted 0.1 in the 3-module output's nsr_mel term
+#      (--spectral_high_weight 1,1,0.1), so module 3 spends its bits at 1-4 kHz (docs/DESIGN.md
+#      "Where module 3's bits go"): the model installed.
+# Measured here: A 66 min, B 21 min, C 9 min, D 1 min on the 2 cores while other jobs shared them;
+# E 6 min (5 of training) alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-results/_work}
@@ -56,8 +62,12 @@ v9=(--base_model_id "$NAME" --name default_v9 --results_dir "$RESULTS" --corpus 
 # D: pitch prediction + tables
 .venv/bin/python scripts/add_ltp.py --model "$RESULTS/default_v10" --out "$RESULTS/default_v10_ltp" \
   --threshold 0.4 --hold 0.8 --data_dir "$DATA"
+# E: modules 2-3 fine-tuned on the pitch residual, 4-8 kHz weighted less at the top operating point
+.venv/bin/python main.py --training_mode 5 "${v9[@]}" --base_model_id "$RESULTS/default_v10_ltp/model.keras" \
+  --name default_v11 --epoch_finetune 8 --gain_subframes 4 --pitch_prediction --ltp_threshold 0.4 --ltp_hold 0.8 \
+  --ltp_shaped_loss --spectral_high_weight 1,1,0.1 --finetune_from 2
 if [ "${INSTALL:-1}" = 1 ]; then   # INSTALL=0: train and evaluate only
   mkdir -p cq_codec/pretrained
-  cp "$RESULTS/default_v10_ltp/model.keras" cq_codec/pretrained/default.keras
+  cp "$RESULTS/default_v11/model.keras" cq_codec/pretrained/default.keras
   echo "installed cq_codec/pretrained/default.keras"
 fi

@@ -185,9 +185,10 @@ def test_gumbel_temperature_anneals_over_a_stage(tmp_path, corpus):
     assert seen[2] < seen[1] < seen[0]
 
 
-def test_mode2_first_follower_retrains_the_last_module_alone(tmp_path, corpus):
+def test_retraining_part_of_a_trained_cascade(tmp_path, corpus):
     """--training_mode 2 --first_follower 3 --base_model_id m.keras: only stage m3 runs; modules 1-2
-    keep the base's weights exactly, module 3's move."""
+    keep the base's weights exactly, module 3's move. --training_mode 5 --finetune_from 2: module 1
+    and the LSF quantizer are kept."""
     base = _cfg(tmp_path, corpus, training_mode=3, num_modules=3, epoch_tanh=1, pretrain_step=0,
                 follower_pretrain_step=0, steps_per_epoch=2, eval_clips=0)
     experiment.run(base)
@@ -205,3 +206,16 @@ def test_mode2_first_follower_retrains_the_last_module_alone(tmp_path, corpus):
                for a, b in zip(before.codec_modules[2].trainable_weights, after.codec_modules[2].trainable_weights))
     with pytest.raises(Exception, match="first_follower"):
         _cfg(tmp_path, corpus, training_mode=4, num_modules=3, first_follower=3)
+
+    # Mode 5 with --finetune_from 2: module 1 and the LSF quantizer keep the base's weights.
+    ft = _cfg(tmp_path, corpus, name="ft_from2", training_mode=5, num_modules=3, finetune_from=2,
+              base_model_id=path, steps_per_epoch=2, eval_clips=0)
+    experiment.run(ft)
+    tuned = keras.saving.load_model(os.path.join(ft.experiment_dir, "model.keras"), compile=False)
+    for a, b in zip(before.codec_modules[0].weights + before.lsf_quantizer.weights,
+                    tuned.codec_modules[0].weights + tuned.lsf_quantizer.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(before.codec_modules[1].trainable_weights, tuned.codec_modules[1].trainable_weights))
+    with pytest.raises(Exception, match="finetune_from"):
+        _cfg(tmp_path, corpus, training_mode=5, num_modules=3, finetune_from=4, base_model_id=path)

@@ -62,7 +62,8 @@ def plan_stages(cfg: Config) -> list[Stage]:
         followers.append(Stage(f"m{k}", k, (k - 1,), False, epochs,
                                cfg.per_module("learning_rate_followers", k - 2),
                                min(cfg.follower_pretrain_step, epochs - 1)))
-    finetune = [Stage("finetune", n, tuple(range(n)), cfg.is_cq, cfg.stage_epochs(cfg.epoch_finetune),
+    finetune = [Stage("finetune", n, tuple(range(cfg.finetune_from - 1, n)), cfg.is_cq and cfg.finetune_from == 1,
+                      cfg.stage_epochs(cfg.epoch_finetune),
                       cfg.learning_rate_finetune, 0)]
     finetune = finetune if cfg.epoch_finetune > 0 else []
     plan = {1: [first], 2: followers, 3: [first] + followers, 4: [first] + followers + finetune, 5: finetune}
