@@ -1,5 +1,6 @@
 """Shared test helpers: tiny generated corpora in every on-disk layout (never downloaded)."""
 
+import io
 import os
 
 import numpy as np
@@ -125,3 +126,16 @@ def check_backend_against_keras(keras_codec, other, wav, num_modules, code_agree
         yo, _ = other.decompress(data)
         assert yk.shape == yo.shape == wav.shape
         audio_close(yk, yo)
+
+
+class Unseekable(io.RawIOBase):
+    """A pipe-like stream: no size known up front (the per-chunk checks must hold alone)."""
+
+    def __init__(self, data: bytes):
+        self._f = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return self._f.readinto(b)

@@ -18,6 +18,7 @@ from cq_codec.bitstream.container import NacError, read_nac, write_nac_v1
 from cq_codec.config import Config
 from cq_codec.training.trainer import build_model
 from test_api import ar_signal, make_model
+from tests.conftest import Unseekable
 from test_bitstream import time_limit, with_crc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -307,17 +308,6 @@ def test_decompression_bombs_are_refused_before_decoding(models, tmp_path, capsy
     _, blocks = codec.decompress_blocks(Unseekable(blob))
     with pytest.raises(NacError, match="chunk 0: a 0-byte payload cannot hold 4096 hops"):
         next(blocks)
-
-
-class Unseekable(io.RawIOBase):
-    def __init__(self, data: bytes):
-        self._f = io.BytesIO(data)
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        return self._f.readinto(b)
 
 
 def test_memory_does_not_grow_with_input_length(models):

@@ -3,7 +3,6 @@
 bytes and decoded samples (bit for bit), the same chunks from a stream pushed in any pieces, the
 same errors after the same blocks; and it keeps at most one network call in flight."""
 
-import io
 import threading
 
 import numpy as np
@@ -14,6 +13,7 @@ from cq_codec import api, inference
 from cq_codec.backends import get_backend
 from cq_codec.codes import Codes
 from test_api import ar_signal, make_model
+from tests.conftest import Unseekable
 
 
 @pytest.fixture(scope="module")
@@ -162,17 +162,6 @@ def test_stream_decoder_errors_come_after_the_blocks_before_them(model):
             for y in inference.StreamDecoder(model).stream(source(bad)):
                 got.append(y)
         assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, want))
-
-
-class Unseekable(io.RawIOBase):
-    def __init__(self, data: bytes):
-        self._f = io.BytesIO(data)
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        return self._f.readinto(b)
 
 
 def test_damaged_stream_gives_the_same_blocks_then_the_same_error(model):
