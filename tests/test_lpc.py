@@ -454,15 +454,19 @@ def test_postfilter_off_settings_are_the_identity(speech):
 def test_postfilter_keeps_loudness_and_deepens_formant_valleys(speech):
     y = speech[:60 * C.HOP_SIZE]
     a_sub = lpc.subframe_lpc(lpc.analyze(y))
-    out = Postfilter(pitch_gain=0.0)(y, a_sub)
-    assert np.sqrt(np.mean(out ** 2)) == pytest.approx(np.sqrt(np.mean(y ** 2)), rel=0.1)
-    # Per hop, the envelope's spectrum over the coded band: peaks kept, valleys lowered, so the
-    # spread (dB) of the output spectrum exceeds the input's on average.
     f_in = np.abs(np.fft.rfft(y.reshape(-1, C.HOP_SIZE) * np.hanning(C.HOP_SIZE), axis=1))
-    f_out = np.abs(np.fft.rfft(out.reshape(-1, C.HOP_SIZE) * np.hanning(C.HOP_SIZE), axis=1))
     loud = np.sum(f_in ** 2, axis=1) > np.median(np.sum(f_in ** 2, axis=1))
     spread = lambda f: np.std(20 * np.log10(f[loud] + 1e-9), axis=1).mean()
-    assert spread(f_out) > spread(f_in) + 1.0
+    # A strong setting deepens the valleys by > 1 dB; the default (milder since default_v11,
+    # docs/DESIGN.md "Postfilter") by less, but still deepens them.
+    default = Postfilter()
+    for g_num, g_den, margin in [(0.6, 0.8, 1.0), (default.gamma_num, default.gamma_den, 0.3)]:
+        out = Postfilter(gamma_num=g_num, gamma_den=g_den, pitch_gain=0.0)(y, a_sub)
+        assert np.sqrt(np.mean(out ** 2)) == pytest.approx(np.sqrt(np.mean(y ** 2)), rel=0.1)
+        # Per hop, the envelope's spectrum over the coded band: peaks kept, valleys lowered, so
+        # the spread (dB) of the output spectrum exceeds the input's on average.
+        f_out = np.abs(np.fft.rfft(out.reshape(-1, C.HOP_SIZE) * np.hanning(C.HOP_SIZE), axis=1))
+        assert spread(f_out) > spread(f_in) + margin, (g_num, g_den)
 
 
 def test_postfilter_pitch_comb_raises_harmonic_to_noise_ratio():

@@ -40,3 +40,17 @@ def test_summaries_name_the_corpus_used():
     assert studies.corpus_phrase(demo) == "the demo corpus"
     assert studies.corpus_phrase(other) == "the vctk corpus in /data/my vctk"
     assert studies.corpus_flags(other) == " --corpus vctk --data_dir '/data/my vctk'"
+
+
+def test_postfilter_study_settings_parse_and_fail_clearly():
+    import postfilter_study
+    from lpc.postfilter import Postfilter
+    got = postfilter_study.parse_settings("0.7:0.85:0.25, 0.85:0.9:0.2:0.6,")
+    assert got == [dict(gamma_num=0.7, gamma_den=0.85, pitch_gain=0.25),
+                   dict(gamma_num=0.85, gamma_den=0.9, pitch_gain=0.2, pitch_threshold=0.6)]
+    pf = Postfilter(**got[1])
+    assert (pf.gamma_num, pf.gamma_den, pf.pitch_gain, pf.pitch_threshold) == (0.85, 0.9, 0.2, 0.6)
+    with pytest.raises(ValueError, match="expected gamma_num:gamma_den:pitch_gain"):
+        postfilter_study.parse_settings("0.7:0.85")
+    with pytest.raises(ValueError, match="every field must be a number"):
+        postfilter_study.parse_settings("0.7:x:0.2")
