@@ -36,6 +36,7 @@ _HIST = PITCH_MAX + _SUB
 _P = C.LPC_ORDER
 _MID = C.NUM_SUBFRAMES // 2 - 1   # the sub-frame filter half way between the hops' LSFs
 _BLOCK = 64       # sub-frames per block of the pitch search (small temporaries)
+_IMP = 20        # impulse-response length of the tilt estimate
 _NFFT = 448       # > (PITCH_MAX - PITCH_MIN) + SUB - 1 = 407: the needed lags see no wrap-around
 
 
@@ -47,10 +48,11 @@ class Postfilter:
       pitch_gain: long-term gain in [0, 1] (0: off).
       pitch_threshold: normalised correlation in [0, 1) below which a sub-frame is left alone.
       agc: gain smoothing in [0, 1).
+      tilt: tilt compensation strength in [0, 1] (0: off; G.729 uses 0.8).
     """
 
     def __init__(self, gamma_num: float = 0.85, gamma_den: float = 0.9, pitch_gain: float = 0.2,
-                 pitch_threshold: float = 0.6, agc: float = 0.9):
+                 pitch_threshold: float = 0.6, agc: float = 0.9, tilt: float = 0.0):
         if not 0.0 <= gamma_num <= gamma_den <= 1.0:
             raise ValueError(f"postfilter needs 0 <= gamma_num <= gamma_den <= 1; got {gamma_num}, {gamma_den}")
         if not 0.0 <= pitch_gain <= 1.0:
@@ -59,8 +61,12 @@ class Postfilter:
             raise ValueError(f"pitch_threshold must be in [0, 1); got {pitch_threshold}")
         if not 0.0 <= agc < 1.0:
             raise ValueError(f"agc must be in [0, 1); got {agc}")
+        if not 0.0 <= tilt <= 1.0:
+            raise ValueError(f"tilt must be in [0, 1]; got {tilt}")
         self.gamma_num, self.gamma_den = float(gamma_num), float(gamma_den)
         self.pitch_gain, self.pitch_threshold, self.agc = float(pitch_gain), float(pitch_threshold), float(agc)
+        self.tilt = float(tilt)
+        self._th = 0.0                    # tilt compensation: last input
         self._hist = np.zeros(_HIST)      # last decoded samples (pitch search)
         self._xh = np.zeros(_P)           # formant filter: last inputs / outputs
         self._yh = np.zeros(_P)
@@ -73,7 +79,25 @@ class Postfilter:
             raise ValueError(f"y must be 1-D with {a_sub.shape[0]} * {C.HOP_SIZE} samples; got {y.shape}")
         x = self._pitch(y)
         z = self._formant(x, a_sub[:, _MID])
+        if self.tilt > 0.0:
+            z = self._tilt(z, a_sub[:, _MID])
         return self._gain_control(x, z)
+
+    def _tilt(self, z: np.ndarray, a_hop: np.ndarray) -> np.ndarray:
+        """Tilt compensation (G.729's): per hop, 1 + tilt * k1 z^-1 with k1 = -r_h(1) / r_h(0) of
+        the formant filter's impulse response h (20 samples), applied only where k1 < 0 (the
+        formant stage tilted the spectrum down), input history carried across hops and calls."""
+        k = np.arange(_P + 1)
+        imp = np.zeros(_IMP)
+        imp[0] = 1.0
+        mu = np.empty(len(a_hop))
+        for t in range(len(a_hop)):
+            h = scipy.signal.lfilter(a_hop[t] * self.gamma_num ** k, a_hop[t] * self.gamma_den ** k, imp)
+            k1 = -np.dot(h[:-1], h[1:]) / max(np.dot(h, h), 1e-30)
+            mu[t] = self.tilt * k1 if k1 < 0 else 0.0
+        prev = np.concatenate([[self._th], z[:-1]])
+        self._th = float(z[-1]) if len(z) else self._th
+        return z + np.repeat(mu, C.HOP_SIZE)[: len(z)] * prev
 
     def _formant(self, x: np.ndarray, a_hop: np.ndarray) -> np.ndarray:
         """A(z / gamma_num) / A(z / gamma_den), one filter per hop (the mid-hop interpolation:

@@ -17,11 +17,16 @@ Result (docs/DESIGN.md "Noise filling"): every setting lowered PESQ-WB; not in t
 
 from __future__ import annotations
 
-import numpy as np
-from absl import app, flags
+import os
+import sys
 
-import constants as C
-from lpc.dsp import frame_window
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's code
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import constants as C  # noqa: E402
+from lpc.dsp import frame_window  # noqa: E402
 
 flags.DEFINE_string("split", "val", "which split's clips")
 flags.DEFINE_integer("max_clips", 24, "clips, spread over the split's voices")

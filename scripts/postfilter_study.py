@@ -8,7 +8,7 @@ the decoder's current default per point, the second the postfilter off.
 
 Usage: python scripts/postfilter_study.py [--split val] [--max_clips 24] [--model path]
          [--settings "0.7:0.85:0.25,0.7:0.85:0.15:0.6"]
-           (gamma_num:gamma_den:pitch_gain[:pitch_threshold] per setting)
+           (gamma_num:gamma_den:pitch_gain[:pitch_threshold[:tilt]] per setting)
 Results: docs/DESIGN.md "Postfilter".
 """
 
@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 
-import numpy as np
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's code
 
-import constants as C
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import constants as C  # noqa: E402
 
 flags.DEFINE_string("split", "val", "which split's clips")
 flags.DEFINE_integer("max_clips", 24, "clips, spread over the split's voices")
 flags.DEFINE_string("data_dir", "data/many", "demo-corpus directory")
 flags.DEFINE_string("model", None, "model.keras (default: the shipped model)")
 flags.DEFINE_string("settings", "0.7:0.85:0.15,0.7:0.85:0.35,0.75:0.9:0.25,0.65:0.8:0.25,0.8:0.9:0.15,0.7:0.85:0.25:0.6",
-                    "gamma_num:gamma_den:pitch_gain[:pitch_threshold] per setting")
+                    "gamma_num:gamma_den:pitch_gain[:pitch_threshold[:tilt]] per setting")
 flags.DEFINE_integer("seed", 1234, "split seed (as scripts/bitrate_scaling.py)")
 flags.DEFINE_string("csv", None, "also write per-clip rows here")
 FLAGS = flags.FLAGS
@@ -40,15 +43,17 @@ def parse_settings(text: str) -> list[dict]:
         if not item:
             continue
         parts = item.split(":")
-        if len(parts) not in (3, 4):
-            raise ValueError(f"setting {item!r}: expected gamma_num:gamma_den:pitch_gain[:pitch_threshold]")
+        if len(parts) not in (3, 4, 5):
+            raise ValueError(f"setting {item!r}: expected gamma_num:gamma_den:pitch_gain[:pitch_threshold[:tilt]]")
         try:
             vals = [float(p) for p in parts]
         except ValueError:
             raise ValueError(f"setting {item!r}: every field must be a number") from None
         kw = dict(gamma_num=vals[0], gamma_den=vals[1], pitch_gain=vals[2])
-        if len(vals) == 4:
+        if len(vals) >= 4:
             kw["pitch_threshold"] = vals[3]
+        if len(vals) == 5:
+            kw["tilt"] = vals[4]
         out.append(kw)
     return out
 

@@ -433,12 +433,13 @@ def test_tf_bad_input_raises_value_error(call, match):
 from lpc.postfilter import Postfilter  # noqa: E402
 
 
-def test_postfilter_streams_exactly(speech):
+@pytest.mark.parametrize("kwargs", [{}, {"gamma_num": 0.6, "gamma_den": 0.8, "tilt": 0.8}])
+def test_postfilter_streams_exactly(speech, kwargs):
     lsf = lpc.analyze(speech[:40 * C.HOP_SIZE])
     a_sub = lpc.subframe_lpc(lsf)
     y = speech[:40 * C.HOP_SIZE]
-    whole = Postfilter()(y, a_sub)
-    pf = Postfilter()
+    whole = Postfilter(**kwargs)(y, a_sub)
+    pf = Postfilter(**kwargs)
     parts = [pf(y[s * C.HOP_SIZE:e * C.HOP_SIZE], a_sub[s:e]) for s, e in ((0, 7), (7, 8), (8, 40))]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-12)
     assert whole.shape == y.shape and not np.allclose(whole, y)
@@ -469,6 +470,20 @@ def test_postfilter_keeps_loudness_and_deepens_formant_valleys(speech):
         assert spread(f_out) > spread(f_in) + margin, (g_num, g_den)
 
 
+def test_postfilter_tilt_compensation_restores_the_high_band(speech):
+    # The formant stage tilts the spectrum down (a low-pass h: k1 < 0); the tilt stage lifts
+    # the upper half of the band back relative to the lower half.
+    y = speech[:60 * C.HOP_SIZE]
+    a_sub = lpc.subframe_lpc(lpc.analyze(y))
+    ratio = lambda v: (np.sum(np.abs(np.fft.rfft(v)[len(v) // 4:]) ** 2)
+                       / np.sum(np.abs(np.fft.rfft(v)[: len(v) // 4]) ** 2))
+    plain = Postfilter(gamma_num=0.6, gamma_den=0.8, pitch_gain=0.0)(y, a_sub)
+    tilted = Postfilter(gamma_num=0.6, gamma_den=0.8, pitch_gain=0.0, tilt=0.8)(y, a_sub)
+    assert ratio(tilted) > 1.05 * ratio(plain)
+    # tilt 0 is exactly the stage off
+    np.testing.assert_array_equal(Postfilter(tilt=0.0)(y, a_sub), Postfilter()(y, a_sub))
+
+
 def test_postfilter_pitch_comb_raises_harmonic_to_noise_ratio():
     rng = np.random.default_rng(0)
     hops, period = 20, 100                       # 160 Hz pulse train + white noise
@@ -493,6 +508,8 @@ def test_postfilter_pitch_comb_raises_harmonic_to_noise_ratio():
     ({"pitch_gain": 1.5}, "pitch_gain"),
     ({"pitch_threshold": 1.0}, "pitch_threshold"),
     ({"agc": 1.0}, "agc"),
+    ({"tilt": -0.1}, "tilt"),
+    ({"tilt": 1.5}, "tilt"),
 ])
 def test_postfilter_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
