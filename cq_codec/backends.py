@@ -54,7 +54,8 @@ __all__ = ["BACKENDS", "KerasBackend", "TFLiteBackend", "BF16Backend", "get_back
            "tflite_interpreter_class"]
 
 BACKENDS = ("keras", "tflite", "fast", "bf16")
-_FORMAT = 1          # bump when the exported functions change (invalidates disk caches)
+_FORMAT = 2          # bump when the exported functions change (invalidates disk caches); 2: the NHWC graph
+SUB_BATCH = 50       # frames per LiteRT invocation (tflite backend; `_Runner`)
 
 
 class KerasBackend:
@@ -113,30 +114,46 @@ def _layout(model, n: int) -> list[tuple[int, int]]:
     return out
 
 
-def convert_frame_function(model, kind: str, n: int) -> bytes:
+GRAPHS = ("nhwc", "traced")
+
+
+def convert_frame_function(model, kind: str, n: int, graph: str = "nhwc") -> bytes:
     """The `.tflite` flatbuffer of the frame encoder ("encode") or decoder ("decode") of the first
     n modules, with frozen weights. Inputs: "frames" float32 [N, 512] / "codes_i" int32 [N, P_i, S_i];
-    outputs "output_k": the codes of module k / the frames ("output_0")."""
+    outputs "output_k": the codes of module k / the frames ("output_0").
+
+    `graph="nhwc"`: the function written out from the layers' weights as one 4-D graph that
+    XNNPACK takes whole but for the quantizers' ARG_MIN / GATHER (`cq_codec.tflite_graph`; raises
+    ValueError with the reason for a model it cannot write). `graph="traced"`: the model's own
+    traced functions, frozen (Keras' Conv1D reaches LiteRT as EXPAND_DIMS / CONV_2D / RESHAPE and
+    the dilated ones through SPACE_TO_BATCH_ND, which XNNPACK does not take: 17-85 partitions)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    if kind == "encode":
+    if kind not in ("encode", "decode"):
+        raise ValueError(f"kind must be 'encode' or 'decode'; got {kind!r}")
+    if graph == "nhwc":
+        from cq_codec import tflite_graph
+        fn = tflite_graph.frame_function(model, kind, n)     # weights are constants already
+    elif graph != "traced":
+        raise ValueError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
+    elif kind == "encode":
         @tf.function(input_signature=[tf.TensorSpec([None, C.FRAME_SIZE], tf.float32, name="frames")])
         def fn(frames):
             return tuple(model.encode_frames(frames, num_active=n))
-    elif kind == "decode":
+    else:
         specs = [tf.TensorSpec([None, p, s], tf.int32, name=f"codes_{i}") for i, (p, s) in enumerate(_layout(model, n))]
 
         @tf.function(input_signature=specs)
         def fn(*codes):
             return (model.decode_frames(list(codes)),)
-    else:
-        raise ValueError(f"kind must be 'encode' or 'decode'; got {kind!r}")
     import absl.logging
     verbosity = absl.logging.get_verbosity()
     absl.logging.set_verbosity(absl.logging.ERROR)   # the converter logs every SavedModel step it takes
     try:
-        frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-        return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+        concrete = fn.get_concrete_function()
+        if graph == "traced":
+            concrete = convert_variables_to_constants_v2(concrete)
+        return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model).convert()
     except Exception as e:  # the converter raises many types (ConverterError, RuntimeError, ...)
         raise RuntimeError(f"cannot convert the {kind} function of {n} module(s) to TFLite "
                            f"(a quantizer whose ops LiteRT lacks?): {type(e).__name__}: {e}") from e
@@ -145,15 +162,28 @@ def convert_frame_function(model, kind: str, n: int) -> bytes:
 
 
 class _Runner:
-    """One interpreter's signature runner (inputs "frames" / "codes_i", outputs "output_k")."""
+    """One interpreter's signature runner (inputs "frames" / "codes_i", outputs "output_k"), fed
+    `sub_batch` frames per invocation (0: all at once). Every frame is computed alone (the same
+    results for any batch), and XNNPACK ran the NHWC graphs 10-20 % faster on 25-50 frames than
+    on a 250-frame chunk at once, whose activations (250 x 128 x 64 floats, 8 MB) leave the
+    cache between layers (docs/DESIGN.md "Speed, sixth pass")."""
 
-    def __init__(self, content: bytes, num_threads: int):
+    def __init__(self, content: bytes, num_threads: int, sub_batch: int = 0):
         self.interpreter = tflite_interpreter_class()(model_content=content, num_threads=num_threads)
         self._run = self.interpreter.get_signature_runner()
+        self.sub_batch = int(sub_batch)
 
-    def run(self, **feed) -> list[np.ndarray]:
+    def _once(self, feed) -> list[np.ndarray]:
         out = self._run(**feed)     # resizes the inputs to the feed (a no-op when unchanged)
         return [out[k] for k in sorted(out, key=lambda k: int(k.rsplit("_", 1)[1]))]
+
+    def run(self, **feed) -> list[np.ndarray]:
+        n = len(next(iter(feed.values())))
+        b = self.sub_batch
+        if b <= 0 or n <= b:
+            return self._once(feed)
+        parts = [self._once({k: v[s: s + b] for k, v in feed.items()}) for s in range(0, n, b)]
+        return [np.concatenate(p) for p in zip(*parts)]
 
 
 class TFLiteBackend:
@@ -162,25 +192,50 @@ class TFLiteBackend:
 
     name = "tflite"
 
-    def __init__(self, model, num_threads: int | None = None, cache_dir=None):
+    def __init__(self, model, num_threads: int | None = None, cache_dir=None, graph: str = "auto",
+                 sub_batch: int = SUB_BATCH):
+        if graph not in ("auto",) + GRAPHS:
+            raise ValueError(f"graph must be 'auto' or one of {', '.join(GRAPHS)}; got {graph!r}")
         self.model = model
         self.num_threads = int(num_threads or os.cpu_count() or 1)
         self.cache_dir = None if cache_dir is False else (cache_dir or default_cache_dir())
+        self.graph = graph
+        self.sub_batch = int(sub_batch)
+        self.fallback_reasons: dict = {}     # n -> why the NHWC graph was not used ("auto")
         self._key = None
         self._runners: dict = {}
 
+    def graph_for(self, n: int) -> str:
+        """The export used for n modules: "nhwc" where `tflite_graph` can write the model, else
+        "traced" (with graph="auto", logging the reason once)."""
+        if self.graph != "auto":
+            return self.graph
+        from cq_codec import tflite_graph
+        reason = tflite_graph.unsupported(self.model, n)
+        if reason is None:
+            return "nhwc"
+        if n not in self.fallback_reasons:
+            import logging
+            logging.getLogger(__name__).warning(
+                "tflite backend: converting the traced functions of %d module(s) (slower) instead of the NHWC "
+                "graph: %s", n, reason)
+            self.fallback_reasons[n] = reason
+        return "traced"
+
     def flatbuffer(self, kind: str, n: int) -> bytes:
         """The `.tflite` bytes (from the disk cache when there, else converted and stored)."""
+        graph = self.graph_for(n)
         path = None
         if self.cache_dir:
             self._key = self._key or model_key(self.model)
-            path = os.path.join(self.cache_dir, "tflite", self._key, f"{kind}_{n}.tflite")
+            name = f"{kind}_{n}.tflite" if graph == "nhwc" else f"{kind}_{n}.{graph}.tflite"
+            path = os.path.join(self.cache_dir, "tflite", self._key, name)
             try:
                 with open(path, "rb") as f:
                     return f.read()
             except OSError:
                 pass
-        content = convert_frame_function(self.model, kind, n)
+        content = convert_frame_function(self.model, kind, n, graph)
         if path:
             try:   # atomic: concurrent processes never read a half-written file
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -197,7 +252,7 @@ class TFLiteBackend:
             # a conversion bakes the RVQ codebooks in use into the graph; not part of the cache key yet
             raise ValueError("the tflite backend does not serve RVQ modules yet; use backend='keras'")
         if (kind, n) not in self._runners:
-            self._runners[kind, n] = _Runner(self.flatbuffer(kind, n), self.num_threads)
+            self._runners[kind, n] = _Runner(self.flatbuffer(kind, n), self.num_threads, self.sub_batch)
         return self._runners[kind, n]
 
     def export(self, directory: str, num_active: int | None = None) -> list[str]:

@@ -40,7 +40,8 @@ flags.DEFINE_string("wav", "tests/fixtures/real_speech.wav", "speech file to mea
 flags.DEFINE_integer("train_steps", 100, "steps for the tiny stand-in model")
 flags.DEFINE_float("hours", 1.0, "length of the generated input for the memory test (0: skip)")
 flags.DEFINE_integer("repeats", 5, "timed rounds per operating point after a warm-up (the median is reported)")
-flags.DEFINE_list("backends", ["keras", "tflite"], "backends to measure, in turn within each round")
+flags.DEFINE_list("backends", ["keras", "tflite"], "backends to measure, in turn within each round (also "
+                  "\"tflite/traced\": the tflite backend with the traced-function export it had before the NHWC graph)")
 flags.DEFINE_bool("profile", False, "also print where the time goes (cProfile), per backend and operating point")
 flags.DEFINE_integer("profile_runs", 3, "runs per operating point and side under the profiler")
 flags.DEFINE_string("workdir", None, "where to put generated files (default: a temp dir)")
@@ -80,6 +81,11 @@ def _load(path: str, backend: str):
     if backend.endswith("/seq"):   # the same backend with the network calls in turn with the numpy work
         codec = _load(path, backend[: -len("/seq")])
         codec.pipeline = False
+        return codec
+    if backend == "tflite/traced":   # the tflite backend's export before the NHWC graph (DESIGN "Speed, sixth pass")
+        from cq_codec import backends
+        codec = api.load(path, postfilter=FLAGS.postfilter, backend="tflite")
+        codec._backend = backends.TFLiteBackend(codec.model, graph="traced", sub_batch=0)
         return codec
     try:
         return api.load(path, postfilter=FLAGS.postfilter, backend=backend)
