@@ -26,17 +26,21 @@ may be slower than keras). It is lossy against keras: ~0.3-0.9 % of the module c
 keras's on the same bytes; bytes of any backend decode with every other, and PESQ-WB on the
 test voices moved by < 0.01 on average. Never the default.
 
-"tflite": the same functions frozen (variables folded into constants: a hand conversion of the
-SavedModel keeps READ_VARIABLE ops whose resources LiteRT never initialises, so it fails with
-`variable != nullptr` or decodes NaN) and converted to `.tflite` flatbuffers, one encoder and one
-decoder per operating point, run by the LiteRT interpreter (`ai-edge-litert`; TensorFlow's own
-`tf.lite.Interpreter` is deprecated) with the XNNPACK delegate. Its float arithmetic is not
-TensorFlow's, so a latent within a rounding error of a bin boundary may take the neighbouring
-code (none did on the test files; docs/DESIGN.md "Speed"): the bytes may differ from the keras
-backend's, and either backend's codes decode with the other (decoded audio within the tolerance
-tests/test_tflite.py states). Conversions are cached in memory, and on disk under
-`cache_dir` (default `$CQ_CODEC_CACHE` or `~/.cache/cq_codec`, keyed by the weights, config and
-TensorFlow version) when it is writable.
+"tflite": the frame encoder / decoder of each operating point converted to `.tflite` flatbuffers
+and run by the LiteRT interpreter (`ai-edge-litert`; TensorFlow's own `tf.lite.Interpreter` is
+deprecated) with the XNNPACK delegate, 50 frames per invocation. The export is the NHWC graph of
+`cq_codec.tflite_graph` (the layers' weights written out as 4-D convolutions that XNNPACK takes
+whole but for the quantizers' ARG_MIN / GATHER; 1.3-1.6x keras's encode + decode on the shipped
+model, docs/DESIGN.md "Speed, sixth pass"); for a model it cannot write (another quantizer, a
+bypassed one; `tflite_graph.unsupported` says why, and the backend logs it) the model's own traced
+functions, frozen (variables folded into constants: a hand conversion of the SavedModel keeps
+READ_VARIABLE ops whose resources LiteRT never initialises, so it fails with `variable != nullptr`
+or decodes NaN). Its float arithmetic is not TensorFlow's, so a latent within a rounding error of a
+bin boundary may take the neighbouring code (11 in 18 million on the test corpus at 1 module;
+docs/DESIGN.md): the bytes may differ from the keras backend's, and either backend's codes decode
+with the other (decoded audio within the tolerance tests/test_tflite.py states). Conversions are
+cached in memory, and on disk under `cache_dir` (default `$CQ_CODEC_CACHE` or `~/.cache/cq_codec`,
+keyed by the weights, config, TensorFlow version and export format `_FORMAT`) when it is writable.
 """
 
 from __future__ import annotations

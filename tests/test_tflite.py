@@ -1,5 +1,6 @@
 """The TFLite (LiteRT) backend: frozen export, agreement with the keras backend, cross decoding,
-selection through the API and the CLI, the disk cache.
+selection through the API and the CLI, the disk cache; the NHWC export (`cq_codec.tflite_graph`)
+against keras for every block type and both front ends, its fallback to the traced functions.
 
 Tolerances: LiteRT/XNNPACK and TensorFlow sum the convolutions in different orders, so float
 outputs differ by rounding (measured on the shipped model: decoded audio max |diff| 4e-7 for a
@@ -14,8 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import keras
+
 from cq_codec import __main__ as cli
-from cq_codec import api, backends, inference
+from cq_codec import api, backends, inference, tflite_graph
+from cq_codec.config import Config
+from cq_codec.training.trainer import build_model
 from conftest import check_backend_against_keras
 from test_api import ar_signal, make_model
 
@@ -120,3 +125,110 @@ def test_cli_backend_flag(model_path, cache_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["decode", nac, out, "--model", model_path, "--backend", "onnx"])
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------ the NHWC export
+def _op_names(content: bytes) -> set:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    ip = Interpreter(model_content=content,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return {o["op_name"] for o in ip._get_ops_details()}
+
+
+def _frames(n: int, seed: int) -> np.ndarray:
+    """Residual-like frames: windowed pieces of an AR signal."""
+    x = ar_signal(0.1 + n * 0.02, seed).astype(np.float32)
+    return np.stack([x[i * 160: i * 160 + 512] * np.hanning(512).astype(np.float32) for i in range(n)]) * 4
+
+
+def test_nhwc_export_is_the_default_and_has_no_conv1d_glue(codecs):
+    """The tiny model (conv front end, stride 2, dilated gln blocks, sub-pixel upsampling) is
+    written as the NHWC graph: no EXPAND_DIMS / SPACE_TO_BATCH_ND, and XNNPACK is left only the
+    quantizers' ARG_MIN / GATHER (and the reshapes around them)."""
+    _, tfl = codecs
+    assert tfl._backend.graph == "auto" and tfl._backend.graph_for(2) == "nhwc" and not tfl._backend.fallback_reasons
+    enc, dec = _op_names(tfl._backend.flatbuffer("encode", 2)), _op_names(tfl._backend.flatbuffer("decode", 2))
+    for ops in (enc, dec):
+        assert "CONV_2D" in ops and not ops & {"EXPAND_DIMS", "SQUEEZE", "SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"}
+    assert "ARG_MIN" in enc and "GATHER" in dec
+
+
+@pytest.mark.parametrize("config", [dict(front_end="patch", the_strides=(4,)),          # the shipped model's layout
+                                    dict(block_type="bottleneck"), dict(block_type="separable", front_end="patch",
+                                                                       the_strides=(4,))])
+def test_nhwc_frames_agree_with_keras(config):
+    """Frame level, random weights: codes of the cascade (>= 99.9 % equal) and decoded frames."""
+    keras.utils.set_random_seed(3)
+    model = build_model(Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1, **config).validate())
+    assert tflite_graph.unsupported(model, 2) is None
+    kb, tb = backends.KerasBackend(model), backends.TFLiteBackend(model, cache_dir=False, sub_batch=4)
+    frames = _frames(10, 5)
+    want, got = kb.encode_frames(frames, 2), tb.encode_frames(frames, 2)
+    for w, g in zip(want, got):
+        assert w.shape == g.shape and g.dtype == np.int32 and np.mean(w == g) >= CODE_AGREEMENT
+    yk, yt = kb.decode_frames(want), tb.decode_frames(want)
+    np.testing.assert_allclose(yt, yk, atol=TOL * np.abs(yk).max())
+
+
+@pytest.fixture(scope="module")
+def patch_codecs(tmp_path_factory, cache_dir):
+    """keras and tflite codecs of a tiny model with the shipped model's layout (patch front end, stride 4)."""
+    path = tmp_path_factory.mktemp("p") / "patch.keras"
+    make_model(1, front_end="patch", the_strides=(4,)).save(str(path))
+    tfl = api.load(str(path), frames_per_chunk=8, backend="tflite")
+    tfl._backend.cache_dir = cache_dir
+    return api.load(str(path), frames_per_chunk=8), tfl
+
+
+@pytest.mark.parametrize("num_modules", [1, 2])
+def test_patch_model_codes_agree_and_cross_decode(patch_codecs, num_modules):
+    keras_codec, tfl = patch_codecs
+    check_backend_against_keras(keras_codec, tfl, ar_signal(1.3, 7), num_modules, CODE_AGREEMENT, lambda yk, yt:
+                                np.testing.assert_allclose(yt, yk, atol=TOL * np.abs(yk).max()))
+    assert tfl._backend.graph_for(num_modules) == "nhwc"
+
+
+def test_sub_batches_give_the_same_results(codecs, cache_dir):
+    """Every frame is computed alone: a chunk fed in sub-batches (the last one shorter) gives the
+    same codes and frames, bit for bit, as fed whole."""
+    model = codecs[0].model
+    frames = _frames(11, 2)
+    whole, split = (backends.TFLiteBackend(model, cache_dir=cache_dir, sub_batch=b) for b in (0, 4))
+    for a, b in zip(whole.encode_frames(frames, 2), split.encode_frames(frames, 2)):
+        assert np.array_equal(a, b)
+    codes = whole.encode_frames(frames, 2)
+    assert np.array_equal(whole.decode_frames(codes), split.decode_frames(codes))
+
+
+def test_fallback_to_traced_functions(model_path, tmp_path, caplog):
+    """A model the NHWC graph does not write (here: quantization bypassed, a pretraining state)
+    falls back to converting the traced functions, says why, and still agrees with keras; asking
+    for the NHWC graph explicitly raises with the reason; the two exports are cached apart."""
+    model = api.load(model_path).model
+    model.codec_modules[1].bypass.assign(1.0)
+    reason = tflite_graph.unsupported(model, 2)
+    assert reason == "module 1 has quantization bypassed (a pretraining state)"
+    assert tflite_graph.unsupported(model, 1) is None
+    with pytest.raises(ValueError, match="the NHWC export does not serve this model: module 1 has quantization bypassed"):
+        backends.convert_frame_function(model, "encode", 2, graph="nhwc")
+    with pytest.raises(ValueError, match="graph must be 'auto' or one of nhwc, traced"):
+        backends.TFLiteBackend(model, graph="onnx")
+    tb = backends.TFLiteBackend(model, cache_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="cq_codec.backends"):
+        assert tb.graph_for(2) == "traced" and tb.graph_for(1) == "nhwc"
+    assert tb.fallback_reasons == {2: reason} and reason in caplog.text
+    frames = _frames(6, 1)
+    want, got = backends.KerasBackend(model).encode_frames(frames, 2), tb.encode_frames(frames, 2)
+    assert all(np.mean(w == g) >= CODE_AGREEMENT for w, g in zip(want, got))
+    assert "EXPAND_DIMS" in _op_names(tb.flatbuffer("encode", 2))       # the traced export's Conv1D glue
+    tb.flatbuffer("encode", 1)
+    folder = os.path.join(str(tmp_path), "tflite", backends.model_key(model))
+    assert sorted(os.listdir(folder)) == ["encode_1.tflite", "encode_2.traced.tflite"]
+
+
+def test_cache_key_changes_with_the_export_format(codecs, monkeypatch):
+    """Conversions cached by an older export (another `_FORMAT`) are never read back."""
+    model = codecs[0].model
+    key = backends.model_key(model)
+    monkeypatch.setattr(backends, "_FORMAT", backends._FORMAT - 1)
+    assert backends.model_key(model) != key
