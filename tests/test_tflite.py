@@ -1,5 +1,5 @@
 """The TFLite (LiteRT) backend: frozen export, agreement with the keras backend, cross decoding,
-selection through the API and the CLI, the disk cache; the NHWC export (`cq_codec.tflite_graph`)
+selection through the API and the CLI, the disk cache; the NHWC export (`backends.nhwc_frame_function`)
 against keras for every block type and both front ends, its fallback to the traced functions.
 
 Tolerances: LiteRT/XNNPACK and TensorFlow sum the convolutions in different orders, so float
@@ -18,7 +18,7 @@ import soundfile as sf
 import keras
 
 from cq_codec import __main__ as cli
-from cq_codec import api, backends, inference, tflite_graph
+from cq_codec import api, backends, inference
 from cq_codec.config import Config
 from cq_codec.training.trainer import build_model
 from conftest import check_backend_against_keras
@@ -160,7 +160,7 @@ def test_nhwc_frames_agree_with_keras(config):
     """Frame level, random weights: codes of the cascade (>= 99.9 % equal) and decoded frames."""
     keras.utils.set_random_seed(3)
     model = build_model(Config(num_modules=2, channels=8, bottleneck=4, blocks_per_section=1, **config).validate())
-    assert tflite_graph.unsupported(model, 2) is None
+    assert backends.nhwc_unsupported(model, 2) is None
     kb, tb = backends.KerasBackend(model), backends.TFLiteBackend(model, cache_dir=False, sub_batch=4)
     frames = _frames(10, 5)
     want, got = kb.encode_frames(frames, 2), tb.encode_frames(frames, 2)
@@ -206,9 +206,9 @@ def test_fallback_to_traced_functions(model_path, tmp_path, caplog):
     for the NHWC graph explicitly raises with the reason; the two exports are cached apart."""
     model = api.load(model_path).model
     model.codec_modules[1].bypass.assign(1.0)
-    reason = tflite_graph.unsupported(model, 2)
+    reason = backends.nhwc_unsupported(model, 2)
     assert reason == "module 1 has quantization bypassed (a pretraining state)"
-    assert tflite_graph.unsupported(model, 1) is None
+    assert backends.nhwc_unsupported(model, 1) is None
     with pytest.raises(ValueError, match="the NHWC export does not serve this model: module 1 has quantization bypassed"):
         backends.convert_frame_function(model, "encode", 2, graph="nhwc")
     with pytest.raises(ValueError, match="graph must be 'auto' or one of nhwc, traced"):
