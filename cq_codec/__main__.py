@@ -1,7 +1,7 @@
 """The cq-codec command line: a thin layer over `cq_codec.api` (argparse, for the subcommands).
 
-    python -m cq_codec encode IN.wav OUT.nac [--model PATH] [--bitrate KBPS] [--backend keras|tflite|fast|bf16]
-    python -m cq_codec decode IN.nac OUT.wav [--model PATH] [--no-postfilter] [--backend keras|tflite|fast|bf16]
+    python -m cq_codec encode IN.wav OUT.nac [--model PATH] [--bitrate KBPS] [--backend auto|keras|tflite|fast|bf16]
+    python -m cq_codec decode IN.nac OUT.wav [--model PATH] [--no-postfilter] [--backend auto|keras|tflite|fast|bf16]
     python -m cq_codec info FILE.nac
 
 `-` reads stdin / writes stdout. Outputs are written to a temporary file in the destination's
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--frames-per-chunk", type=_frames_per_chunk, default=None,
                    help="hops (30 ms) per .nac chunk, 1..4096 (default 250; a waveform model needs whole "
                         "latent frames per chunk: 248 by default for hop 128)")
-    e.add_argument("--backend", choices=("keras", "tflite", "fast", "bf16"), default=None,
-                   help="network runtime: keras (TensorFlow, default), tflite (LiteRT + XNNPACK), fast (keras with "
+    e.add_argument("--backend", choices=("auto", "keras", "tflite", "fast", "bf16"), default=None,
+                   help="network runtime: auto (default: tflite where it serves the model, else keras; "
+                        "$CQ_CODEC_BACKEND overrides), keras (TensorFlow), tflite (LiteRT + XNNPACK), fast (keras with "
                         "the encoders' output convolutions re-laid for oneDNN; codes may differ from keras's "
                         "in rare rounding cases) or bf16 (bfloat16 on oneDNN, ~1.4x faster on CPUs with "
                         "AVX512_BF16; codes and audio differ slightly from keras's)")
@@ -70,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help=model_help)
     d.add_argument("--no-postfilter", dest="postfilter", action="store_false",
                    help="skip the decoder's adaptive pitch + formant postfilter (lpc/postfilter.py)")
-    d.add_argument("--backend", choices=("keras", "tflite", "fast", "bf16"), default=None,
-                   help="network runtime: keras (TensorFlow, default), tflite (LiteRT + XNNPACK), fast (keras with "
+    d.add_argument("--backend", choices=("auto", "keras", "tflite", "fast", "bf16"), default=None,
+                   help="network runtime: auto (default: tflite where it serves the model, else keras; "
+                        "$CQ_CODEC_BACKEND overrides), keras (TensorFlow), tflite (LiteRT + XNNPACK), fast (keras with "
                         "the encoders' output convolutions re-laid for oneDNN; codes may differ from keras's "
                         "in rare rounding cases) or bf16 (bfloat16 on oneDNN, ~1.4x faster on CPUs with "
                         "AVX512_BF16; codes and audio differ slightly from keras's)")

@@ -54,9 +54,12 @@ def _pretrained(path: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     return path
-# The keras backend: its codes define the .nac bytes (golden files), and on the 2-core machine it
-# was as fast as or faster than LiteRT (docs/DESIGN.md "Speed").
-DEFAULT_BACKEND = "keras"
+# "auto": LiteRT + XNNPACK (the tflite backend's NHWC export) where it serves the model, else
+# keras. tflite encodes + decodes the shipped model 1.3-1.7x faster than keras on the 2-core
+# machine (docs/DESIGN.md "Speed, sixth pass"); its codes equal keras's except where a latent lies
+# within float rounding of a bin boundary (~3 in a million codes), and either decodes the other's.
+# The golden-file tests pin keras. CQ_CODEC_BACKEND overrides the default (e.g. "keras").
+DEFAULT_BACKEND = os.environ.get("CQ_CODEC_BACKEND") or "auto"
 _DECODE_HOPS = inference.DEFAULT_FRAMES_PER_CHUNK   # hops per network call when decoding: bounds
                          # memory for any chunk size (a 4096-hop chunk in one call peaked at 2.1 GB)
 
@@ -80,7 +83,7 @@ class Codec:
                  backend: str = DEFAULT_BACKEND, pipeline: bool = True):
         self.model, self.name = model, str(name)
         self.pipeline = bool(pipeline)
-        self.backend = backend    # "keras", "tflite" or "fast" (cq_codec.backends); codes of any decode with all
+        self.backend = backend    # "auto", "keras", "tflite", "fast" or "bf16" (cq_codec.backends); codes of any decode with all
         if not isinstance(postfilter, bool):
             raise TypeError(f"postfilter must be True or False; got {postfilter!r}")
         self.postfilter = postfilter  # decoder-side only: the .nac bytes do not depend on it
@@ -99,8 +102,9 @@ class Codec:
 
     @property
     def backend(self) -> str:
-        """The frame codec's runtime: "keras" (TensorFlow, the default), "tflite" (LiteRT + XNNPACK)
-        or "fast" (keras, the encoders' output convolutions laid out for oneDNN)."""
+        """The frame codec's runtime in use: "keras" (TensorFlow), "tflite" (LiteRT + XNNPACK),
+        "fast" (keras, the encoders' output convolutions laid out for oneDNN) or "bf16"; "auto"
+        (the default) resolves to tflite or keras when set."""
         return self._backend.name
 
     @backend.setter
@@ -288,10 +292,11 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     A waveform model (cq_codec.models.waveform) loads as a `cq_codec.waveform_api.WaveformCodecAPI`
     (same methods; its chunks default to whole latent frames). A shipped model may be named
     without its path: "default", "waveform_rvq".
-    `backend`: "keras" (default), "tflite" (`cq_codec.backends`: LiteRT + XNNPACK; the first use
-    of an operating point converts it, about 2-10 s, then cached on disk) or "fast" (keras with the
-    encoders' output convolutions laid out for oneDNN: faster encoding, codes equal to keras's
-    except in rare rounding cases)."""
+    `backend`: "auto" (default: tflite where it serves the model, else keras; `DEFAULT_BACKEND`),
+    "keras", "tflite" (`cq_codec.backends`: LiteRT + XNNPACK; the first use of an operating point
+    converts it, a few seconds, then cached on disk), "fast" (keras with the encoders' output
+    convolutions laid out for oneDNN) or "bf16". Codes of every backend decode with every other;
+    tflite's and fast's equal keras's except in rare rounding cases."""
     path = DEFAULT_MODEL_PATH if path is None else _pretrained(str(path))
     if not os.path.isfile(path):
         hint = (" (the shipped default model is missing: reinstall cq-codec, re-train it with "
@@ -305,7 +310,7 @@ def load(path: str | None = None, frames_per_chunk: int = inference.DEFAULT_FRAM
     except Exception as e:  # keras raises many types for a bad archive
         raise ValueError(f"cannot load model {path!r}: {type(e).__name__}: {e}") from e
     if isinstance(model, cq_codec.models.waveform.WaveformCodec):
-        if backend != "keras":
+        if backend not in ("keras", "auto"):
             raise ValueError(f"backend {backend!r} serves CQ models only; {path!r} is a waveform codec (use keras)")
         fpc = frames_per_chunk
         if fpc == inference.DEFAULT_FRAMES_PER_CHUNK:     # CQ's default: the waveform codec's own

@@ -54,11 +54,12 @@ import numpy as np
 
 import constants as C
 
-__all__ = ["BACKENDS", "KerasBackend", "TFLiteBackend", "BF16Backend", "get_backend", "model_key", "default_cache_dir",
+__all__ = ["BACKENDS", "KerasBackend", "TFLiteBackend", "BF16Backend", "get_backend", "auto_backend_reason",
+           "model_key", "default_cache_dir",
            "convert_frame_function", "nhwc_frame_function", "nhwc_unsupported",
            "tflite_interpreter_class"]
 
-BACKENDS = ("keras", "tflite", "fast", "bf16")
+BACKENDS = ("auto", "keras", "tflite", "fast", "bf16")
 _FORMAT = 2          # bump when the exported functions change (invalidates disk caches); 2: the NHWC graph
 SUB_BATCH = 50       # frames per LiteRT invocation (tflite backend; `_Runner`)
 
@@ -620,8 +621,28 @@ class BF16Backend:
         return np.asarray(self._decode_fn(n)(*[np.asarray(c, np.int32) for c in codes]))
 
 
+def auto_backend_reason(model) -> str | None:
+    """Why "auto" runs `model` on keras rather than tflite (None: tflite serves it whole)."""
+    if not hasattr(model, "codec_modules"):
+        return f"{type(model).__name__} is not a CQ model"
+    if any(hasattr(m.quantizer, "num_active_codebooks") for m in model.codec_modules):
+        return "the tflite backend does not serve RVQ modules"
+    why = nhwc_unsupported(model, len(model.codec_modules))
+    if why:
+        return f"the NHWC export does not cover it ({why})"
+    try:
+        tflite_interpreter_class()
+    except Exception as e:  # pragma: no cover - neither LiteRT nor tf.lite importable
+        return f"no LiteRT interpreter ({type(e).__name__}: {e})"
+    return None
+
+
 def get_backend(model, backend="keras", **kwargs):
-    """"keras" / "tflite" / "fast" / "bf16" / None (keras) / a backend object (returned as it is)."""
+    """"auto" / "keras" / "tflite" / "fast" / "bf16" / None (keras) / a backend object (returned
+    as it is). "auto": tflite where its NHWC export serves the whole model (the faster runtime on
+    every operating point measured, docs/DESIGN.md "Speed, sixth pass"), else keras."""
+    if backend == "auto":
+        return KerasBackend(model) if auto_backend_reason(model) else TFLiteBackend(model, **kwargs)
     if backend is None or backend == "keras":
         return KerasBackend(model)
     if backend == "tflite":

@@ -8,6 +8,10 @@ import pytest
 import soundfile as sf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs the keras backend unless a test asks for another: its codes define the golden
+# files, and the default ("auto": tflite where it serves the model) is tested where it is chosen
+# (tests/test_tflite.py). Set before cq_codec.api reads it.
+os.environ["CQ_CODEC_BACKEND"] = "keras"
 
 
 def speechlike(seconds, rate=16000, channels=1, seed=0):

@@ -84,7 +84,8 @@ def test_streaming_tflite_equals_whole_signal(codecs):
 
 def test_backend_selection_and_errors(model_path, codecs):
     keras_codec, tfl = codecs
-    assert api.DEFAULT_BACKEND == "keras" and keras_codec.backend == "keras" and tfl.backend == "tflite"
+    assert api.DEFAULT_BACKEND == "keras"      # the suite pins keras (conftest; CQ_CODEC_BACKEND)
+    assert keras_codec.backend == "keras" and tfl.backend == "tflite"
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):
         api.load(model_path, backend="onnx")
     p = tfl.model.codec_modules[0].num_positions
@@ -232,3 +233,50 @@ def test_cache_key_changes_with_the_export_format(codecs, monkeypatch):
     key = backends.model_key(model)
     monkeypatch.setattr(backends, "_FORMAT", backends._FORMAT - 1)
     assert backends.model_key(model) != key
+
+
+# ------------------------------------------------------------------ the default: "auto"
+def test_auto_backend_resolves_to_tflite_where_it_serves_the_model(model_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("CQ_CODEC_CACHE", cache_dir)
+    auto = api.load(model_path, frames_per_chunk=8, backend="auto")
+    assert auto.backend == "tflite" and backends.auto_backend_reason(auto.model) is None
+    keras_codec = api.load(model_path, frames_per_chunk=8, backend="keras")
+    wav = ar_signal(0.8, 4)
+    data = auto.compress(wav, 16000, num_modules=2)
+    ref = keras_codec.compress(wav, 16000, num_modules=2)
+    a, k = auto.encode(wav, 16000, num_modules=2), keras_codec.encode(wav, 16000, num_modules=2)
+    assert all(np.mean(x == y) >= CODE_AGREEMENT for x, y in zip(a.modules, k.modules))
+    y_auto, y_keras = auto.decompress(data)[0], keras_codec.decompress(data)[0]     # cross decoding
+    assert np.max(np.abs(y_auto - y_keras)) <= TOL * np.max(np.abs(y_keras))
+    assert len(keras_codec.decompress(ref)[0]) == len(wav)
+
+
+def test_auto_backend_falls_back_to_keras_with_a_reason(model_path):
+    model = api.load(model_path).model
+    model.codec_modules[1].bypass.assign(1.0)       # a state the NHWC export does not write
+    reason = backends.auto_backend_reason(model)
+    assert reason == "the NHWC export does not cover it (module 1 has quantization bypassed (a pretraining state))"
+    assert backends.get_backend(model, "auto").name == "keras"
+    assert backends.auto_backend_reason(object()) == "object is not a CQ model"
+
+
+@pytest.mark.parametrize("env, want", [("", "auto"), ("keras", "keras"), ("tflite", "tflite")])
+def test_default_backend_is_auto_unless_the_environment_says(env, want):
+    import subprocess
+    import sys
+    code = "from cq_codec import api; print(api.DEFAULT_BACKEND)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                         env={**os.environ, "CQ_CODEC_BACKEND": env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.stdout.strip().splitlines()[-1] == want
+
+
+def test_cli_accepts_auto(model_path, cache_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CQ_CODEC_CACHE", cache_dir)
+    wav = str(tmp_path / "in.wav")
+    sf.write(wav, ar_signal(0.6, 3), 16000)
+    nac, out = str(tmp_path / "x.nac"), str(tmp_path / "y.wav")
+    assert cli.main(["encode", wav, nac, "--model", model_path, "--backend", "auto"]) == 0
+    assert cli.main(["decode", nac, out, "--model", model_path, "--backend", "auto"]) == 0
+    assert sf.info(out).frames == sf.info(wav).frames
+    capsys.readouterr()
