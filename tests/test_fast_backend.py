@@ -74,5 +74,5 @@ def test_fast_backend_codes_agree_and_bytes_cross_decode(codec):
     codec.backend = "keras"
     assert np.array_equal(y_fast, y_keras)                            # decoding is keras's own path
     assert isinstance(backends.get_backend(codec.model, "fast"), backends.KerasBackend)
-    with pytest.raises(ValueError, match="valid: keras, tflite, fast"):
+    with pytest.raises(ValueError, match="valid: auto, keras, tflite, fast"):
         codec.backend = "faster"
