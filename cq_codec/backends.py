@@ -1,4 +1,6 @@
-"""Inference backends for the frame-level codec: "keras" (the default), "tflite" and "fast".
+"""Inference backends for the frame-level codec: "keras", "tflite", "fast", "bf16", and "auto"
+(the API's and CLI's default: tflite where its NHWC export serves the model, else keras;
+`auto_backend_reason` says why not).
 
 A backend runs the two network halves that `inference.StreamEncoder` / `StreamDecoder` call
 once per chunk; everything else (LPC analysis, the switched filters, the postfilter, range
