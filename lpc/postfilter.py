@@ -9,7 +9,8 @@ quantized LPC filters, so it costs no bits and needs no look-ahead:
    exceeds `pitch_threshold`, x <- (x + g x[n - T]) / (1 + g) with g = `pitch_gain` * c, which
    deepens the valleys between the harmonics where the coding noise is heard;
 2. short-term (formant): H(z) = A(z / gamma_num) / A(z / gamma_den), attenuating the formant
-   valleys, with one A(z) per hop (the synthesis's mid-hop sub-frame filter);
+   valleys, with one A(z) per hop (the synthesis's mid-hop sub-frame filter)
+   (optionally followed by G.729's tilt compensation, `tilt` > 0; off by default: no gain measured);
 3. gain control: per sub-frame gain G = rms(input) / rms(output), smoothed sample by sample
    (g[n] = agc * g[n-1] + (1 - agc) * G), so the loudness is kept.
 

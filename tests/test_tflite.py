@@ -114,13 +114,19 @@ def test_disk_cache_and_export(model_path, codecs, cache_dir, tmp_path, monkeypa
     assert all(open(p, "rb").read() == open(os.path.join(folder, os.path.basename(p)), "rb").read() for p in paths)
 
 
+def _cli_round_trip(model_path, tmp_path, seed, encode_backend, decode_backend):
+    """The CLI's encode with one backend and decode with another; returns (wav, nac, out) paths."""
+    wav = str(tmp_path / "in.wav")
+    sf.write(wav, ar_signal(0.6, seed), 16000)
+    nac, out = str(tmp_path / "x.nac"), str(tmp_path / "y.wav")
+    assert cli.main(["encode", wav, nac, "--model", model_path, "--backend", encode_backend]) == 0
+    assert cli.main(["decode", nac, out, "--model", model_path, "--backend", decode_backend]) == 0
+    return wav, nac, out
+
+
 def test_cli_backend_flag(model_path, cache_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CQ_CODEC_CACHE", cache_dir)
-    wav = str(tmp_path / "in.wav")
-    sf.write(wav, ar_signal(0.6, 2), 16000)
-    nac, out = str(tmp_path / "x.nac"), str(tmp_path / "y.wav")
-    assert cli.main(["encode", wav, nac, "--model", model_path, "--backend", "tflite"]) == 0
-    assert cli.main(["decode", nac, out, "--model", model_path, "--backend", "keras"]) == 0
+    wav, nac, out = _cli_round_trip(model_path, tmp_path, 2, "tflite", "keras")
     y, sr = sf.read(out)
     assert sr == 16000 and len(y) == sf.info(wav).frames
     with pytest.raises(SystemExit):
@@ -273,10 +279,6 @@ def test_default_backend_is_auto_unless_the_environment_says(env, want):
 
 def test_cli_accepts_auto(model_path, cache_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CQ_CODEC_CACHE", cache_dir)
-    wav = str(tmp_path / "in.wav")
-    sf.write(wav, ar_signal(0.6, 3), 16000)
-    nac, out = str(tmp_path / "x.nac"), str(tmp_path / "y.wav")
-    assert cli.main(["encode", wav, nac, "--model", model_path, "--backend", "auto"]) == 0
-    assert cli.main(["decode", nac, out, "--model", model_path, "--backend", "auto"]) == 0
+    wav, _, out = _cli_round_trip(model_path, tmp_path, 3, "auto", "auto")
     assert sf.info(out).frames == sf.info(wav).frames
     capsys.readouterr()
