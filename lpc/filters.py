@@ -6,13 +6,16 @@ samples (direct form), so `synthesis` inverts `residual` exactly and chunked pro
 carried state equals whole-signal processing (docs/DESIGN.md, "Signal path").
 """
 
+import importlib.util
+import os
+
 import numpy as np
 import scipy.signal
 
 import constants as C
 from lpc._validate import as_float_array, check_state
 
-__all__ = ["residual", "synthesis", "lfilter_with_state"]
+__all__ = ["residual", "synthesis", "lfilter_with_state", "kernels", "compiled", "KERNELS"]
 
 _P = C.LPC_ORDER
 
@@ -20,6 +23,39 @@ try:   # scipy's compiled direct-form filter: `lfilter` minus ~20 us of argument
     from scipy.signal._sigtools import _linear_filter as _core_lfilter
 except ImportError:  # pragma: no cover - a scipy without it: the public function (same numbers)
     _core_lfilter = None
+
+
+KERNELS = ("numba", "numpy")
+_KERNELS_ENV = "CQ_CODEC_KERNELS"
+
+
+def kernels() -> str:
+    """The implementation of the decoder's recursive filters (LPC synthesis, pitch synthesis, the
+    postfilter's formant filter): `$CQ_CODEC_KERNELS`, else "numba" where numba can be imported
+    (`lpc._kernels`: compiled loops, 3-8x faster, the same outputs to float64 rounding), else
+    "numpy" (scipy per sub-frame, the reference). Neither changes a code or a byte."""
+    name = os.environ.get(_KERNELS_ENV, "").strip().lower()
+    if not name:
+        return "numba" if _numba_available() else "numpy"
+    if name not in KERNELS:
+        raise ValueError(f"${_KERNELS_ENV} must be one of {', '.join(KERNELS)}; got {name!r}")
+    if name == "numba" and not _numba_available():
+        raise ValueError(f"${_KERNELS_ENV}=numba, but numba cannot be imported")
+    return name
+
+
+def compiled() -> bool:
+    """Whether `kernels()` is "numba"."""
+    return kernels() == "numba"
+
+
+_NUMBA = []
+
+
+def _numba_available() -> bool:
+    if not _NUMBA:
+        _NUMBA.append(importlib.util.find_spec("numba") is not None)
+    return _NUMBA[0]
 
 
 def lfilter_with_state(b, a, x, zi):
@@ -71,7 +107,8 @@ def residual(x, a_sub, state=None):
 def synthesis(e, a_sub, state=None):
     """All-pole synthesis x[n] = e[n] - sum_{k>=1} a_k x[n - k] with A switched per sub-frame.
 
-    The exact inverse of `residual` with the same `a_sub`.
+    The exact inverse of `residual` with the same `a_sub`. Computed by `lpc._kernels` or by scipy
+    per sub-frame (`kernels()`); the two agree to float64 rounding.
 
     Args:
       e: [T * HOP_SIZE] residual.
@@ -83,6 +120,10 @@ def synthesis(e, a_sub, state=None):
     """
     e, a = _check_inputs(e, a_sub, "e")
     hist = check_state(state, _P, "state")
+    if compiled():
+        from lpc import _kernels
+        out = _kernels.lpc_synthesis(np.ascontiguousarray(e), np.ascontiguousarray(a), hist, C.SUBFRAME_SIZE)
+        return out[_P:], out[-_P:].copy()
     out = np.empty(len(e) + _P)
     out[:_P] = hist
     sub = C.SUBFRAME_SIZE

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 import constants as C
+from lpc.filters import compiled
 
 __all__ = ["MIN_LAG", "MAX_LAG", "LongTermPredictor"]
 
@@ -169,6 +170,13 @@ class LongTermPredictor:
         c = self.check_codes(codes, len(e2) // self.subframe)
         y = np.concatenate([h, e2])                       # unpredicted sub-frames: y = e2
         voiced = np.flatnonzero(c[:, 1])
+        if compiled():   # the same operations in the same order, compiled (bit-identical)
+            from lpc import _kernels
+            _kernels.pitch_synthesis(y, np.ascontiguousarray(e2, np.float64),
+                                     (MAX_LAG + voiced * self.subframe).astype(np.int64),
+                                     (c[voiced, 0] + MIN_LAG).astype(np.int64),
+                                     c[voiced, 1] * self.gain_step, self.subframe, MAX_LAG)
+            return y[MAX_LAG:]
         for s, lag_code, k in zip(voiced.tolist(), c[voiced, 0].tolist(), c[voiced, 1].tolist()):
             p = MAX_LAG + s * self.subframe
             end = p + self.subframe

@@ -26,7 +26,7 @@ import scipy.fft
 import scipy.signal
 
 import constants as C
-from lpc.filters import lfilter_with_state
+from lpc.filters import compiled, lfilter_with_state
 
 __all__ = ["PITCH_MIN", "PITCH_MAX", "Postfilter"]
 
@@ -107,8 +107,13 @@ class Postfilter:
             return x
         k = np.arange(_P + 1)
         xin = np.concatenate([self._xh, x])
-        out = np.concatenate([self._yh, np.zeros(len(x))])
         bs, ds = a_hop * self.gamma_num ** k, a_hop * self.gamma_den ** k
+        if compiled():
+            from lpc import _kernels
+            out = _kernels.pole_zero(xin, self._yh, np.ascontiguousarray(bs), np.ascontiguousarray(ds), C.HOP_SIZE)
+            self._xh, self._yh = xin[-_P:].copy(), out[-_P:].copy()
+            return out[_P:]
+        out = np.concatenate([self._yh, np.zeros(len(x))])
         for t in range(len(a_hop)):
             b, d = bs[t], ds[t]
             s = t * C.HOP_SIZE                                    # x[s] is xin[s + P]

@@ -110,11 +110,17 @@ def test_entropy_encode_decode_use_the_compiled_coder_and_match_constriction():
 
 
 def test_range_coder_choice(monkeypatch):
-    """constriction by default; $CQ_CODEC_RANGE_CODER=numba picks the compiled coder (same bytes);
-    a bad value is a clear error; importing the codec does not import numba."""
+    """The compiled coder by default where numba imports (constriction where it does not);
+    $CQ_CODEC_RANGE_CODER picks either (same bytes); a bad value is a clear error; importing the
+    codec does not import numba."""
     import subprocess
     import sys
     monkeypatch.delenv("CQ_CODEC_RANGE_CODER", raising=False)
+    assert E.range_coder() == "numba" and isinstance(E.new_encoder(), rc.RangeEncoder)
+    monkeypatch.setattr(rc, "available", lambda: False)
+    assert E.range_coder() == "constriction"
+    monkeypatch.undo()
+    monkeypatch.setenv("CQ_CODEC_RANGE_CODER", "constriction")
     assert E.range_coder() == "constriction"
     assert isinstance(E.new_encoder(), constriction.stream.queue.RangeEncoder)
     model, codes = _case(np.random.default_rng(2), True, streams=1, rows=300)
@@ -128,3 +134,23 @@ def test_range_coder_choice(monkeypatch):
     out = subprocess.run([sys.executable, "-c", "import sys, cq_codec.bitstream.codec_stream; print('numba' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("contextual", [True, False])
+def test_costly_symbols_overflow_the_first_buffer_and_are_recoded(contextual):
+    """The compiled encoder first sizes its buffer for 8 bits a symbol; symbols of ~20 bits each
+    overflow it, and the group is coded again from the saved state: the same words as
+    constriction, the buffer grown to the worst case."""
+    rng = np.random.default_rng(11)
+    a = 8
+    table = np.full(a, 1, np.float64)
+    table[0] = 1e6                                     # symbols 1..7 cost ~20 bits each
+    tables = [E.quantize_weights(np.tile(table, (a + 1, 1)) if contextual else table)]
+    model = E.ContextModel(tables) if contextual else E.CategoricalModel(tables)
+    ref_enc, enc = E.new_encoder(compiled=False), E.new_encoder(compiled=True)
+    for rows in (5, 3000):   # a cheap group first: the costly one then starts mid-stream
+        codes = (rng.integers(1, a, size=(rows, 1)) if rows > 5 else np.zeros((rows, 1))).astype(np.int32)
+        model._encode(ref_enc, codes)
+        model._encode(enc, codes)
+    words = enc.get_compressed()
+    assert len(words) > 3000 // 4 + 16 and np.array_equal(words, ref_enc.get_compressed())

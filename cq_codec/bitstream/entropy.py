@@ -129,10 +129,12 @@ _RANGE_CODER_ENV = "CQ_CODEC_RANGE_CODER"
 
 
 def range_coder() -> str:
-    """The range coder in use: `$CQ_CODEC_RANGE_CODER`, "constriction" (the default) or "numba"
-    (`rangecoder`: the same words, 5-10x faster coding, but importing numba and its compiler adds
-    about 100 MB to a process's memory; docs/DESIGN.md "Speed")."""
-    name = os.environ.get(_RANGE_CODER_ENV, "constriction").strip().lower() or "constriction"
+    """The range coder in use: `$CQ_CODEC_RANGE_CODER`, "numba" or "constriction"; unset, "numba"
+    where numba can be imported, else "constriction". Both write the same words; "numba"
+    (`rangecoder`) codes 5-10x faster, and importing numba costs a process about 100 MB, which the
+    decoder's compiled filters (`lpc.filters.kernels`) pay anyway (docs/DESIGN.md "Speed")."""
+    name = os.environ.get(_RANGE_CODER_ENV, "").strip().lower() or (
+        "numba" if rangecoder.available() else "constriction")
     if name not in RANGE_CODERS:
         raise ValueError(f"${_RANGE_CODER_ENV} must be one of {', '.join(RANGE_CODERS)}; got {name!r}")
     if name == "numba" and not rangecoder.available():

@@ -19,8 +19,9 @@ row's symbol + 1, 0 in row 0), otherwise stream by stream (all rows of stream 0 
 `ContextModel` / `CategoricalModel` do.
 
 numba is imported (and the kernels loaded, from its on-disk cache after the first run) only when
-a coder here is first made: importing it costs a process about 100 MB, which is why
-`cq_codec.bitstream.entropy` uses constriction unless `$CQ_CODEC_RANGE_CODER=numba`.
+a coder here is first made: importing it costs a process about 100 MB. `cq_codec.bitstream.entropy`
+uses these coders wherever numba can be imported (the decoder's compiled filters, `lpc._kernels`,
+import it anyway) and constriction otherwise or with `$CQ_CODEC_RANGE_CODER=constriction`.
 """
 
 from __future__ import annotations
@@ -79,16 +80,24 @@ class RangeEncoder:
 
     def encode(self, symbols: np.ndarray, cdf: np.ndarray, contextual: bool) -> None:
         """symbols int [R, K] (validated by the caller: 0 <= s < A_k) under `cdf [K, C, A+1]`."""
-        symbols = np.ascontiguousarray(symbols, np.int64)
+        symbols = np.ascontiguousarray(symbols)
+        if symbols.dtype != np.int32:
+            symbols = symbols.astype(np.int64, copy=False)
         if symbols.size == 0:
             return
-        need = self._n + symbols.size + 2   # one renormalisation (one word) per symbol at most
-        if need > len(self._words):
-            self._words = np.concatenate([self._words[: self._n], np.zeros(max(need, 2 * len(self._words)), np.uint64)])
-        n = self._kernel(symbols, cdf, bool(contextual), self._state, self._words, self._n)
-        if n < 0:  # pragma: no cover - impossible with the sizing above
-            raise RuntimeError("range encoder: word buffer overflow")
-        self._n = int(n)
+        # First a buffer for 8 bits per symbol (the codes here cost 1-5; the worst case, one word
+        # per symbol, would make every chunk's buffer several times its output); on overflow the
+        # group is coded again from the saved state into a worst-case buffer.
+        saved = self._state.copy()
+        for need in (self._n + symbols.size // 4 + 16, self._n + symbols.size + 2):
+            if need > len(self._words):
+                self._words = np.concatenate([self._words[: self._n], np.zeros(max(need, 2 * len(self._words)) - self._n, np.uint64)])
+            n = self._kernel(symbols, cdf, bool(contextual), self._state, self._words, self._n)
+            if n >= 0:
+                self._n = int(n)
+                return
+            self._state[:] = saved
+        raise RuntimeError("range encoder: word buffer overflow")  # pragma: no cover - the worst case fits
 
     def get_compressed(self) -> np.ndarray:
         """The words so far plus constriction's seal (`seal_words`), uint32."""
