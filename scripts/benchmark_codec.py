@@ -284,8 +284,9 @@ def main(_):
           f"postfilter {'on' if first.postfilter else 'off'}; backends {', '.join(codecs)}; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start")
     from cq_codec.bitstream.entropy import range_coder
+    from lpc.filters import kernels
     print("entropy model kinds:", {k: v["kind"] for k, v in first.model.entropy_tables["report"].items()},
-          f"range coder {range_coder()} ($CQ_CODEC_RANGE_CODER)")
+          f"range coder {range_coder()} ($CQ_CODEC_RANGE_CODER), decoder filters {kernels()} ($CQ_CODEC_KERNELS)")
     if FLAGS.repeats > 0:
         measure(codecs, wav)
     if FLAGS.profile:
