@@ -172,6 +172,9 @@ class Config:
     spectral_high_weight: tuple = _f((1.0,),
         "weight of 4-8 kHz in the nsr / nsr_mel loss relative to 0-4 kHz (1 = all frequencies alike), per "
         "operating point: the i-th value for the output of i modules (last reused)", float)
+    spectral_low_weight: tuple = _f((1.0,),
+        "weight of 0-1 kHz in the nsr / nsr_mel loss relative to 1-4 kHz (1 = all frequencies alike), per "
+        "operating point as --spectral_high_weight", float)
     # Gain-shape coding (cq_codec/quantizers/gain.py): the residual's RMS per sub-frame (this many
     # per 512-sample frame; 0 = off, the original) is coded as side information on a 3 dB log
     # grid from gain_floor_db (dB relative to the training residual's RMS) up, and the cascade
@@ -339,6 +342,10 @@ class Config:
              "spectral_high_weight", f"must be one or more values >= 0; got {list(self.spectral_high_weight)}")
         need(all(w == 1.0 for w in self.spectral_high_weight) or self.spectral_loss in ("nsr", "nsr_mel"),
              "spectral_high_weight", f"applies to --spectral_loss nsr or nsr_mel; got {self.spectral_loss!r}")
+        need(len(self.spectral_low_weight) >= 1 and all(w >= 0 for w in self.spectral_low_weight),
+             "spectral_low_weight", f"must be one or more values >= 0; got {list(self.spectral_low_weight)}")
+        need(all(w == 1.0 for w in self.spectral_low_weight) or self.spectral_loss in ("nsr", "nsr_mel"),
+             "spectral_low_weight", f"applies to --spectral_loss nsr or nsr_mel; got {self.spectral_loss!r}")
         need(self.gain_subframes in (0, 1, 2, 4, 8, 16), "gain_subframes",
              f"must be 0 (off) or 1, 2, 4, 8 or 16 sub-frames per frame; got {self.gain_subframes}")
         need(-120.0 <= self.gain_floor_db <= 0.0, "gain_floor_db", f"must be in [-120, 0] dB; got {self.gain_floor_db}")

@@ -71,9 +71,17 @@ def mrstft_loss(x, y, fft_sizes=(512, 256, 128)):
     return total / len(sizes)
 
 
-def _high_band_weights(freqs_hz, high_weight: float, split_hz: float = 4000.0):
-    """Per-frequency weights: 1 below `split_hz`, `high_weight` from it up (numpy, [F])."""
-    return np.where(np.asarray(freqs_hz) >= split_hz, high_weight, 1.0).astype(np.float32)
+LOW_SPLIT_HZ = 1000.0    # --spectral_low_weight weighs the bins / bands below this
+HIGH_SPLIT_HZ = 4000.0   # --spectral_high_weight weighs the bins / bands from this up
+
+
+def _band_weights(freqs_hz, high_weight: float, low_weight: float = 1.0):
+    """Per-frequency weights (numpy, [F]): `low_weight` below LOW_SPLIT_HZ, `high_weight` from
+    HIGH_SPLIT_HZ up, 1 between; None when both are 1 (the unweighted mean)."""
+    if high_weight == 1.0 and low_weight == 1.0:
+        return None
+    f = np.asarray(freqs_hz)
+    return np.where(f >= HIGH_SPLIT_HZ, high_weight, np.where(f < LOW_SPLIT_HZ, low_weight, 1.0)).astype(np.float32)
 
 
 def _weighted_mean(v, w):
@@ -84,7 +92,7 @@ def _weighted_mean(v, w):
 
 
 def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, abs_floor: float = 3e-5,
-                           high_weight: float = 1.0):
+                           high_weight: float = 1.0, low_weight: float = 1.0):
     """Per-bin relative (noise-to-signal) spectral loss: mean over time-frequency bins of
     log(1 + |E|^2 / (|X|^2 + floor)), E = STFT(y - x), X = STFT(x).
 
@@ -94,14 +102,15 @@ def relative_spectral_loss(x, y, fft_sizes=(512, 128), floor_db: float = -35.0, 
     power (a bin far below its frame's level is masked anyway) plus `abs_floor` in signal
     power units (the input is normalised by the corpus std, so silence is not chased). log1p
     keeps the loss bounded where the error dwarfs a bin. With `high_weight` != 1 the bins
-    from 4 kHz up weigh that much relative to those below. [B, N], [B, N] -> scalar."""
+    from 4 kHz up weigh that much relative to those at 1-4 kHz, with `low_weight` != 1 those
+    below 1 kHz. [B, N], [B, N] -> scalar."""
     total = 0.0
     sizes = [n for n in fft_sizes if n <= int(x.shape[-1])]
     for n in sizes:
         px, pe, _, _ = _power_spectra(x, y, n)
         w2 = 3.0 * n / 8.0                 # sum of the squared Hann window: power units -> |STFT|^2
         floor = 10.0 ** (floor_db / 10.0) * tf.reduce_mean(px, axis=-1, keepdims=True) + abs_floor * w2
-        w = None if high_weight == 1.0 else _high_band_weights(np.arange(n // 2 + 1) * C.SAMPLE_RATE / n, high_weight)
+        w = _band_weights(np.arange(n // 2 + 1) * C.SAMPLE_RATE / n, high_weight, low_weight)
         total += _weighted_mean(tf.math.log1p(pe / (px + floor)), w)
     return total / len(sizes)
 
@@ -114,18 +123,19 @@ def _band_matrix(bands: int, fft: int):
 
 
 def mel_relative_spectral_loss(x, y, fft: int = 512, bands: int = 64, floor_db: float = -35.0,
-                               abs_floor: float = 3e-5, high_weight: float = 1.0):
+                               abs_floor: float = 3e-5, high_weight: float = 1.0, low_weight: float = 1.0):
     """`relative_spectral_loss` with the bins pooled into `bands` mel bands first: the
     noise-to-signal ratio per mel band and STFT frame. Below ~1 kHz a band is one or two bins
     (harmonics stay resolved); above, bands widen as critical bands do, so 4-8 kHz weighs as
     much as the ear gives it instead of half the bins. With `high_weight` != 1 the bands whose
-    peak is at 4 kHz or above weigh that much relative to the others. [B, N], [B, N] -> scalar."""
+    peak is at 4 kHz or above weigh that much relative to those peaking at 1-4 kHz, with
+    `low_weight` != 1 those peaking below 1 kHz. [B, N], [B, N] -> scalar."""
     px, pe, _, _ = _power_spectra(x, y, fft)
     m = _band_matrix(bands, fft)
     bx, be = tf.tensordot(px, m, 1), tf.tensordot(pe, m, 1)
     floor = (10.0 ** (floor_db / 10.0) * tf.reduce_mean(bx, axis=-1, keepdims=True)
              + abs_floor * 3.0 * fft / 8.0 * tf.reduce_sum(m, axis=0))
-    w = None if high_weight == 1.0 else _high_band_weights(np.argmax(m, axis=0) * C.SAMPLE_RATE / fft, high_weight)
+    w = _band_weights(np.argmax(m, axis=0) * C.SAMPLE_RATE / fft, high_weight, low_weight)
     return _weighted_mean(tf.math.log1p(be / (bx + floor)), w)
 
 
@@ -134,15 +144,16 @@ SPECTRAL_LOSSES = {"none": None, "mrstft": mrstft_loss, "nsr": relative_spectral
                    "nsr_mel": mel_relative_spectral_loss}
 
 
-def spectral_loss(name: str, x, y, high_weight: float = 1.0):
+def spectral_loss(name: str, x, y, high_weight: float = 1.0, low_weight: float = 1.0):
     """The spectral term `name` of SPECTRAL_LOSSES between x and y ([B, N]) -> scalar.
-    `high_weight`: the relative weight of 4-8 kHz in the noise-to-signal losses (nsr, nsr_mel)."""
+    `high_weight` / `low_weight`: the relative weights of 4-8 kHz / 0-1 kHz against 1-4 kHz in
+    the noise-to-signal losses (nsr, nsr_mel)."""
     if name not in SPECTRAL_LOSSES or SPECTRAL_LOSSES[name] is None:
         raise ValueError(f"spectral loss must be one of {sorted(k for k, v in SPECTRAL_LOSSES.items() if v)}; got {name!r}")
-    if high_weight != 1.0:
+    if high_weight != 1.0 or low_weight != 1.0:
         if name not in ("nsr", "nsr_mel"):
-            raise ValueError(f"a high-band weight applies to the nsr and nsr_mel losses only; got {name!r}")
-        return SPECTRAL_LOSSES[name](x, y, high_weight=high_weight)
+            raise ValueError(f"band weights apply to the nsr and nsr_mel losses only; got {name!r}")
+        return SPECTRAL_LOSSES[name](x, y, high_weight=high_weight, low_weight=low_weight)
     return SPECTRAL_LOSSES[name](x, y)
 
 

@@ -104,6 +104,27 @@ def test_high_band_weight_scales_only_the_error_above_4_khz(name):
     assert lo0 > lo1 > 0   # the low band keeps its cost (a larger share of the weighted mean)
 
 
+@pytest.mark.parametrize("name", ["nsr", "nsr_mel"])
+def test_low_band_weight_scales_only_the_error_below_1_khz(name):
+    """--spectral_low_weight: 0 ignores an error confined to 100-900 Hz, leaves one confined to
+    1.5-3 kHz its cost; 1 with a high weight of 1 is exactly the unweighted loss."""
+    x, rng = _harmonic(b=4, f0=120.0)
+    x = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    low = 0.3 * _band_noise(x.shape, 100, 900, rng)
+    mid = 0.3 * _band_noise(x.shape, 1500, 3000, rng)
+    assert float(L.spectral_loss(name, x, x + low, 1.0, 1.0)) == float(L.spectral_loss(name, x, x + low))
+    lw = [float(L.spectral_loss(name, x, x + low, 1.0, w)) for w in (1.0, 0.3, 0.0)]
+    assert lw[0] > lw[1] > lw[2] >= 0 and lw[2] < 0.05 * lw[0]
+    m1, m0 = float(L.spectral_loss(name, x, x + mid, 1.0, 1.0)), float(L.spectral_loss(name, x, x + mid, 1.0, 0.0))
+    assert m0 > m1 > 0
+    with pytest.raises(ValueError, match="nsr and nsr_mel losses only"):
+        L.spectral_loss("mrstft", x, x, 1.0, 0.5)
+    with pytest.raises(Exception, match="spectral_low_weight"):
+        Config(spectral_loss="mrstft", spectral_weight=1.0, spectral_low_weight=(0.5,)).validate()
+    with pytest.raises(Exception, match="spectral_low_weight"):
+        Config(spectral_loss="nsr_mel", spectral_weight=1.0, spectral_low_weight=(-1.0,)).validate()
+
+
 def test_high_band_weight_has_gradients_and_is_checked():
     x, rng = _harmonic(b=2)
     y = tf.Variable(x + 0.05 * rng.standard_normal(x.shape).astype(np.float32))
@@ -133,6 +154,11 @@ def test_high_band_weight_per_operating_point():
     got = float(CQCodec._spectral_term(m, tf.constant(xs), tf.constant(ys), [1, 2, 3]))
     want = np.mean([float(L.spectral_loss("nsr_mel", x, yi, w)) for yi, w in zip(y, (1.0, 0.5, 0.5))])
     assert got == pytest.approx(want, rel=1e-5)
-    m.spectral_high_weight = (1.0,)
+    m.spectral_low_weight = (1.0, 1.0, 0.5)
+    got = float(CQCodec._spectral_term(m, tf.constant(xs), tf.constant(ys), [1, 2, 3]))
+    want = np.mean([float(L.spectral_loss("nsr_mel", x, yi, w, lw))
+                    for yi, w, lw in zip(y, (1.0, 0.5, 0.5), (1.0, 1.0, 0.5))])
+    assert got == pytest.approx(want, rel=1e-5)
+    m.spectral_high_weight, m.spectral_low_weight = (1.0,), (1.0,)
     assert float(CQCodec._spectral_term(m, tf.constant(xs), tf.constant(ys), [1, 2, 3])) == \
         float(L.spectral_loss("nsr_mel", xs, ys))

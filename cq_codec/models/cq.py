@@ -98,6 +98,7 @@ class CQCodec(keras.Model):
         self.spectral_loss = "none"
         self.spectral_weight = 0.0
         self.spectral_high_weight = (1.0,)   # per operating point (i-th: the output of i modules; last reused)
+        self.spectral_low_weight = (1.0,)    # the same for 0-1 kHz
         # Training-time loss setting (from the Config, not saved): with pitch prediction in the
         # examples, the error passes through the pitch synthesis filter before the loss.
         self.ltp_shaped_loss = False
@@ -186,13 +187,13 @@ class CQCodec(keras.Model):
 
     def _spectral_term(self, x, x_hat, loss_modules):
         """The spectral loss over the stacked outputs ([k B, N]; part i is the output of
-        loss_modules[i] modules), each part with its operating point's high-band weight."""
-        hw = tuple(self.spectral_high_weight)
-        weights = [hw[min(m, len(hw)) - 1] for m in loss_modules]
+        loss_modules[i] modules), each part with its operating point's band weights."""
+        hw, lw = tuple(self.spectral_high_weight), tuple(getattr(self, "spectral_low_weight", (1.0,)))
+        weights = [(hw[min(m, len(hw)) - 1], lw[min(m, len(lw)) - 1]) for m in loss_modules]
         if len(set(weights)) == 1:
-            return L.spectral_loss(self.spectral_loss, x, x_hat, weights[0])
+            return L.spectral_loss(self.spectral_loss, x, x_hat, *weights[0])
         xs, ys = tf.split(x, len(weights)), tf.split(x_hat, len(weights))
-        return tf.add_n([L.spectral_loss(self.spectral_loss, a, b, w) for a, b, w in zip(xs, ys, weights)]) / len(weights)
+        return tf.add_n([L.spectral_loss(self.spectral_loss, a, b, *w) for a, b, w in zip(xs, ys, weights)]) / len(weights)
 
     def compute_terms(self, fwd, training=False):
         """Loss terms and metrics (scalars) from `forward`'s output."""

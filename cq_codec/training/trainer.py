@@ -147,6 +147,7 @@ def build_model(cfg: Config, signal_std: float = 1.0, sample: dict | None = None
     model.ltp_shaped_loss = cfg.ltp_shaped_loss
     model.spectral_weight = cfg.spectral_weight
     model.spectral_high_weight = tuple(cfg.spectral_high_weight)
+    model.spectral_low_weight = tuple(cfg.spectral_low_weight)
     model.build()
     return model
 
