@@ -24,9 +24,10 @@
 #      pitch synthesis filter, and 4-8 kHz weighted 0.1 in the 3-module output's nsr_mel term
 #      (--spectral_high_weight 1,1,0.1), so module 3 spends its bits at 1-4 kHz (docs/DESIGN.md
 #      "Where module 3's bits go"): default_v11 (the default until v12);
-#   F. default_v12: 8 more epochs of E's fine-tuning with no time-domain term at the 2-module
-#      output (--coeff_term 20,0,0: only module 1's output keeps its waveform MSE), which lifts the
-#      3-module point (docs/DESIGN.md "The 2-module output's time term"): the model installed.
+#   F. default_v12: 8 more epochs of E's fine-tuning without the multi-scale mel term
+#      (--coeff_term 20,0,0: time RMSE 20, mel 0, sparsity 0; the time term and the nsr_mel term
+#      stay), which lifts the 3-module point (docs/DESIGN.md "Without the multi-scale mel term"):
+#      the model installed.
 # Measured here: A 66 min, B 21 min, C 9 min, D 1 min on the 2 cores while other jobs shared them;
 # E 6 min (5 of training) alone; F 11 min (its training 648 s beside the test suite).
 set -euo pipefail
@@ -69,7 +70,7 @@ v9=(--base_model_id "$NAME" --name default_v9 --results_dir "$RESULTS" --corpus 
 .venv/bin/python main.py --training_mode 5 "${v9[@]}" --base_model_id "$RESULTS/default_v10_ltp/model.keras" \
   --name default_v11 --epoch_finetune 8 --gain_subframes 4 --pitch_prediction --ltp_threshold 0.4 --ltp_hold 0.8 \
   --ltp_shaped_loss --spectral_high_weight 1,1,0.1 --finetune_from 2
-# F: 8 more epochs of E with no time-domain term at the 2-module output (--coeff_term 20,0,0)
+# F: 8 more epochs of E without the multi-scale mel term (--coeff_term 20,0,0: time, mel, sparsity)
 .venv/bin/python main.py --training_mode 5 "${v9[@]}" --base_model_id "$RESULTS/default_v11/model.keras" \
   --name default_v12 --epoch_finetune 8 --gain_subframes 4 --pitch_prediction --ltp_threshold 0.4 --ltp_hold 0.8 \
   --ltp_shaped_loss --spectral_high_weight 1,1,0.1 --finetune_from 2 --coeff_term 20,0,0
