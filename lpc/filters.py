@@ -8,6 +8,7 @@ carried state equals whole-signal processing (docs/DESIGN.md, "Signal path").
 
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 import scipy.signal
@@ -40,7 +41,7 @@ def kernels() -> str:
     if name not in KERNELS:
         raise ValueError(f"${_KERNELS_ENV} must be one of {', '.join(KERNELS)}; got {name!r}")
     if name == "numba" and not _numba_available():
-        raise ValueError(f"${_KERNELS_ENV}=numba, but numba cannot be imported")
+        raise ValueError(f"${_KERNELS_ENV}=numba, but numba cannot be imported or the compiled filters do not load")
     return name
 
 
@@ -53,8 +54,19 @@ _NUMBA = []
 
 
 def _numba_available() -> bool:
+    """Whether the kernels load: numba installed, and `lpc._kernels` importable (numba refuses
+    to define cached functions where it finds no writable cache directory); checked once, and a
+    failure other than a missing numba is reported as a warning (the scipy path then runs)."""
     if not _NUMBA:
-        _NUMBA.append(importlib.util.find_spec("numba") is not None)
+        ok = importlib.util.find_spec("numba") is not None
+        if ok:
+            try:
+                from lpc import _kernels  # noqa: F401
+            except Exception as err:   # noqa: BLE001 - any failure to load means: use the reference
+                warnings.warn(f"lpc: the compiled filters did not load ({type(err).__name__}: {err}); "
+                              "using the scipy reference (set CQ_CODEC_KERNELS=numpy to silence this)")
+                ok = False
+        _NUMBA.append(ok)
     return _NUMBA[0]
 
 

@@ -106,3 +106,26 @@ def test_shipped_model_decodes_alike_with_both_kernels(monkeypatch):
     assert codec.compress(x, C.SAMPLE_RATE, num_modules=3) == data
     got, _ = codec.decompress(data)
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5
+
+
+def test_kernels_that_do_not_load_fall_back_with_a_warning(monkeypatch):
+    """Where lpc._kernels cannot be imported (e.g. numba finds no writable cache directory), the
+    default is the scipy reference, said once in a warning; asking for numba is then an error."""
+    import builtins
+    import sys
+    real_import = builtins.__import__
+
+    def failing(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "lpc" and fromlist and "_kernels" in fromlist:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_import(name, globals, locals, fromlist, level)
+    monkeypatch.setattr(F, "_NUMBA", [])
+    monkeypatch.delitem(sys.modules, "lpc._kernels", raising=False)
+    monkeypatch.delattr(lpc, "_kernels", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing)
+    monkeypatch.delenv("CQ_CODEC_KERNELS", raising=False)
+    with pytest.warns(UserWarning, match="compiled filters did not load .*no locator available"):
+        assert F.kernels() == "numpy"
+    monkeypatch.setenv("CQ_CODEC_KERNELS", "numba")
+    with pytest.raises(ValueError, match="numba cannot be imported"):
+        F.kernels()

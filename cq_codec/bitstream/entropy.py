@@ -134,7 +134,7 @@ def range_coder() -> str:
     (`rangecoder`) codes 5-10x faster, and importing numba costs a process about 100 MB, which the
     decoder's compiled filters (`lpc.filters.kernels`) pay anyway (docs/DESIGN.md "Speed")."""
     name = os.environ.get(_RANGE_CODER_ENV, "").strip().lower() or (
-        "numba" if rangecoder.available() else "constriction")
+        "numba" if rangecoder.loads() else "constriction")
     if name not in RANGE_CODERS:
         raise ValueError(f"${_RANGE_CODER_ENV} must be one of {', '.join(RANGE_CODERS)}; got {name!r}")
     if name == "numba" and not rangecoder.available():

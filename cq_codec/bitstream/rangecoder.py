@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 
 import numpy as np
 
@@ -39,6 +40,22 @@ PRECISION = 24
 def available() -> bool:
     """Whether numba can be imported (without importing it)."""
     return importlib.util.find_spec("numba") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def loads() -> bool:
+    """Whether the compiled coder can be used here: numba installed and the kernels loaded (numba
+    refuses to define cached functions where it finds no writable cache directory). Imports
+    numba; a failure is reported once as a warning."""
+    if not available():
+        return False
+    try:
+        _kernels()
+    except Exception as err:   # noqa: BLE001 - any failure to load means: use constriction
+        warnings.warn(f"the compiled range coder did not load ({type(err).__name__}: {err}); using constriction "
+                      "(set CQ_CODEC_RANGE_CODER=constriction to silence this)")
+        return False
+    return True
 
 
 class CorruptPayload(ValueError):
