@@ -68,4 +68,3 @@ def pole_zero(xin, yhist, b, d, hop):
                 acc -= d[t, k] * out[n - k]
             out[n] = acc
     return out
-
