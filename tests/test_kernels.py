@@ -15,17 +15,15 @@ import lpc
 import lpc.filters as F
 from lpc.ltp import LongTermPredictor
 from lpc.postfilter import Postfilter
+from test_speed_numpy import SPEECH, speech as speech_samples
 
-SPEECH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "real_speech.wav")
 MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cq_codec", "pretrained",
                      "default.keras")
 
 
 def speech(hops: int) -> np.ndarray:
-    x, _ = sf.read(SPEECH)
-    y = lpc.preemphasis(lpc.highpass(x)[0])[0] / 0.05
-    y = np.concatenate([y[:20000], np.zeros(3200), y[20000:]])   # digital silence inside
-    return y[: hops * C.HOP_SIZE]
+    """test_speed_numpy's fixture speech (high-passed, pre-emphasised, digital silence inside), whole hops."""
+    return speech_samples(hops * C.HOP_SIZE)
 
 
 def with_kernels(monkeypatch, name, f, *args):
