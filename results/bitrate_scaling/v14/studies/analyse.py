@@ -19,29 +19,22 @@ def feats(mods, gains, i):
         for key, v in zip(out, (x, p1, p2, up, g, pos, upn)):
             out[key].append(v)
     return {k: np.concatenate(v).astype(np.int64) for k, v in out.items()}
-def xent(tr, va, ctx_fn, alpha, base=None):
-    """bits/symbol on va of p(x|ctx) = (n(ctx,x) + alpha * pbase(x)) / (n(ctx) + alpha)"""
-    ct, cv = ctx_fn(tr), ctx_fn(va)
-    K = int(max(ct.max(), cv.max())) + 1
-    counts = np.zeros((K, A)); np.add.at(counts, (ct, tr["x"]), 1)
-    pb_tr = base(tr, tr) if base else np.tile(np.bincount(tr["x"], minlength=A) / len(tr["x"]), (len(tr["x"]), 1))
-    pb_va = base(va, tr) if base else np.tile((np.bincount(tr["x"], minlength=A) + 0.5) / (len(tr["x"]) + 16), (len(va["x"]), 1))
-    tot = counts.sum(1)
-    p = (counts[cv, va["x"]] + alpha * pb_va[np.arange(len(va["x"])), va["x"]]) / (tot[cv] + alpha)
-    return -np.mean(np.log2(p))
-def cond_probs(ctx_fn, alpha, base=None):
-    """function (data, train) -> [N, A] probabilities under the model fitted on train"""
-    def f(d, tr):
+def model(ctx_fn, alpha, base=None):
+    """(data, train) -> p(x | ctx) of each of data's symbols: counts fitted on train, smoothed with
+    weight alpha toward `base` (another such model; None: train's order-0 frequencies)"""
+    def p(d, tr):
         ct, cd = ctx_fn(tr), ctx_fn(d)
-        K = int(max(ct.max(), cd.max())) + 1
-        counts = np.zeros((K, A)); np.add.at(counts, (ct, tr["x"]), 1)
-        pb = base(d, tr) if base else np.tile((np.bincount(tr["x"], minlength=A) + 0.5) / (len(tr["x"]) + 16), (len(d["x"]), 1))
-        return (counts[cd] + alpha * pb) / (counts[cd].sum(1, keepdims=True) + alpha)
-    return f
+        counts = np.zeros((int(max(ct.max(), cd.max())) + 1, A)); np.add.at(counts, (ct, tr["x"]), 1)
+        pb = base(d, tr) if base else ((np.bincount(tr["x"], minlength=A) + 0.5) / (len(tr["x"]) + 16))[d["x"]]
+        return (counts[cd, d["x"]] + alpha * pb) / (counts.sum(1)[cd] + alpha)
+    return p
+def xent(tr, va, ctx_fn, alpha, base=None):
+    """bits/symbol of va's codes under the model fitted on tr"""
+    return -np.mean(np.log2(model(ctx_fn, alpha, base)(va, tr)))
 trm, trg = load("train"); vam, vag = load("val")
 for i in range(3):
     tr, va = feats(trm, trg, i), feats(vam, vag, i)
-    o1 = cond_probs(lambda d: d["p1"], 1.0)
+    o1 = model(lambda d: d["p1"], 1.0)
     res = {"order0": xent(tr, va, lambda d: np.zeros_like(d["x"]), 1.0),
            "order1 (now)": xent(tr, va, lambda d: d["p1"], 1.0)}
     for a in (4.0, 16.0, 64.0):
