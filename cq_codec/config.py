@@ -102,6 +102,11 @@ class Config:
     num_modules: int = _f(2, "modules in the cascade")
     channels: int = _f(100, "channels of each module")
     bottleneck: int = _f(20, "bottleneck channels of each residual block")
+    module_channels: tuple = _f((),
+        "channels per module, overriding --channels (the last is reused; empty = --channels for every module), "
+        "e.g. 64,64,32 for a narrower third module", int)
+    module_bottleneck: tuple = _f((),
+        "bottleneck channels per module, overriding --bottleneck (the last is reused; empty = --bottleneck)", int)
     # Residual blocks per encoder/decoder section (the original derived it from the number of
     # dilations in --bottleneck_kernel_and_dilation; its --num_resnets counted the modules).
     blocks_per_section: int = _f(2, "residual blocks per encoder/decoder section")
@@ -275,6 +280,10 @@ class Config:
         need(1 <= self.num_modules <= 8, "num_modules", f"must be 1..8; got {self.num_modules}")
         need(self.channels >= 2 and self.channels % 2 == 0, "channels", f"must be an even number >= 2; got {self.channels}")
         need(1 <= self.bottleneck <= self.channels, "bottleneck", f"must be in 1..channels ({self.channels}); got {self.bottleneck}")
+        for i in range(self.num_modules):
+            ch, bn = self.module_width(i)
+            need(ch >= 2 and ch % 2 == 0, "module_channels", f"module {i + 1}: must be an even number >= 2; got {ch}")
+            need(1 <= bn <= ch, "module_bottleneck", f"module {i + 1}: must be in 1..its channels ({ch}); got {bn}")
         need(self.front_end in FRONT_ENDS, "front_end", f"must be one of {', '.join(FRONT_ENDS)}; got {self.front_end!r}")
         need(self.blocks_per_section >= 0, "blocks_per_section", f"must be >= 0; got {self.blocks_per_section}")
         kd = list(self.kernel_and_dilation)
@@ -436,6 +445,13 @@ class Config:
 
     def stride(self, i: int) -> int:
         return int(self.per_module("the_strides", i))
+
+    def module_width(self, i: int) -> tuple[int, int]:
+        """Module i's (channels, bottleneck): --module_channels / --module_bottleneck, else
+        --channels / --bottleneck."""
+        ch = int(self.per_module("module_channels", i)) if self.module_channels else int(self.channels)
+        bn = int(self.per_module("module_bottleneck", i)) if self.module_bottleneck else int(self.bottleneck)
+        return ch, bn
 
     @property
     def experiment_dir(self) -> str:

@@ -219,3 +219,36 @@ def test_retraining_part_of_a_trained_cascade(tmp_path, corpus):
                for a, b in zip(before.codec_modules[1].trainable_weights, tuned.codec_modules[1].trainable_weights))
     with pytest.raises(Exception, match="finetune_from"):
         _cfg(tmp_path, corpus, training_mode=5, num_modules=3, finetune_from=4, base_model_id=path)
+
+
+def test_a_module_of_another_architecture_retrained_on_a_trained_cascade(tmp_path, corpus):
+    """--module_channels / --the_strides per module: mode 2 retrains module 2 with half the
+    channels and twice the positions on a base whose module 2 was built otherwise; module 1 and
+    the LSF quantizer keep the base's weights exactly. A module that differs but is not retrained,
+    or any difference in modes 4-5, is an error naming the module."""
+    base = _cfg(tmp_path, corpus, training_mode=3, num_modules=2, epoch_tanh=1, pretrain_step=0,
+                follower_pretrain_step=0, steps_per_epoch=2, eval_clips=0, the_strides=(4,))
+    experiment.run(base)
+    path = os.path.join(base.experiment_dir, "model.keras")
+    cfg = _cfg(tmp_path, corpus, name="narrow2", training_mode=2, num_modules=2, first_follower=2,
+               base_model_id=path, follower_pretrain_step=0, steps_per_epoch=2, eval_clips=0,
+               the_strides=(4, 2), module_channels=(8, 4), module_bottleneck=(4, 2))
+    assert cfg.module_width(0) == (8, 4) and cfg.module_width(1) == (4, 2) and cfg.module_width(5) == (4, 2)
+    experiment.run(cfg)
+    before = keras.saving.load_model(path, compile=False)
+    after = keras.saving.load_model(os.path.join(cfg.experiment_dir, "model.keras"), compile=False)
+    assert after.codec_modules[1].channels == 4 and after.codec_modules[1].num_positions == 2 * before.codec_modules[1].num_positions
+    for a, b in zip(before.codec_modules[0].weights + before.lsf_quantizer.weights,
+                    after.codec_modules[0].weights + after.lsf_quantizer.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # the retrained cascade codes and decodes through the file format like any other
+    from cq_codec import api
+    codec = api.load(os.path.join(cfg.experiment_dir, "model.keras"))
+    x = np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)
+    y, sr = codec.decompress(codec.compress(x, 16000))
+    assert sr == 16000 and y.shape == x.shape
+    with pytest.raises(Exception, match=r"module\(s\) \[2\] differ"):
+        experiment.run(_cfg(tmp_path, corpus, name="bad5", training_mode=5, num_modules=2, base_model_id=path,
+                            steps_per_epoch=2, eval_clips=0, the_strides=(4, 2), module_channels=(8, 4)))
+    with pytest.raises(Exception, match="module_channels"):
+        _cfg(tmp_path, corpus, module_channels=(8, 3))

@@ -34,7 +34,7 @@ from cq_codec.training.callbacks import (OPTIMIZER, WEIGHTS, EpochCheckpoint, Fa
                                          QuantizerSchedule, TauController, _legacy_state, latest_checkpoint, load_optimizer,
                                          read_checkpoint_state, write_metrics)
 
-__all__ = ["Stage", "plan_stages", "module_configs", "build_model", "train", "latest_weights", "load_state",
+__all__ = ["Stage", "plan_stages", "module_configs", "build_model", "train", "latest_weights", "load_state", "restore_base",
            "stage_weights", "clean_partial_files"]
 
 log = logging.getLogger("cq_codec.training")
@@ -101,7 +101,7 @@ def quantizer_config(cfg: Config, i: int) -> dict:
 
 def module_configs(cfg: Config) -> list[dict]:
     vector_dim = 1 if cfg.quantizer == "softmax" else cfg.embedding_dim
-    return [dict(channels=cfg.channels, bottleneck=cfg.bottleneck, num_resnets=cfg.blocks_per_section,
+    return [dict(channels=cfg.module_width(i)[0], bottleneck=cfg.module_width(i)[1], num_resnets=cfg.blocks_per_section,
                  kernel_and_dilation=list(cfg.kernel_and_dilation), stride=cfg.stride(i),
                  block_type=cfg.block_type, code_dim=1, vector_dim=vector_dim,
                  quantizer=quantizer_config(cfg, i),
@@ -167,6 +167,47 @@ def load_state(experiment_dir: str) -> tuple[dict, str | None, str | None]:
 
 def latest_weights(experiment_dir: str) -> str | None:
     return load_state(experiment_dir)[1]
+
+
+def _module_arch(module) -> dict:
+    cfg = module.get_config()
+    return {k: v for k, v in cfg.items() if k not in ("name", "trainable", "dtype")}
+
+
+def restore_base(model: CQCodec, base: str, cfg: Config) -> None:
+    """Loads the base model's weights (`--base_model_id`) into `model`.
+
+    The same architecture: every weight, as keras loads it. A `.keras` base whose modules differ
+    from `model`'s from some module k on (`--module_channels`, `--the_strides`, ... changed for
+    them) is accepted by mode 2 when k >= --first_follower: those modules are trained anew by
+    this run, so they keep their fresh initialisation, and every other weight (the modules
+    before k, the LSF quantizer, the gains, the rate controller) is copied from the base. Any
+    other difference is an error that names the modules."""
+    base_model = None
+    if base.endswith(".keras"):
+        base_model = keras.saving.load_model(base, compile=False)
+        if len(base_model.codec_modules) != len(model.codec_modules):
+            raise ConfigError(f"--base_model_id {base}: it has {len(base_model.codec_modules)} modules, this run "
+                              f"{len(model.codec_modules)} (--num_modules)")
+        differ = [i + 1 for i, (a, b) in enumerate(zip(model.codec_modules, base_model.codec_modules))
+                  if _module_arch(a) != _module_arch(b)]
+        if differ:
+            fresh = set(range(cfg.first_follower, cfg.num_modules + 1))
+            if cfg.training_mode != 2 or not set(differ) <= fresh:
+                raise ConfigError(
+                    f"--base_model_id {base}: module(s) {differ} differ in architecture from this run's; only "
+                    f"modules that --training_mode 2 trains anew (--first_follower {cfg.first_follower} on) may differ")
+            keep = {id(v) for i, m in enumerate(model.codec_modules) if i + 1 in differ for v in m.weights}
+            kept_base = {id(v) for i, m in enumerate(base_model.codec_modules) if i + 1 in differ for v in m.weights}
+            mine = [v for v in model.weights if id(v) not in keep]
+            theirs = [v for v in base_model.weights if id(v) not in kept_base]
+            if [v.shape for v in mine] != [v.shape for v in theirs]:
+                raise ConfigError(f"--base_model_id {base}: its weights outside modules {differ} do not match this run's")
+            for v, w in zip(mine, theirs):
+                v.assign(w)
+            log.info("base model %s: modules %s differ in architecture and start fresh; the rest restored", base, differ)
+            return
+    model.load_weights(base)
 
 
 def stage_weights(experiment_dir: str, stage: str) -> str | None:
@@ -265,7 +306,7 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
         base = base_dir if base_dir.endswith(".keras") and os.path.isfile(base_dir) else latest_weights(base_dir)
         if not base:
             raise ConfigError(f"--base_model_id: no checkpoint in {base_dir}/checkpoints (train that experiment first)")
-        model.load_weights(base)
+        restore_base(model, base, cfg)
         log.info("restored base model %s", base)
     for stage in plan_stages(cfg):
         done = int(state["done"].get(stage.name, 0))
