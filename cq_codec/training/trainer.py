@@ -183,7 +183,6 @@ def restore_base(model: CQCodec, base: str, cfg: Config) -> None:
     this run, so they keep their fresh initialisation, and every other weight (the modules
     before k, the LSF quantizer, the gains, the rate controller) is copied from the base. Any
     other difference is an error that names the modules."""
-    base_model = None
     if base.endswith(".keras"):
         base_model = keras.saving.load_model(base, compile=False)
         if len(base_model.codec_modules) != len(model.codec_modules):
@@ -197,10 +196,12 @@ def restore_base(model: CQCodec, base: str, cfg: Config) -> None:
                 raise ConfigError(
                     f"--base_model_id {base}: module(s) {differ} differ in architecture from this run's; only "
                     f"modules that --training_mode 2 trains anew (--first_follower {cfg.first_follower} on) may differ")
-            keep = {id(v) for i, m in enumerate(model.codec_modules) if i + 1 in differ for v in m.weights}
-            kept_base = {id(v) for i, m in enumerate(base_model.codec_modules) if i + 1 in differ for v in m.weights}
-            mine = [v for v in model.weights if id(v) not in keep]
-            theirs = [v for v in base_model.weights if id(v) not in kept_base]
+
+            def outside(m):   # the weights of m not in the modules that start fresh, in order
+                fresh_ids = {id(v) for i, mod in enumerate(m.codec_modules) if i + 1 in differ for v in mod.weights}
+                return [v for v in m.weights if id(v) not in fresh_ids]
+
+            mine, theirs = outside(model), outside(base_model)
             if [v.shape for v in mine] != [v.shape for v in theirs]:
                 raise ConfigError(f"--base_model_id {base}: its weights outside modules {differ} do not match this run's")
             for v, w in zip(mine, theirs):
