@@ -65,6 +65,41 @@ def test_signed_control_rewards_entropy_when_the_codes_stay_under_target():
     assert a.numpy()[1] == pytest.approx(b.numpy()[1], rel=1e-3)
 
 
+def test_log_error_lowers_a_collapsed_streams_penalty_fast_and_matches_near_target():
+    # A tau wound up to tau_max while the codes sat far above target, then the codes collapse
+    # (H = 0): the relative error moves tau down by at most exp(gain) per update, the log error
+    # by as much as the entropy fell.
+    rel, lg = tf.Variable([0.0, 50.0]), tf.Variable([0.0, 50.0])
+    kw = dict(gain=0.1, every=1, tau_min=1e-3, tau_max=50.0)
+    _drive(TauController(rel, {1: ("H_1", 2.0)}, **kw), 0.0, 20)
+    _drive(TauController(lg, {1: ("H_1", 2.0)}, error="log", **kw), 0.0, 20)
+    assert rel.numpy()[1] == pytest.approx(50.0 * np.exp(-0.1 * 20), rel=1e-5)
+    assert lg.numpy()[1] == pytest.approx(1e-3)
+    # Near the target the two rules agree to first order.
+    a, b = tf.Variable([0.0, 1.0]), tf.Variable([0.0, 1.0])
+    TauController(a, {1: ("H_1", 2.0)}, gain=0.1, every=1).on_train_batch_end(0, {"H_1": 2.02})
+    TauController(b, {1: ("H_1", 2.0)}, gain=0.1, every=1, error="log").on_train_batch_end(0, {"H_1": 2.02})
+    assert a.numpy()[1] > 1.0 and b.numpy()[1] == pytest.approx(a.numpy()[1], rel=1e-4)
+    with pytest.raises(ValueError, match="'relative' or 'log'"):
+        TauController(tf.Variable([0.0, 0.0]), {1: ("H_1", 2.0)}, gain=0.1, error="ratio")
+
+
+def test_a_collapsed_stream_is_reported_and_cleared_when_it_recovers(caplog):
+    tau = tf.Variable([0.0, 0.0, 0.0])
+    ctrl = TauController(tau, {1: ("H_1", 2.0), 2: ("H_2", 1.0)}, gain=0.1, every=5, active_from_epoch=1)
+    run = lambda epoch, h1, h2: (ctrl.on_epoch_begin(epoch),
+                                 [ctrl.on_train_batch_end(b, {"H_1": h1, "H_2": h2}) for b in range(10)],
+                                 ctrl.on_epoch_end(epoch, {}))
+    with caplog.at_level("WARNING", logger="cq_codec.training"):
+        run(0, 0.0, 1.0)                     # a quantization-free epoch is not judged
+        assert ctrl.collapsed == {} and not caplog.records
+        run(1, 0.09, 1.0)                    # 4.5 % of the target: collapsed
+        assert ctrl.collapsed == {"H_1": (pytest.approx(0.09), 2.0)}
+        assert "H_1 is 0.0900 bits/symbol against a target of 2.000" in caplog.text
+        run(2, 0.11, 1.0)                    # 5.5 %: no longer
+        assert ctrl.collapsed == {}
+
+
 def test_tau_is_clipped_and_waits_for_pretrain():
     tau = tf.Variable([0.0, 0.0])
     ctrl = TauController(tau, {1: ("H_1", 1.0)}, gain=5.0, every=1, tau_max=10.0, active_from_epoch=1)

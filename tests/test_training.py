@@ -185,6 +185,23 @@ def test_gumbel_temperature_anneals_over_a_stage(tmp_path, corpus):
     assert seen[2] < seen[1] < seen[0]
 
 
+def test_a_stage_that_ends_with_collapsed_codes_says_so(tmp_path, corpus, caplog, monkeypatch):
+    """Any entropy counts as collapsed when the threshold is above every target: the stage's end
+    then names the module and the LSF codes in an error, and the run still writes its checkpoint."""
+    from cq_codec.training.callbacks import TauController
+    monkeypatch.setattr(TauController, "COLLAPSE_FRACTION", 1e9)
+    cfg = _cfg(tmp_path, corpus, training_mode=1, num_modules=1, epoch_tanh=2, pretrain_step=1, eval_clips=0)
+    parts, cache = modes.load_data(cfg)
+    model = trainer.build_model(cfg, cache.std, modes.first_batch(cache))
+    train_ds, val_ds, steps = modes.datasets(cfg, cache)
+    with caplog.at_level("WARNING", logger="cq_codec.training"):
+        trainer.train(cfg, model, train_ds, val_ds, steps)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("collapsed" in e for e in errors)
+    assert any("module 1 collapsed (Hh_1" in e for e in errors) and any("the LSF codes" in e for e in errors)
+    assert os.listdir(os.path.join(cfg.experiment_dir, "checkpoints"))
+
+
 def test_retraining_part_of_a_trained_cascade(tmp_path, corpus):
     """--training_mode 2 --first_follower 3 --base_model_id m.keras: only stage m3 runs; modules 1-2
     keep the base's weights exactly, module 3's move. --training_mode 5 --finetune_from 2: module 1

@@ -332,12 +332,14 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
         quantized_epochs = stage.epochs - stage.pretrain
         schedule = Schedule(cfg.alpha_start, cfg.alpha_end,
                             max(1, int(cfg.anneal_fraction * quantized_epochs * steps_per_epoch)))
+        tau_ctrl = TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
+                                 tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed,
+                                 error=cfg.tau_error)
         callbacks = [   # fine-tuning keeps the quantizers' final values: nothing scheduled
             QuantizerSchedule([m.quantizer for m in trained] if stage.name != "finetune" else [], schedule,
                               stage.pretrain, steps_per_epoch),
             PretrainBypass(trained if stage.name != "finetune" else [], stage.pretrain),
-            TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
-                          tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed),
+            tau_ctrl,
             EpochCheckpoint(ckpt_dir, stage.name, state, os.path.join(out, "metrics.csv"), stage.epochs),
             keras.callbacks.TensorBoard(os.path.join(out, "tensorboard", stage.name), write_graph=False),
             FaultPoints(),
@@ -350,6 +352,11 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
                   verbose=1 if sys.stdout.isatty() else 2)
         for m in model.codec_modules:
             m.bypass.assign(0.0)
+        for name, (h, target) in tau_ctrl.collapsed.items():
+            what = "the LSF codes" if name.endswith("lsf") else f"module {name.rsplit('_', 1)[1]}"
+            log.error("stage %s ended with %s collapsed (%s %.4f bits/symbol, target %.3f): it adds almost nothing "
+                      "to the stream. Retrain it with fewer epochs, a lower --tau_step or --tau_error log.",
+                      stage.name, what, name, h, target)
     model.num_active = cfg.num_modules
     model.prefix_loss = False
     return state
