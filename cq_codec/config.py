@@ -153,10 +153,6 @@ class Config:
     tau_step: float = _f(0.05, "gain of the multiplicative entropy-weight (tau) controller, applied every 20 steps")
     tau_signed: bool = _f(False,
         "let tau turn negative (reward entropy) when the codes stay under target with no penalty")
-    tau_error: str = _f("relative",
-        "error the tau controller integrates: relative ((H - target) / target, the default) or log "
-        "(log(H / target): the same near the target, but a stream whose entropy collapses toward 0 "
-        "lowers its penalty fast instead of at most gain per update)")
     rate_calibration: bool = _f(False,
         "calibrate the rate controller on the validation split each epoch, so the held-out codes' entropy (not "
         "the training batches') meets the target")
@@ -368,7 +364,6 @@ class Config:
         need(not (self.pitch_prediction and self.train_snr), "pitch_prediction",
              "is not supported with denoising (--train_snr) examples")
         need(self.tau_step >= 0, "tau_step", f"must be >= 0; got {self.tau_step}")
-        need(self.tau_error in ("relative", "log"), "tau_error", f"must be relative or log; got {self.tau_error!r}")
         need(len(self.coeff_term) == 3 and all(c >= 0 for c in self.coeff_term), "coeff_term",
              f"expected 3 non-negative weights 'time,mel,sparsity' (on the command line also the original's 4: "
              f"time, mel, sparsity, the entropy weight tau starts from); got {list(self.coeff_term)}")

@@ -65,25 +65,6 @@ def test_signed_control_rewards_entropy_when_the_codes_stay_under_target():
     assert a.numpy()[1] == pytest.approx(b.numpy()[1], rel=1e-3)
 
 
-def test_log_error_lowers_a_collapsed_streams_penalty_fast_and_matches_near_target():
-    # A tau wound up to tau_max while the codes sat far above target, then the codes collapse
-    # (H = 0): the relative error moves tau down by at most exp(gain) per update, the log error
-    # by as much as the entropy fell.
-    rel, lg = tf.Variable([0.0, 50.0]), tf.Variable([0.0, 50.0])
-    kw = dict(gain=0.1, every=1, tau_min=1e-3, tau_max=50.0)
-    _drive(TauController(rel, {1: ("H_1", 2.0)}, **kw), 0.0, 20)
-    _drive(TauController(lg, {1: ("H_1", 2.0)}, error="log", **kw), 0.0, 20)
-    assert rel.numpy()[1] == pytest.approx(50.0 * np.exp(-0.1 * 20), rel=1e-5)
-    assert lg.numpy()[1] == pytest.approx(1e-3)
-    # Near the target the two rules agree to first order.
-    a, b = tf.Variable([0.0, 1.0]), tf.Variable([0.0, 1.0])
-    TauController(a, {1: ("H_1", 2.0)}, gain=0.1, every=1).on_train_batch_end(0, {"H_1": 2.02})
-    TauController(b, {1: ("H_1", 2.0)}, gain=0.1, every=1, error="log").on_train_batch_end(0, {"H_1": 2.02})
-    assert a.numpy()[1] > 1.0 and b.numpy()[1] == pytest.approx(a.numpy()[1], rel=1e-4)
-    with pytest.raises(ValueError, match="'relative' or 'log'"):
-        TauController(tf.Variable([0.0, 0.0]), {1: ("H_1", 2.0)}, gain=0.1, error="ratio")
-
-
 def test_a_collapsed_stream_is_reported_and_cleared_when_it_recovers(caplog):
     tau = tf.Variable([0.0, 0.0, 0.0])
     ctrl = TauController(tau, {1: ("H_1", 2.0), 2: ("H_2", 1.0)}, gain=0.1, every=5, active_from_epoch=1)

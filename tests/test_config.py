@@ -22,7 +22,6 @@ from cq_codec.config import Config, ConfigError, parse_int_list
     ({"name": "a/b"}, "name"),
     ({"weighting_gamma": 0.0}, "weighting_gamma"),
     ({"weighting_gamma": 1.5}, "weighting_gamma"),
-    ({"tau_error": "ratio"}, "tau_error"),
     ({"tau_init": 0.0}, "tau_init"),                       # 0 only under signed control
     ({"tau_init": -0.5, "tau_signed": True}, "tau_init"),
     ({"speed_perturb": (1.0,)}, "speed_perturb"),          # the recording is always kept

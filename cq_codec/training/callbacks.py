@@ -88,13 +88,6 @@ class TauController(keras.callbacks.Callback):
     to [0.5, 2]) and the training batches are steered to target' = target * scale, so that the
     held-out entropy lands on the target. The scale restarts at 1 when a run resumes.
 
-    Log error (`error="log"`): the step is gain * log(H / target') instead of gain * (H - target') /
-    target'. The two agree near the target; the relative error is bounded below by -1, so a tau
-    that climbed to `tau_max` while the codes were far above target comes down by at most a factor
-    exp(gain) per update after they collapse (measured: a stride-2 module's entropy fell to 0 at
-    epoch 12 of 40 and never recovered). The log error lowers the penalty as fast as the entropy
-    falls (H is floored at 1e-4 of the target).
-
     Collapse: at each controlled epoch's end, a stream whose mean training entropy that epoch
     fell under `COLLAPSE_FRACTION` of its target is logged as a warning and listed in
     `collapsed` (name -> (entropy, target)); a later epoch back above it clears the entry. A
@@ -105,7 +98,7 @@ class TauController(keras.callbacks.Callback):
 
     def __init__(self, tau_var, targets: dict, gain: float, every: int = 20, active_from_epoch: int = 0,
                  tau_init: float = 0.5, tau_min: float = 1e-3, tau_max: float = 50.0, calibrate: bool = False,
-                 signed: bool = False, signed_scale: float = 0.05, error: str = "relative"):
+                 signed: bool = False, signed_scale: float = 0.05):
         super().__init__()
         self.tau = tau_var
         self.targets = dict(targets)
@@ -115,9 +108,6 @@ class TauController(keras.callbacks.Callback):
         self.tau_init, self.tau_min, self.tau_max = float(tau_init), float(tau_min), float(tau_max)
         self.calibrate = bool(calibrate)
         self.signed, self.signed_scale = bool(signed), float(signed_scale)
-        if error not in ("relative", "log"):
-            raise ValueError(f"TauController: error must be 'relative' or 'log', got {error!r}")
-        self.error = error
         self.scale = {k: 1.0 for k in self.targets}
         self._epoch = 0
         self._sums = {k: 0.0 for k in self.targets}
@@ -153,10 +143,7 @@ class TauController(keras.callbacks.Callback):
             h = self._sums[idx] / self._count
             self._recent[idx] = (self._recent[idx] + [h])[-3:]
             goal = target * self.scale[idx]
-            if self.error == "log":
-                step = self.gain * float(np.log(max(h, 1e-4 * goal) / goal))
-            else:
-                step = self.gain * (h - goal) / goal
+            step = self.gain * (h - goal) / goal
             if self.signed:
                 c = self.signed_scale
                 tau[idx] = float(np.clip(c * np.sinh(np.arcsinh(tau[idx] / c) + step), -self.tau_max, self.tau_max))
@@ -177,7 +164,6 @@ class TauController(keras.callbacks.Callback):
                 continue
             ratio = float(np.clip(np.mean(self._recent[idx]) / float(val), 0.5, 2.0))
             self.scale[idx] = float(np.clip(np.sqrt(self.scale[idx] * ratio), 0.5, 2.0))
-
 
     def _check_collapse(self, epoch: int) -> None:
         for idx, (name, target) in self.targets.items():

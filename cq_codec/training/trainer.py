@@ -333,8 +333,7 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
         schedule = Schedule(cfg.alpha_start, cfg.alpha_end,
                             max(1, int(cfg.anneal_fraction * quantized_epochs * steps_per_epoch)))
         tau_ctrl = TauController(model.tau, _tau_targets(cfg, model, stage), cfg.tau_step, active_from_epoch=stage.pretrain,
-                                 tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed,
-                                 error=cfg.tau_error)
+                                 tau_init=cfg.tau_init, calibrate=cfg.rate_calibration, signed=cfg.tau_signed)
         callbacks = [   # fine-tuning keeps the quantizers' final values: nothing scheduled
             QuantizerSchedule([m.quantizer for m in trained] if stage.name != "finetune" else [], schedule,
                               stage.pretrain, steps_per_epoch),
@@ -355,7 +354,8 @@ def _train(cfg, model, train_ds, val_ds, steps_per_epoch, base_dir, extra_callba
         for name, (h, target) in tau_ctrl.collapsed.items():
             what = "the LSF codes" if name.endswith("lsf") else f"module {name.rsplit('_', 1)[1]}"
             log.error("stage %s ended with %s collapsed (%s %.4f bits/symbol, target %.3f): it adds almost nothing "
-                      "to the stream. Retrain it with fewer epochs, a lower --tau_step or --tau_error log.",
+                      "to the stream. Retrain it, e.g. with fewer epochs: collapsed codes were not seen to recover "
+                      "(docs/DESIGN.md, 'A third module with twice the positions').",
                       stage.name, what, name, h, target)
     model.num_active = cfg.num_modules
     model.prefix_loss = False
