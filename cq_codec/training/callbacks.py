@@ -132,8 +132,9 @@ class TauController(keras.callbacks.Callback):
         if self._epoch < self.active_from_epoch or not logs:
             return
         for idx, (name, _) in self.targets.items():
-            self._sums[idx] += float(logs.get(name, 0.0))
-            self._epoch_sums[idx] += float(logs.get(name, 0.0))
+            h = float(logs.get(name, 0.0))
+            self._sums[idx] += h
+            self._epoch_sums[idx] += h
         self._count += 1
         self._epoch_count += 1
         if self._count < self.every:
